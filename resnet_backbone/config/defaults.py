@@ -1,0 +1,257 @@
+"""Every config key the project knows, with its default.
+
+Key names follow detectron2 wherever detectron2 has the concept, so a section of a detectron2 YAML
+(MODEL.RESNETS, MODEL.FPN, MODEL.RPN, SOLVER, INPUT, ...) means the same thing here. DETR keys follow
+the DETR detectron2 wrapper (MODEL.DETR.*). Keys that detectron2 does not have are marked "ours".
+A key that is not defined here is an error when a YAML file or a command line sets it.
+"""
+from .config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 2
+
+# ---------------------------------------------------------------------------- model
+_C.MODEL = CN()
+_C.MODEL.META_ARCHITECTURE = "FasterRCNN"
+_C.MODEL.DEVICE = "cpu"
+_C.MODEL.WEIGHTS = ""
+_C.MODEL.MASK_ON = False
+_C.MODEL.KEYPOINT_ON = False
+_C.MODEL.LOAD_PROPOSALS = False
+# Pixel statistics in the order of INPUT.FORMAT, on the 0-255 scale. These defaults belong to the
+# MSRA/Caffe2 weights (BGR, std 1). For torchvision weights use RGB with ImageNet mean/std * 255.
+_C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
+_C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+# ours: inference fast paths (each checked for parity in tests)
+_C.MODEL.CHANNELS_LAST = False
+_C.MODEL.FUSE_FROZEN_BN = False
+
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+# 0 = nothing frozen, 1 = stem, 2 = stem + res2, ... 5 = everything
+_C.MODEL.BACKBONE.FREEZE_AT = 2
+
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 50
+_C.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+# FrozenBN | BN | SyncBN | GN | "" (no norm)
+_C.MODEL.RESNETS.NORM = "FrozenBN"
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+# True: the stride-2 conv of a bottleneck is its 1x1 (MSRA/Caffe2); False: the 3x3 (torchvision)
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = True
+_C.MODEL.RESNETS.RES5_DILATION = 1
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+_C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
+_C.MODEL.RESNETS.DEFORM_MODULATED = False
+_C.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1
+# ours: zero-init the last norm of each residual branch (Goyal et al. 2017)
+_C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = False
+# ours: > 0 adds global average pooling + fc with this many classes (an ImageNet classifier)
+_C.MODEL.RESNETS.NUM_CLASSES = 0
+
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.IN_FEATURES = []
+_C.MODEL.FPN.OUT_CHANNELS = 256
+_C.MODEL.FPN.NORM = ""
+_C.MODEL.FPN.FUSE_TYPE = "sum"
+
+_C.MODEL.PROPOSAL_GENERATOR = CN()
+_C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+_C.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = 0
+
+_C.MODEL.ANCHOR_GENERATOR = CN()
+_C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+_C.MODEL.ANCHOR_GENERATOR.ANGLES = [[-90, 0, 90]]
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+
+_C.MODEL.RPN = CN()
+_C.MODEL.RPN.HEAD_NAME = "StandardRPNHead"
+_C.MODEL.RPN.IN_FEATURES = ["res4"]
+_C.MODEL.RPN.BOUNDARY_THRESH = -1
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+_C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RPN.SMOOTH_L1_BETA = 0.0
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.NMS_THRESH = 0.7
+_C.MODEL.RPN.CONV_DIMS = [-1]
+
+_C.MODEL.ROI_HEADS = CN()
+_C.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 80
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+_C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+
+_C.MODEL.ROI_BOX_HEAD = CN()
+_C.MODEL.ROI_BOX_HEAD.NAME = ""
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 0
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+_C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+_C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_BOX_HEAD.NORM = ""
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+_C.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = False
+
+# ---------------------------------------------------------------------------- DETR (d2 names)
+_C.MODEL.DETR = CN()
+_C.MODEL.DETR.NUM_CLASSES = 80
+_C.MODEL.DETR.FROZEN_WEIGHTS = ""
+_C.MODEL.DETR.CLASS_WEIGHT = 1.0
+_C.MODEL.DETR.GIOU_WEIGHT = 2.0
+_C.MODEL.DETR.L1_WEIGHT = 5.0
+_C.MODEL.DETR.DEEP_SUPERVISION = True
+_C.MODEL.DETR.NO_OBJECT_WEIGHT = 0.1
+_C.MODEL.DETR.MASK_ON = False
+_C.MODEL.DETR.NHEADS = 8
+_C.MODEL.DETR.DROPOUT = 0.1
+_C.MODEL.DETR.DIM_FEEDFORWARD = 2048
+_C.MODEL.DETR.ENC_LAYERS = 6
+_C.MODEL.DETR.DEC_LAYERS = 6
+_C.MODEL.DETR.PRE_NORM = False
+_C.MODEL.DETR.HIDDEN_DIM = 256
+_C.MODEL.DETR.NUM_OBJECT_QUERIES = 100
+
+# ---------------------------------------------------------------------------- DBNet (ours)
+_C.MODEL.DBNET = CN()
+_C.MODEL.DBNET.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+_C.MODEL.DBNET.INNER_CHANNELS = 64  # per level after reduction; 4 levels concatenated
+_C.MODEL.DBNET.K = 50.0
+_C.MODEL.DBNET.SHRINK_RATIO = 0.4
+_C.MODEL.DBNET.THRESH_MIN = 0.3
+_C.MODEL.DBNET.THRESH_MAX = 0.7
+_C.MODEL.DBNET.PROB_LOSS_WEIGHT = 1.0
+_C.MODEL.DBNET.THRESH_LOSS_WEIGHT = 10.0
+_C.MODEL.DBNET.BINARY_LOSS_WEIGHT = 1.0
+_C.MODEL.DBNET.NEG_POS_RATIO = 3.0
+_C.MODEL.DBNET.BINARIZE_THRESH = 0.3
+_C.MODEL.DBNET.BOX_THRESH = 0.6
+_C.MODEL.DBNET.UNCLIP_RATIO = 1.5
+_C.MODEL.DBNET.MAX_CANDIDATES = 1000
+_C.MODEL.DBNET.MIN_SIZE = 3
+
+# ---------------------------------------------------------------------------- input
+_C.INPUT = CN()
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+_C.INPUT.MIN_SIZE_TEST = 800
+_C.INPUT.MAX_SIZE_TEST = 1333
+_C.INPUT.RANDOM_FLIP = "horizontal"
+_C.INPUT.CROP = CN({"ENABLED": False})
+_C.INPUT.CROP.TYPE = "relative_range"
+_C.INPUT.CROP.SIZE = [0.9, 0.9]
+_C.INPUT.FORMAT = "BGR"
+_C.INPUT.MASK_FORMAT = "polygon"
+# ours: random rotation in degrees (text detection); 0 disables
+_C.INPUT.ROTATION_ANGLE = 0.0
+# ours: PIL's decompression-bomb limit in pixels (0 = PIL's default)
+_C.INPUT.MAX_IMAGE_PIXELS = 0
+
+# ---------------------------------------------------------------------------- data
+_C.DATASETS = CN()
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.PROPOSAL_FILES_TRAIN = ()
+_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN = 2000
+_C.DATASETS.TEST = ()
+_C.DATASETS.PROPOSAL_FILES_TEST = ()
+_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 1000
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+_C.DATALOADER.REPEAT_THRESHOLD = 0.0
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+# ours: what a bad sample (unreadable image, broken annotation) does: "error" stops with a message
+# naming the file and record; "skip" drops it and counts it in the log.
+_C.DATALOADER.ON_BAD_SAMPLE = "error"
+
+# ---------------------------------------------------------------------------- solver
+_C.SOLVER = CN()
+# ours: "SGD" or "ADAMW" (the DETR d2 wrapper's name)
+_C.SOLVER.OPTIMIZER = "SGD"
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+_C.SOLVER.MAX_ITER = 40000
+_C.SOLVER.BASE_LR = 0.001
+_C.SOLVER.BASE_LR_END = 0.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = None
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+# DETR d2 wrapper's name: lr multiplier for backbone parameters
+_C.SOLVER.BACKBONE_MULTIPLIER = 1.0
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (30000,)
+_C.SOLVER.NUM_DECAYS = 3
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
+_C.SOLVER.WARMUP_ITERS = 1000
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.RESCALE_INTERVAL = False
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+_C.SOLVER.IMS_PER_BATCH = 16
+_C.SOLVER.REFERENCE_WORLD_SIZE = 0
+_C.SOLVER.CLIP_GRADIENTS = CN({"ENABLED": False})
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+_C.SOLVER.AMP = CN({"ENABLED": False})
+# ours: "float16" or "bfloat16" on CUDA; CPU autocast always uses bfloat16
+_C.SOLVER.AMP.DTYPE = "bfloat16"
+# ours: a non-finite loss or gradient "error"s (naming iteration and loss term) or "skip"s the step
+_C.SOLVER.NONFINITE_POLICY = "error"
+# ours: keep model_best.pth by this evaluation metric (e.g. "bbox/AP"); "" disables
+_C.SOLVER.BEST_CHECKPOINT_METRIC = ""
+_C.SOLVER.BEST_CHECKPOINT_MODE = "max"
+
+# ---------------------------------------------------------------------------- test
+_C.TEST = CN()
+_C.TEST.EXPECTED_RESULTS = []
+_C.TEST.EVAL_PERIOD = 0
+_C.TEST.KEYPOINT_OKS_SIGMAS = []
+_C.TEST.DETECTIONS_PER_IMAGE = 100
+_C.TEST.AUG = CN({"ENABLED": False})
+_C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+_C.TEST.AUG.MAX_SIZE = 4000
+_C.TEST.AUG.FLIP = True
+_C.TEST.PRECISE_BN = CN({"ENABLED": False})
+_C.TEST.PRECISE_BN.NUM_ITER = 200
+# ours: "pycocotools" or "faster_coco_eval"
+_C.TEST.EVALUATOR_BACKEND = "pycocotools"
+
+# ---------------------------------------------------------------------------- misc
+_C.OUTPUT_DIR = "./output"
+_C.SEED = -1
+_C.CUDNN_BENCHMARK = False
+_C.VIS_PERIOD = 0
+# ours: iterations between log lines / metrics.json records
+_C.LOG_PERIOD = 20
+
+_C.GLOBAL = CN()
+_C.GLOBAL.HACK = 1.0

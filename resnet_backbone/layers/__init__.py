@@ -1,0 +1,5 @@
+from .batch_norm import NORM_CHOICES, FrozenBatchNorm2d, get_norm, norm_in_eval_mode
+from .shape_spec import ShapeSpec
+from .wrappers import Conv2d
+
+__all__ = ["NORM_CHOICES", "FrozenBatchNorm2d", "get_norm", "norm_in_eval_mode", "ShapeSpec", "Conv2d"]

@@ -1,0 +1,3 @@
+from .build import META_ARCH_REGISTRY, build_model
+
+# Importing a detector module registers it. One line per module:

@@ -1,0 +1,4 @@
+from .image_list import ImageList
+from .instances import Instances
+
+__all__ = ["ImageList", "Instances"]
