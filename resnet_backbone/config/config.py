@@ -18,7 +18,7 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the defaults."""
 
 
-_MISSING_KEY = re.compile(r"Non-existent config key: (\S+)")
+_MISSING_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 _TYPE_MISMATCH = re.compile(r"for config key: (\S+)")
 
 
