@@ -25,6 +25,8 @@ _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 # ours: inference fast paths (each checked for parity in tests)
 _C.MODEL.CHANNELS_LAST = False
 _C.MODEL.FUSE_FROZEN_BN = False
+# ours: wrap the model in torch.compile for inference (optimize_for_inference); off by default
+_C.MODEL.COMPILE = False
 
 _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
