@@ -1,0 +1,191 @@
+"""FPN: parity with torchvision's FeaturePyramidNetwork, shapes vs output_shape(), top blocks, fuse types."""
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool as TVLastLevelMaxPool
+
+from resnet_backbone.layers import ShapeSpec
+from resnet_backbone.modeling.backbone import BACKBONE_REGISTRY, Backbone
+from resnet_backbone.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+
+CHANNELS = {"res2": 8, "res3": 16, "res4": 24, "res5": 32}
+STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+
+class PoolingBottomUp(Backbone):
+    """A stand-in bottom-up network: strided 1x1 convs giving res2..res5 with the ResNet's strides (ceil sizes)."""
+
+    def __init__(self, in_channels=3):
+        super().__init__()
+        self._out_features = list(CHANNELS)
+        self._out_feature_channels = dict(CHANNELS)
+        self._out_feature_strides = dict(STRIDES)
+        self.proj = nn.ModuleDict({k: nn.Conv2d(in_channels, c, 1) for k, c in CHANNELS.items()})
+
+    def forward(self, x):
+        out = {}
+        for k in self._out_features:
+            s = STRIDES[k]
+            # ceil_mode: a (possibly odd) input gives ceil(H / s) pixels, like a chain of stride-2 3x3 convs
+            out[k] = self.proj[k](F.avg_pool2d(x, kernel_size=s, stride=s, ceil_mode=True))
+        return out
+
+
+class FixedBottomUp(Backbone):
+    """Returns given feature maps whatever the input (to feed arbitrary, e.g. odd, sizes)."""
+
+    def __init__(self, feats):
+        super().__init__()
+        self.feats = feats
+        self._out_features = list(CHANNELS)
+        self._out_feature_channels = dict(CHANNELS)
+        self._out_feature_strides = dict(STRIDES)
+
+    def forward(self, x):
+        return dict(self.feats)
+
+
+def _copy_to_torchvision(ours: FPN, tv: FeaturePyramidNetwork):
+    """torchvision inner_blocks[i] <-> fpn_lateral{i+2}, layer_blocks[i] <-> fpn_output{i+2}."""
+    sd = {}
+    for i, stage in enumerate(range(2, 6)):
+        for p in ("weight", "bias"):
+            sd[f"inner_blocks.{i}.0.{p}"] = getattr(ours, f"fpn_lateral{stage}").state_dict()[p]
+            sd[f"layer_blocks.{i}.0.{p}"] = getattr(ours, f"fpn_output{stage}").state_dict()[p]
+    tv.load_state_dict(sd, strict=True)
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (37, 53)])
+def test_parity_with_torchvision_fpn(hw):
+    bottom_up = PoolingBottomUp()
+    ours = FPN(bottom_up, list(CHANNELS), out_channels=16, top_block=LastLevelMaxPool()).eval()
+    tv = FeaturePyramidNetwork(list(CHANNELS.values()), 16, extra_blocks=TVLastLevelMaxPool()).eval()
+    _copy_to_torchvision(ours, tv)
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        out = ours(x)
+        ref = tv(OrderedDict(bottom_up(x)))
+    assert list(out) == ["p2", "p3", "p4", "p5", "p6"]
+    assert list(ref) == ["res2", "res3", "res4", "res5", "pool"]
+    for (name, a), b in zip(out.items(), ref.values()):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+    # a changed weight must show up (the comparison above is not vacuous)
+    with torch.no_grad():
+        ours.fpn_output3.weight.add_(0.1)
+        assert not torch.allclose(ours(x)["p3"], ref["res3"], atol=1e-5)
+
+
+def test_names_match_detectron2():
+    fpn = FPN(PoolingBottomUp(), list(CHANNELS), out_channels=16, top_block=LastLevelMaxPool())
+    keys = set(fpn.state_dict())
+    for stage in range(2, 6):
+        assert {f"fpn_lateral{stage}.weight", f"fpn_lateral{stage}.bias",
+                f"fpn_output{stage}.weight", f"fpn_output{stage}.bias"} <= keys
+    assert "bottom_up.proj.res2.weight" in keys
+    assert not any(k.startswith("_") for k in keys)
+    # every parameter is registered once
+    assert len(list(fpn.parameters())) == len({id(p) for p in fpn.parameters()})
+    # c2-xavier init: bias 0, weights within sqrt(3 / fan_in)
+    w = fpn.fpn_output4.weight.detach()
+    bound = (3.0 / (16 * 9)) ** 0.5
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.8 * bound
+    assert float(fpn.fpn_lateral2.bias.abs().max()) == 0.0
+
+
+def test_norm_convs_have_no_bias():
+    fpn = FPN(PoolingBottomUp(), list(CHANNELS), out_channels=32, norm="GN")
+    assert fpn.fpn_lateral3.bias is None and isinstance(fpn.fpn_lateral3.norm, nn.GroupNorm)
+    assert fpn.fpn_output3.bias is None and isinstance(fpn.fpn_output3.norm, nn.GroupNorm)
+    out = fpn(torch.randn(1, 3, 64, 64))
+    assert out["p2"].shape == (1, 32, 16, 16)
+
+
+@pytest.mark.parametrize("hw", [(65, 97), (101, 33), (128, 160)])
+def test_shapes_match_output_shape_after_padding(hw):
+    """Odd input sizes: pad as the detector does, then every level has ceil(padded / stride) pixels."""
+    from resnet_backbone.structures import ImageList
+
+    fpn = FPN(PoolingBottomUp(), list(CHANNELS), out_channels=16, top_block=LastLevelMaxPool())
+    assert fpn.size_divisibility == 32
+    assert fpn.padding_constraints == {"square_size": 0}
+    images = ImageList.from_tensors([torch.randn(3, *hw), torch.randn(3, 40, 40)], fpn.size_divisibility,
+                                    padding_constraints=fpn.padding_constraints)
+    H, W = images.tensor.shape[-2:]
+    assert H % 32 == 0 and W % 32 == 0
+    out = fpn(images.tensor)
+    shapes = fpn.output_shape()
+    assert list(out) == list(shapes) == ["p2", "p3", "p4", "p5", "p6"]
+    assert [shapes[k].stride for k in shapes] == [4, 8, 16, 32, 64]
+    for k, v in out.items():
+        s = shapes[k].stride
+        assert v.shape == (2, shapes[k].channels, -(-H // s), -(-W // s)), k
+
+
+def test_odd_feature_sizes_upsample_to_lateral_size():
+    """Without padding (odd maps 13 -> 7 -> 4 -> 2), the top-down path upsamples to each lateral's exact size."""
+    feats = {"res2": torch.randn(1, 8, 13, 15), "res3": torch.randn(1, 16, 7, 8),
+             "res4": torch.randn(1, 24, 4, 4), "res5": torch.randn(1, 32, 2, 2)}
+    fpn = FPN(FixedBottomUp(feats), list(CHANNELS), out_channels=16, top_block=LastLevelMaxPool())
+    out = fpn(torch.zeros(1, 3, 1, 1))
+    assert out["p2"].shape[-2:] == (13, 15)
+    assert out["p3"].shape[-2:] == (7, 8)
+    assert out["p6"].shape[-2:] == (1, 1)
+    # p4 = output(lateral4 + nearest-up(lateral5)) computed by hand
+    lat5 = fpn.fpn_lateral5(feats["res5"])
+    lat4 = fpn.fpn_lateral4(feats["res4"])
+    up = lat5.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+    torch.testing.assert_close(out["p4"], fpn.fpn_output4(lat4 + up))
+
+
+def test_fuse_avg():
+    feats = {k: torch.randn(1, c, 32 // STRIDES[k] * 4, 32 // STRIDES[k] * 4) for k, c in CHANNELS.items()}
+    fpn_sum = FPN(FixedBottomUp(feats), list(CHANNELS), out_channels=16, fuse_type="sum")
+    fpn_avg = FPN(FixedBottomUp(feats), list(CHANNELS), out_channels=16, fuse_type="avg")
+    fpn_avg.load_state_dict(fpn_sum.state_dict())
+    x = torch.zeros(1, 3, 1, 1)
+    s, a = fpn_sum(x), fpn_avg(x)
+    assert list(a) == ["p2", "p3", "p4", "p5"]
+    torch.testing.assert_close(a["p5"], s["p5"])  # nothing merged at the top
+    # avg: T4 = (L4 + up(L5)) / 2, T3 = (L3 + up(T4)) / 2
+    up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")
+    t4 = (fpn_avg.fpn_lateral4(feats["res4"]) + up(fpn_avg.fpn_lateral5(feats["res5"]))) / 2
+    t3 = (fpn_avg.fpn_lateral3(feats["res3"]) + up(t4)) / 2
+    torch.testing.assert_close(a["p4"], fpn_avg.fpn_output4(t4))
+    torch.testing.assert_close(a["p3"], fpn_avg.fpn_output3(t3))
+    assert not torch.allclose(a["p3"], s["p3"])
+    with pytest.raises(ValueError, match="FUSE_TYPE"):
+        FPN(FixedBottomUp(feats), list(CHANNELS), out_channels=16, fuse_type="max")
+
+
+@pytest.mark.parametrize("in_feature", ["res5", "p5"])
+def test_last_level_p6p7(in_feature):
+    in_ch = CHANNELS["res5"] if in_feature == "res5" else 16
+    fpn = FPN(PoolingBottomUp(), list(CHANNELS), out_channels=16,
+              top_block=LastLevelP6P7(in_ch, 16, in_feature=in_feature))
+    x = torch.randn(1, 3, 128, 192)
+    out = fpn(x)
+    shapes = fpn.output_shape()
+    assert list(out) == ["p2", "p3", "p4", "p5", "p6", "p7"]
+    assert shapes["p6"] == ShapeSpec(channels=16, stride=64) and shapes["p7"] == ShapeSpec(channels=16, stride=128)
+    assert out["p6"].shape == (1, 16, 2, 3) and out["p7"].shape == (1, 16, 1, 2)
+    src = fpn.bottom_up(x)["res5"] if in_feature == "res5" else out["p5"]
+    p6 = fpn.top_block.p6(src)
+    torch.testing.assert_close(out["p6"], p6)
+    torch.testing.assert_close(out["p7"], fpn.top_block.p7(F.relu(p6)))
+
+
+def test_bad_in_features_are_named():
+    with pytest.raises(ValueError, match="res6"):
+        FPN(PoolingBottomUp(), ["res4", "res5", "res6"], out_channels=16)
+    with pytest.raises(ValueError, match="double"):
+        FPN(PoolingBottomUp(), ["res3", "res5"], out_channels=16)
+
+
+def test_builders_registered():
+    assert BACKBONE_REGISTRY.get("build_resnet_fpn_backbone") is not None
+    assert BACKBONE_REGISTRY.get("build_retinanet_resnet_fpn_backbone") is not None
