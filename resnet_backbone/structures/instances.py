@@ -29,9 +29,10 @@ class Instances:
             self.set(name, value)
 
     def __getattr__(self, name: str) -> Any:
-        if name == "_fields" or name not in self._fields:
-            raise AttributeError(f"Instances has no field '{name}'; fields: {list(self._fields)}")
-        return self._fields[name]
+        fields = self.__dict__.get("_fields")  # absent while unpickling (e.g. from DataLoader workers)
+        if fields is None or name not in fields:
+            raise AttributeError(f"Instances has no field '{name}'; fields: {list(fields or [])}")
+        return fields[name]
 
     def set(self, name: str, value: Any) -> None:
         if self._fields:

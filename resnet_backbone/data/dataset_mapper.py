@@ -1,0 +1,87 @@
+"""DatasetMapper: one dataset record -> the model input dict (see DESIGN.md "Model I/O")."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from .detection_utils import annotations_to_instances, check_image_size, filter_empty_instances, read_image
+from .errors import DatasetError
+from .transforms import Augmentation, apply_augmentations, build_augmentation
+
+__all__ = ["DatasetMapper"]
+
+
+class DatasetMapper:
+    """Read the image, apply the augmentations, and build the model input.
+
+    Output: {"image": (C, H, W) uint8 tensor in `image_format`, "height", "width" (ORIGINAL size), "file_name",
+    "image_id"} plus, in training, "instances" (`Instances` in the augmented image's coordinates: gt_boxes,
+    gt_classes, and gt_polygons / gt_ignore when the annotations carry segmentation / ignore). Crowd annotations
+    and boxes that are empty after the transform (e.g. rotated out of the canvas) are left out.
+    A problem with the image or the record raises `DatasetError` naming the file and record.
+    """
+
+    def __init__(self, is_train: bool, augmentations: list[Augmentation], image_format: str = "BGR",
+                 max_image_pixels: int = 0, keep_annotations_in_test: bool = False):
+        self.is_train = is_train
+        self.augmentations = list(augmentations)
+        self.image_format = image_format
+        self.max_image_pixels = int(max_image_pixels)
+        self.keep_annotations_in_test = keep_annotations_in_test
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, **kwargs) -> DatasetMapper:
+        args = dict(is_train=is_train, augmentations=build_augmentation(cfg, is_train),
+                    image_format=cfg.INPUT.FORMAT, max_image_pixels=cfg.INPUT.MAX_IMAGE_PIXELS)
+        args.update(kwargs)
+        return cls(**args)
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        d = copy.copy(dataset_dict)
+        file_name = d.get("file_name")
+        if not isinstance(file_name, str):
+            raise DatasetError(f"record has no file_name ({file_name!r})", record=f"image_id={d.get('image_id')}",
+                               field="file_name")
+        image = read_image(file_name, format=self.image_format, max_pixels=self.max_image_pixels or None)
+        check_image_size(d, image)
+        orig_h, orig_w = image.shape[:2]
+        d.setdefault("height", orig_h)
+        d.setdefault("width", orig_w)
+
+        image, tfm = apply_augmentations(self.augmentations, image)
+        h, w = image.shape[:2]
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+        annos = d.pop("annotations", None)
+        if not self.is_train and not self.keep_annotations_in_test:
+            return d
+        if annos is None:
+            return d
+        d["instances"] = self._instances(annos, tfm, (h, w), d)
+        return d
+
+    @staticmethod
+    def _instances(annos, tfm, image_size, record):
+        h, w = image_size
+        out = []
+        for a in annos:
+            if a.get("iscrowd", 0):
+                continue
+            try:
+                x, y, bw, bh = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise DatasetError(f"bad bbox {a.get('bbox')!r}", file=record.get("file_name"),
+                                   record=f"annotation id={a.get('id')}", field="bbox") from e
+            box = tfm.apply_box(np.array([[x, y, x + bw, y + bh]]))[0]
+            box = np.clip(box, [0, 0, 0, 0], [w, h, w, h])
+            obj = {"bbox": box.tolist(), "category_id": a["category_id"]}
+            seg = a.get("segmentation")
+            if isinstance(seg, list) and seg:
+                obj["segmentation"] = [p.reshape(-1).astype(np.float32) for p in tfm.apply_polygons(seg)]
+            if "ignore" in a:
+                obj["ignore"] = bool(a["ignore"])
+            out.append(obj)
+        inst = annotations_to_instances(out, (h, w))
+        return filter_empty_instances(inst)

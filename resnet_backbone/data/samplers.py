@@ -1,0 +1,85 @@
+"""Samplers: an infinite shuffled training stream sharded across ranks, an every-index-once inference sampler,
+and aspect-ratio grouping of a stream of mapped samples into batches."""
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch.utils.data import IterableDataset, Sampler
+
+from ..utils import comm
+
+__all__ = ["TrainingSampler", "InferenceSampler", "AspectRatioGroupedDataset"]
+
+
+class TrainingSampler(Sampler):
+    """Yields dataset indices forever: a new permutation each pass (or 0..N-1 repeated without shuffle).
+
+    All ranks draw the same stream (same `seed`); rank r takes positions r, r + world_size, ... so within a pass of
+    N (a multiple of world_size) the ranks' indices are disjoint and together cover the dataset.
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int | None = None, rank: int | None = None,
+                 world_size: int | None = None):
+        if size <= 0:
+            raise ValueError(f"TrainingSampler needs a non-empty dataset, got size={size}")
+        self._size = int(size)
+        self._shuffle = shuffle
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._rank = comm.get_rank() if rank is None else int(rank)
+        self._world_size = comm.get_world_size() if world_size is None else int(world_size)
+        if not 0 <= self._rank < self._world_size:
+            raise ValueError(f"rank {self._rank} is not in [0, {self._world_size})")
+
+    def __iter__(self):
+        return itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+
+    def _infinite_indices(self):
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        while True:
+            if self._shuffle:
+                yield from torch.randperm(self._size, generator=g).tolist()
+            else:
+                yield from range(self._size)
+
+
+class InferenceSampler(Sampler):
+    """Every index exactly once across ranks: rank r gets a contiguous shard; shard sizes differ by at most one."""
+
+    def __init__(self, size: int, rank: int | None = None, world_size: int | None = None):
+        self._size = int(size)
+        rank = comm.get_rank() if rank is None else int(rank)
+        world = comm.get_world_size() if world_size is None else int(world_size)
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, {world})")
+        per, extra = divmod(self._size, world)
+        start = rank * per + min(rank, extra)
+        end = start + per + (1 if rank < extra else 0)
+        self._indices = range(start, end)
+
+    def __iter__(self):
+        return iter(self._indices)
+
+    def __len__(self):
+        return len(self._indices)
+
+
+class AspectRatioGroupedDataset(IterableDataset):
+    """Batch a stream of mapped dicts so each batch holds only landscape (w >= h) or only portrait images,
+    which wastes less padding. Yields lists of `batch_size` dicts."""
+
+    def __init__(self, dataset, batch_size: int):
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self._buckets = [[], []]
+
+    def __iter__(self):
+        for d in self.dataset:
+            h, w = d["image"].shape[-2:] if "image" in d else (d["height"], d["width"])
+            bucket = self._buckets[0 if w >= h else 1]
+            bucket.append(d)
+            if len(bucket) == self.batch_size:
+                batch = bucket[:]
+                del bucket[:]
+                yield batch
