@@ -94,7 +94,7 @@ def test_names_match_detectron2():
     w = fpn.fpn_output4.weight.detach()
     bound = (3.0 / (16 * 9)) ** 0.5
     assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.8 * bound
-    assert float(fpn.fpn_lateral2.bias.abs().max()) == 0.0
+    assert float(fpn.fpn_lateral2.bias.detach().abs().max()) == 0.0
 
 
 def test_norm_convs_have_no_bias():

@@ -1,0 +1,188 @@
+"""FasterRCNN: config wiring, training losses and gradients, eval boxes in original coordinates, overfit."""
+import math
+
+import pytest
+import torch
+
+from resnet_backbone.config import get_cfg
+from resnet_backbone.modeling.meta_arch import META_ARCH_REGISTRY, build_model
+from resnet_backbone.modeling.meta_arch.faster_rcnn import FasterRCNN, StrideAnchorGenerator
+from resnet_backbone.structures import Instances
+
+NUM_CLASSES = 3
+
+
+def small_cfg(**overrides):
+    """R18-FPN with few channels and few proposals: a detector that runs in well under a second on CPU."""
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/Base-RCNN-FPN.yaml")
+    cfg.merge_from_list([
+        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.RESNETS.NORM", "GN",
+        "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.FPN.OUT_CHANNELS", 32,
+        "MODEL.PIXEL_STD", [57.375, 57.12, 58.395],
+        "MODEL.ANCHOR_GENERATOR.SIZES", [[16], [32], [64], [128], [256]],
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 200, "MODEL.RPN.PRE_NMS_TOPK_TEST", 100,
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "MODEL.RPN.POST_NMS_TOPK_TEST", 32,
+        "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 64,
+        "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+        "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+    ])
+    if overrides:
+        cfg.merge_from_list([v for kv in overrides.items() for v in kv])
+    return cfg
+
+
+def make_input(h=96, w=128, orig=None, boxes=((10.0, 12.0, 50.0, 60.0), (60.0, 30.0, 120.0, 90.0)),
+               classes=(0, 2), image_id=0):
+    oh, ow = orig or (h, w)
+    return {
+        "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8),
+        "height": oh, "width": ow, "file_name": f"img{image_id}.png", "image_id": image_id,
+        "instances": Instances((h, w), gt_boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                               gt_classes=torch.tensor(classes, dtype=torch.int64)),
+    }
+
+
+def test_registered_and_built_from_config():
+    cfg = small_cfg()
+    assert META_ARCH_REGISTRY.get("FasterRCNN") is FasterRCNN
+    model = build_model(cfg)
+    assert isinstance(model, FasterRCNN)
+    assert model.num_classes == NUM_CLASSES
+    assert model.roi_heads.box_predictor.cls_score.out_features == NUM_CLASSES + 1
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 4 * (NUM_CLASSES + 1)
+    assert model.rpn.in_features == ["p2", "p3", "p4", "p5", "p6"]
+    assert model.rpn._pre_nms_top_n == {"training": 200, "testing": 100}
+    assert model.rpn._post_nms_top_n == {"training": 64, "testing": 32}
+    assert model.rpn.proposal_matcher.low_threshold == 0.3 and model.rpn.proposal_matcher.high_threshold == 0.7
+    assert model.rpn.box_coder.weights == (1.0, 1.0, 1.0, 1.0)
+    assert model.roi_heads.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
+    assert model.roi_heads.box_roi_pool.featmap_names == ["p2", "p3", "p4", "p5"]
+    assert model.roi_heads.box_roi_pool.output_size == (7, 7)
+    assert model.roi_heads.box_head.fc6.in_features == 32 * 7 * 7
+    assert model.roi_heads.score_thresh == 0.05 and model.roi_heads.nms_thresh == 0.5
+    assert model.roi_heads.detections_per_img == 100
+    assert model.rpn.head.cls_logits.out_channels == 3  # one size x three ratios per level
+    assert isinstance(model.rpn.anchor_generator, StrideAnchorGenerator)
+    assert model.rpn.anchor_generator.strides == [4, 8, 16, 32, 64]
+    # pixel statistics are buffers that follow the model but are not saved in checkpoints
+    assert "pixel_mean" not in model.state_dict()
+    assert model.pixel_mean.shape == (3, 1, 1)
+    assert {k.split(".")[0] for k in model.state_dict()} == {"backbone", "rpn", "roi_heads"}
+
+
+def test_unsupported_settings_are_named():
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME"):
+        build_model(small_cfg(**{"MODEL.ROI_HEADS.NAME": "Res5ROIHeads"}))
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.NUM_FC"):
+        build_model(small_cfg(**{"MODEL.ROI_BOX_HEAD.NUM_FC": 3}))
+    with pytest.raises(ValueError, match="MODEL.ANCHOR_GENERATOR.SIZES"):
+        build_model(small_cfg(**{"MODEL.ANCHOR_GENERATOR.SIZES": [[16], [32]]}))
+    with pytest.raises(ValueError, match="MODEL.RPN.IN_FEATURES"):
+        build_model(small_cfg(**{"MODEL.RPN.IN_FEATURES": ["p2", "p9"]}))
+
+
+def test_anchor_strides_come_from_the_backbone():
+    """P6 of a 96-pixel input padded to 96 has 2 cells: anchors 64 pixels apart (torchvision's rule says 48)."""
+    gen = StrideAnchorGenerator(((32,), (64,)), ((1.0,), (1.0,)), strides=[32, 64])
+    from torchvision.models.detection.image_list import ImageList as TVImageList
+
+    images = TVImageList(torch.zeros(2, 3, 96, 96), [(96, 96), (90, 80)])
+    feats = [torch.zeros(2, 8, 3, 3), torch.zeros(2, 8, 2, 2)]
+    anchors = gen(images, feats)
+    assert len(anchors) == 2 and anchors[0].shape == (9 + 4, 4)
+    centers = (anchors[0][:, :2] + anchors[0][:, 2:]) / 2
+    torch.testing.assert_close(centers[9:], torch.tensor([[0.0, 0], [64, 0], [0, 64], [64, 64]]))
+    torch.testing.assert_close(centers[:9, 0], torch.tensor([0.0, 32, 64] * 3))
+    assert torch.allclose(anchors[0][9:, 2:] - anchors[0][9:, :2], torch.tensor(64.0))
+
+
+def test_training_step_losses_and_gradients():
+    model = build_model(small_cfg())
+    model.train()
+    batch = [make_input(image_id=0), make_input(80, 112, boxes=((5.0, 5.0, 40.0, 70.0),), classes=(1,), image_id=1)]
+    losses = model(batch)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    for k, v in losses.items():
+        assert v.dim() == 0 and torch.isfinite(v), k
+    # an untrained classifier over K+1 classes starts near log(K+1)
+    assert abs(float(losses["loss_classifier"].detach()) - math.log(NUM_CLASSES + 1)) < 0.5
+    sum(losses.values()).backward()
+    for name in ("backbone.bottom_up.stem.conv1.weight", "backbone.bottom_up.res5.0.conv1.weight",
+                 "backbone.fpn_lateral2.weight", "rpn.head.cls_logits.weight", "roi_heads.box_head.fc6.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+def test_training_with_an_image_without_boxes():
+    model = build_model(small_cfg())
+    model.train()
+    losses = model([make_input(boxes=(), classes=()), make_input(image_id=1)])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_bad_training_inputs_are_named():
+    model = build_model(small_cfg())
+    model.train()
+    x = make_input(image_id=7)
+    del x["instances"]
+    with pytest.raises(ValueError, match=r"img7\.png.*instances"):
+        model([x])
+    with pytest.raises(ValueError, match=r"img3\.png.*gt_boxes'\[1\]"):
+        model([make_input(boxes=((1.0, 1, 20, 20), (30.0, 5, 30, 40)), image_id=3)])
+    with pytest.raises(ValueError, match=r"img4\.png.*gt_classes'\[0\] = 3"):
+        model([make_input(classes=(3, 0), image_id=4)])
+    with pytest.raises(ValueError, match=r"img5\.png.*'image'"):
+        model([{"image": torch.zeros(1, 32, 32), "file_name": "img5.png"}])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_boxes_in_original_image(channels_last):
+    """Inputs were resized from a 2x larger (and non-uniformly scaled) original: boxes come back in it."""
+    cfg = small_cfg(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0, "MODEL.CHANNELS_LAST": channels_last})
+    model = build_model(cfg).eval()
+    # a biased classifier so that every proposal survives the score threshold with a real label
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-5.0, 1.0, 2.0, 3.0]))
+        model.roi_heads.box_predictor.bbox_pred.bias.uniform_(-2, 2)
+    batch = [make_input(96, 128, orig=(200, 250), image_id=0), make_input(70, 101, orig=(139, 203), image_id=1)]
+    with torch.no_grad():
+        out = model(batch)
+    assert len(out) == 2
+    for o, (oh, ow) in zip(out, [(200, 250), (139, 203)]):
+        assert set(o) == {"boxes", "scores", "labels"}
+        n = len(o["boxes"])
+        assert n > 0
+        assert o["boxes"].shape == (n, 4) and o["scores"].shape == (n,) and o["labels"].shape == (n,)
+        assert o["labels"].dtype == torch.int64
+        assert int(o["labels"].min()) >= 0 and int(o["labels"].max()) <= NUM_CLASSES - 1
+        assert (o["labels"] == NUM_CLASSES - 1).any()  # the highest class is reachable (shift by one)
+        b = o["boxes"]
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all()
+        assert (b[:, 2] <= ow).all() and (b[:, 3] <= oh).all()
+        assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
+        # boxes reach beyond the resized size, so they were scaled up, not only clipped
+        assert float(b[:, 2].max()) > 128 or float(b[:, 3].max()) > 96
+
+
+def test_eval_rescale_is_exact():
+    """postprocess maps boxes from the resized size to the original size by per-axis scaling and clips."""
+    det = [{"boxes": torch.tensor([[10.0, 20.0, 50.0, 40.0], [0.0, 0.0, 100.0, 50.0]]),
+            "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 3])}]
+    out = FasterRCNN.postprocess(det, [{"height": 100, "width": 300}], [(50, 100)])
+    torch.testing.assert_close(out[0]["boxes"], torch.tensor([[30.0, 40.0, 150.0, 80.0], [0.0, 0.0, 300.0, 100.0]]))
+    assert out[0]["labels"].tolist() == [0, 2]
+
+
+def test_batched_eval_matches_single_image_eval():
+    """Batching (padding) does not change an image's detections beyond float noise."""
+    model = build_model(small_cfg(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})).eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-5.0, 1.0, 2.0, 3.0]))
+    a, b = make_input(96, 128, image_id=0), make_input(96, 128, image_id=1)
+    with torch.no_grad():
+        both = model([a, b])
+        alone = model([b])
+    assert len(alone[0]["boxes"]) > 0
+    torch.testing.assert_close(both[1]["boxes"], alone[0]["boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(both[1]["scores"], alone[0]["scores"], atol=1e-4, rtol=1e-4)
