@@ -38,7 +38,7 @@ class SetCriterion(nn.Module):
         self.deep_supervision = deep_supervision
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
-        self.register_buffer("empty_weight", empty_weight)
+        self.register_buffer("empty_weight", empty_weight, persistent=False)  # not part of a checkpoint
 
     def num_boxes(self, targets: list[dict], device) -> float:
         """Target boxes in the batch, averaged over processes so every rank divides by the same number."""
