@@ -45,7 +45,7 @@ def _noisy_outputs(dicts, seed=0):
     """Jittered GT boxes plus random false positives, random scores: a mid-range AP."""
     g = torch.Generator().manual_seed(seed)
     inputs, outputs = _perfect_outputs(dicts)
-    for inp, out in zip(inputs, outputs):
+    for out in outputs:
         n = len(out["boxes"])
         jitter = (torch.rand((n, 4), generator=g) - 0.5) * 12
         fp = torch.rand((3, 2), generator=g) * 60

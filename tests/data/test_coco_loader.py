@@ -1,0 +1,239 @@
+"""load_coco_json: contiguous ids, crowd / empty images, and every kind of broken json -> DatasetError naming
+file, record and field (or, with policy "skip", dropped and counted). Plus a hypothesis fuzz test."""
+import copy
+import json
+import logging
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resnet_backbone.data import DatasetCatalog, DatasetError, MetadataCatalog, load_coco_json, register_coco_instances
+from resnet_backbone.data.build import get_detection_dataset_dicts
+from resnet_backbone.data.errors import bad_sample_counts
+
+
+def _valid():
+    return {
+        "info": {}, "licenses": [],
+        "images": [{"id": 10, "file_name": "a.png", "width": 100, "height": 80},
+                   {"id": 11, "file_name": "b.png", "width": 50, "height": 50},
+                   {"id": 12, "file_name": "empty.png", "width": 40, "height": 40}],
+        "annotations": [
+            {"id": 1, "image_id": 10, "category_id": 3, "bbox": [10, 10, 20, 30], "area": 600, "iscrowd": 0,
+             "segmentation": [[10, 10, 30, 10, 30, 40, 10, 40]]},
+            {"id": 2, "image_id": 10, "category_id": 7, "bbox": [50, 20, 40, 40], "area": 1600, "iscrowd": 1,
+             "segmentation": {"counts": "abc", "size": [80, 100]}},
+            {"id": 3, "image_id": 11, "category_id": 1, "bbox": [0, 0, 50, 50], "area": 2500, "iscrowd": 0},
+        ],
+        "categories": [{"id": 7, "name": "triangle"}, {"id": 1, "name": "circle"}, {"id": 3, "name": "square"}],
+    }
+
+
+def _write(tmp_path, data, name="ann.json"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(p)
+
+
+def _load(tmp_path, data, **kw):
+    return load_coco_json(_write(tmp_path, data), str(tmp_path / "imgs"), **kw)
+
+
+def test_valid_file_contiguous_ids_crowd_and_empty(tmp_path):
+    name = "test_coco_loader_valid"
+    if name in MetadataCatalog:
+        MetadataCatalog.remove(name)
+    recs = load_coco_json(_write(tmp_path, _valid()), str(tmp_path / "imgs"), name)
+    assert [r["image_id"] for r in recs] == [10, 11, 12]
+    assert recs[0]["file_name"] == str(tmp_path / "imgs" / "a.png")
+    assert (recs[0]["height"], recs[0]["width"]) == (80, 100)
+    a1, a2 = recs[0]["annotations"]
+    assert a1["category_id"] == 1 and a1["bbox"] == [10, 10, 20, 30]  # dataset id 3 -> contiguous 1
+    assert a2["category_id"] == 2 and a2["iscrowd"] == 1  # crowd kept, flagged
+    assert recs[1]["annotations"][0]["category_id"] == 0
+    assert recs[2]["annotations"] == []  # image without annotations kept
+    meta = MetadataCatalog.get(name)
+    assert meta.thing_classes == ["circle", "square", "triangle"]
+    assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 3: 1, 7: 2}
+
+
+def test_register_and_filter_empty(tmp_path):
+    name = "test_coco_loader_registered"
+    for cat in (DatasetCatalog, MetadataCatalog):
+        if name in cat:
+            cat.remove(name)
+    register_coco_instances(name, {"extra": 1}, _write(tmp_path, _valid()), str(tmp_path / "imgs"))
+    meta = MetadataCatalog.get(name)
+    assert meta.evaluator_type == "coco" and meta.extra == 1
+    with pytest.raises(KeyError, match="already registered"):
+        register_coco_instances(name, {}, "x.json", "x")
+    assert len(get_detection_dataset_dicts(name, filter_empty=False)) == 3
+    assert [r["image_id"] for r in get_detection_dataset_dicts([name], filter_empty=True)] == [10, 11]
+
+
+def test_box_overshoot_clipped(tmp_path):
+    d = _valid()
+    d["annotations"][2]["bbox"] = [-1.5, 0, 52, 51]  # 50x50 image, overshoot <= 2 px
+    recs = _load(tmp_path, d)
+    assert recs[1]["annotations"][0]["bbox"] == [0.0, 0.0, 50.0, 50.0]
+
+
+def _mutations():
+    """(name, mutate(d), expected field, expected record substring)."""
+    def ann(i, **kw):
+        def f(d):
+            d["annotations"][i].update(kw)
+        return f
+
+    def pop(section):
+        return lambda d: d.pop(section)
+
+    return [
+        ("missing images", pop("images"), "images", "<file>"),
+        ("missing annotations", pop("annotations"), "annotations", "<file>"),
+        ("missing categories", pop("categories"), "categories", "<file>"),
+        ("images not a list", lambda d: d.update(images={"id": 1}), "images", "<file>"),
+        ("duplicate image id", lambda d: d["images"].append(dict(d["images"][0])), "id", "image id=10"),
+        ("duplicate annotation id", ann(1, id=1), "id", "annotation id=1"),
+        ("duplicate category id", lambda d: d["categories"].append({"id": 1, "name": "x"}), "id", "category id=1"),
+        ("annotation -> missing image", ann(0, image_id=99), "image_id", "annotation id=1"),
+        ("unknown category", ann(0, category_id=2), "category_id", "annotation id=1"),
+        ("negative width", ann(0, bbox=[10, 10, -5, 30]), "bbox", "annotation id=1"),
+        ("zero height", ann(0, bbox=[10, 10, 5, 0]), "bbox", "annotation id=1"),
+        ("NaN size", ann(0, bbox=[10, 10, float("nan"), 5]), "bbox", "annotation id=1"),
+        ("bbox outside image", ann(0, bbox=[90, 10, 50, 30]), "bbox", "annotation id=1"),
+        ("bbox far negative", ann(0, bbox=[-40, 10, 45, 30]), "bbox", "annotation id=1"),
+        ("bbox three numbers", ann(0, bbox=[1, 2, 3]), "bbox", "annotation id=1"),
+        ("bbox string", ann(0, bbox="10,10,5,5"), "bbox", "annotation id=1"),
+        ("segmentation string", ann(0, segmentation="polygon"), "segmentation", "annotation id=1"),
+        ("segmentation flat numbers", ann(0, segmentation=[1, 2, 3, 4, 5, 6]), "segmentation", "annotation id=1"),
+        ("segmentation odd length", ann(0, segmentation=[[1, 2, 3, 4, 5, 6, 7]]), "segmentation", "annotation id=1"),
+        ("segmentation strings", ann(0, segmentation=[["a", "b", "c", "d", "e", "f"]]), "segmentation",
+         "annotation id=1"),
+        ("RLE without counts", ann(1, segmentation={"size": [80, 100]}), "segmentation", "annotation id=2"),
+        ("iscrowd 2", ann(0, iscrowd=2), "iscrowd", "annotation id=1"),
+        ("image width 0", lambda d: d["images"][1].update(width=0), "width", "image id=11"),
+        ("image without file_name", lambda d: d["images"][1].pop("file_name"), "file_name", "image id=11"),
+        ("annotation id missing", lambda d: d["annotations"][0].pop("id"), "id", "annotations[0]"),
+    ]
+
+
+@pytest.mark.parametrize("name,mutate,field,record", _mutations(), ids=[m[0] for m in _mutations()])
+def test_bad_json_names_file_record_field(tmp_path, name, mutate, field, record):
+    d = _valid()
+    mutate(d)
+    path = _write(tmp_path, d)
+    with pytest.raises(DatasetError) as ei:
+        load_coco_json(path, str(tmp_path))
+    e = ei.value
+    assert e.file == path and e.field == field and record in str(e.record), str(e)
+    msg = str(e)
+    assert path in msg and f"field '{field}'" in msg and record in msg
+
+
+@pytest.mark.parametrize("text", ["{", '{"images": [}', "", "[1, 2, 3]", '"just a string"', "\xff\xfe garbage"])
+def test_malformed_json(tmp_path, text):
+    path = _write(tmp_path, text)
+    with pytest.raises(DatasetError) as ei:
+        load_coco_json(path, str(tmp_path))
+    assert ei.value.file == path and ei.value.field == "json" and path in str(ei.value)
+
+
+def test_malformed_json_names_line(tmp_path):
+    path = _write(tmp_path, '{\n  "images": [],\n  "annotations": [,]\n}')
+    with pytest.raises(DatasetError, match="line 3"):
+        load_coco_json(path, str(tmp_path))
+
+
+def test_missing_json_file(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist") as ei:
+        load_coco_json(str(tmp_path / "nope.json"), str(tmp_path))
+    assert ei.value.field == "json_file"
+
+
+def test_skip_mode_drops_and_counts(tmp_path, caplog):
+    d = _valid()
+    d["annotations"][0]["bbox"] = [10, 10, -5, 30]  # bad annotation
+    d["annotations"].append({"id": 4, "image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5]})  # missing image
+    d["annotations"].append({"id": 5, "image_id": 11, "category_id": 1, "bbox": [1, 1, 5, 5]})  # good
+    d["images"].append({"id": 13, "file_name": "bad.png", "width": -3, "height": 40})  # bad image
+    before = bad_sample_counts().get("json", 0)
+    with caplog.at_level(logging.WARNING):
+        recs = _load(tmp_path, d, on_bad_sample="skip")
+    assert [r["image_id"] for r in recs] == [10, 11, 12]
+    assert [a["id"] for a in recs[0]["annotations"]] == [2]
+    assert [a["id"] for a in recs[1]["annotations"]] == [3, 5]
+    assert bad_sample_counts()["json"] - before == 3
+    assert "skipped 3 bad records" in caplog.text
+    # the same file raises in "error" mode (the default)
+    with pytest.raises(DatasetError):
+        _load(tmp_path, d)
+
+
+def test_skip_mode_still_rejects_broken_structure(tmp_path):
+    d = _valid()
+    del d["categories"]
+    with pytest.raises(DatasetError, match="categories"):
+        _load(tmp_path, d, on_bad_sample="skip")
+
+
+# ---------------------------------------------------------------- property test
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                  st.text(max_size=5))
+_value = st.recursive(_leaf, lambda c: st.one_of(st.lists(c, max_size=6), st.dictionaries(st.text(max_size=8), c,
+                                                                                         max_size=4)), max_leaves=12)
+_sections = ["images", "annotations", "categories"]
+
+
+@st.composite
+def _mutated(draw):
+    d = _valid()
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["replace_field", "drop_field", "replace_record", "replace_section",
+                                     "drop_section", "dup_record", "number"]))
+        sec = draw(st.sampled_from(_sections))
+        recs = d.get(sec)
+        if kind == "drop_section":
+            d.pop(sec, None)
+        elif kind == "replace_section":
+            d[sec] = draw(_value)
+        elif not isinstance(recs, list) or not recs:
+            continue
+        else:
+            i = draw(st.integers(0, len(recs) - 1))
+            if kind == "replace_record":
+                recs[i] = draw(_value)
+            elif kind == "dup_record":
+                recs.append(copy.deepcopy(recs[i]))
+            elif isinstance(recs[i], dict) and recs[i]:
+                key = draw(st.sampled_from(sorted(recs[i])))
+                if kind == "drop_field":
+                    recs[i].pop(key)
+                elif kind == "number":
+                    recs[i][key] = draw(st.one_of(st.integers(-10**9, 10**9), st.floats(allow_nan=True,
+                                                                                         allow_infinity=True)))
+                else:
+                    recs[i][key] = draw(_value)
+    return d
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(data=_mutated(), skip=st.booleans())
+def test_fuzz_loads_or_raises_dataset_error(tmp_path, data, skip):
+    path = tmp_path / "fuzz.json"
+    path.write_text(json.dumps(data))  # NaN/Infinity written as json's NaN extension, which python reads back
+    try:
+        recs = load_coco_json(str(path), str(tmp_path), on_bad_sample="skip" if skip else "error")
+    except DatasetError as e:
+        assert e.file == str(path) and e.field
+        return
+    for r in recs:
+        assert isinstance(r["image_id"], int) and r["width"] > 0 and r["height"] > 0
+        for a in r["annotations"]:
+            x, y, w, h = a["bbox"]
+            assert all(math.isfinite(v) for v in (x, y, w, h)) and w > 0 and h > 0
+            assert x >= 0 and y >= 0 and x + w <= r["width"] + 1e-6 and y + h <= r["height"] + 1e-6
+            assert 0 <= a["category_id"] < len(data["categories"])
