@@ -1,0 +1,224 @@
+"""Whole detectron2 backbone state dicts <-> our ResNet / FPN modules, both ways.
+
+Our module names are detectron2's (see resnet.py and fpn.py), so the mapping is about where the backbone sits,
+not about renaming layers:
+
+    detectron2 model (GeneralizedRCNN, RetinaNet)      ours
+    backbone.bottom_up.stem.conv1.weight               FPN: bottom_up.stem.conv1.weight   ResNet: stem.conv1.weight
+    backbone.bottom_up.res2.0.conv1.norm.weight        FPN: bottom_up.res2.0.conv1.norm.weight
+    backbone.fpn_lateral2.weight / fpn_output2.bias    FPN: fpn_lateral2.weight / fpn_output2.bias
+    backbone.top_block.p6.weight (RetinaNet P6/P7)     FPN: top_block.p6.weight
+    backbone.res4.0.conv1.weight (C4 / DC5 models)     ResNet: res4.0.conv1.weight
+    roi_heads.res5.0.conv1.weight (C4 models only)     ResNet: res5.0.conv1.weight (with include_roi_res5)
+    proposal_generator.*, roi_heads.* (heads)          not part of the backbone: left out
+
+Accepted inputs: a detectron2 model state dict, a detectron2 checkpoint {"model": ..., "iteration": ...}, the
+model-zoo .pkl layout {"model": {name: numpy array}, "__author__": ...}, DDP-wrapped names ("module.backbone..."),
+or the state dict of a detectron2 backbone by itself ("bottom_up.res2...", "fpn_lateral2..." / "res2...").
+Caffe2/MSRA names (res2_0_branch2a_w) and torchvision names are converters.py's job, not this file's.
+
+    ours_fpn.load_state_dict(detectron2_to_ours(torch.load("model_final.pth")["model"], target="fpn"))
+    save_detectron2_checkpoint(ours_to_detectron2(ours_fpn.state_dict()), "for_detectron2.pkl")
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import CheckpointError
+from .safe_pickle import load_checkpoint_file
+
+__all__ = [
+    "detectron2_to_ours",
+    "ours_to_detectron2",
+    "load_detectron2_checkpoint",
+    "save_detectron2_checkpoint",
+    "is_detectron2_state_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+D2_BACKBONE = "backbone."
+D2_BOTTOM_UP = "bottom_up."
+D2_ROI_RES5 = "roi_heads.res5."
+_RESNET_ROOTS = ("stem.", "res2.", "res3.", "res4.", "res5.", "linear.")
+_FPN_ROOTS = (D2_BOTTOM_UP, "fpn_lateral", "fpn_output", "top_block.")
+_TARGETS = ("fpn", "resnet")
+_D2_LAYOUTS = ("fpn", "resnet", "c4")
+_FROZEN_BN_EPS = 1e-5
+
+
+def _unwrap(checkpoint: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{where}: expected a state dict or a checkpoint dict, got {type(checkpoint).__name__}")
+    state = checkpoint
+    if "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    state = dict(state)
+    if state and all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped model
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _to_tensor(name: str, value: Any, where: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (int, float, np.number)):
+        return torch.as_tensor(value)
+    raise CheckpointError(f"{where}: key '{name}' holds a {type(value).__name__}, not an array or tensor")
+
+
+def _select(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def is_detectron2_state_dict(state: Mapping[str, Any]) -> bool:
+    """True when `state` (or state["model"]) has detectron2 backbone names ("backbone.bottom_up.res2..." etc.)."""
+    try:
+        state = _unwrap(state, "state dict")
+    except CheckpointError:
+        return False
+    return any(k.startswith(D2_BACKBONE + D2_BOTTOM_UP) or k.startswith(D2_BACKBONE + "fpn_lateral")
+               or k.startswith(D2_BACKBONE + "res") or k.startswith(D2_BACKBONE + "stem.") for k in state)
+
+
+def _fill_frozen_bn_stats(state: dict[str, torch.Tensor]) -> list[str]:
+    """Add running_mean 0 / running_var 1 - eps to norms that only carry weight and bias (old FrozenBN files),
+    which makes our FrozenBatchNorm2d apply exactly y = x * weight + bias. Returns the norms it filled."""
+    filled = []
+    for key in list(state):
+        if not key.endswith(".norm.weight"):
+            continue
+        base = key[: -len("weight")]
+        if base + "bias" in state and base + "running_mean" not in state and base + "running_var" not in state:
+            w = state[key]
+            state[base + "running_mean"] = torch.zeros_like(w)
+            state[base + "running_var"] = torch.full_like(w, 1.0 - _FROZEN_BN_EPS)
+            filled.append(base[:-1])
+    return filled
+
+
+def detectron2_to_ours(checkpoint: Mapping[str, Any], target: str = "fpn", include_roi_res5: bool = True,
+                       source: str = "detectron2 state dict") -> dict[str, torch.Tensor]:
+    """The backbone part of a detectron2 state dict / checkpoint, named for our modules.
+
+    Args:
+        checkpoint: see the module docstring for the accepted layouts. numpy arrays become tensors.
+        target: "fpn" for our FPN (keys "bottom_up.res2...", "fpn_lateral2...", "top_block..."), "resnet" for our
+            ResNet (keys "stem...", "res2..."), taken from an FPN model's bottom_up or from a C4/DC5 model's backbone.
+        include_roi_res5: for target "resnet" from a detectron2 C4 model, whose res5 lives in the box head
+            (roi_heads.res5.*), bring it in as our res5.
+        source: how to name the input in error messages (e.g. the file name).
+
+    Raises CheckpointError (naming `source`) when there is no detectron2 backbone in the input or it cannot give the
+    requested target (an FPN from a model that has none).
+    """
+    if target not in _TARGETS:
+        raise CheckpointError(f"{source}: target must be one of {_TARGETS}, got {target!r}")
+    state = _unwrap(checkpoint, source)
+    state = {k: (k, v) for k, v in state.items()}  # keep each value's original name for error messages
+    backbone = _select(state, D2_BACKBONE)
+    if not backbone:  # maybe a detectron2 backbone's own state dict
+        if any(k.startswith(_FPN_ROOTS) or k.startswith(_RESNET_ROOTS) for k in state):
+            backbone = {k: v for k, v in state.items() if k.startswith(_FPN_ROOTS) or k.startswith(_RESNET_ROOTS)}
+        else:
+            sample = ", ".join(sorted(state)[:5])
+            raise CheckpointError(f"{source}: no detectron2 backbone weights (no key starts with 'backbone.', "
+                                  f"'bottom_up.', 'fpn_', 'stem.' or 'res2.'); first keys: {sample or '(none)'}")
+    has_fpn = any(k.startswith(_FPN_ROOTS) for k in backbone)
+
+    if target == "fpn":
+        if not has_fpn:
+            raise CheckpointError(f"{source}: this detectron2 model has a plain ResNet backbone (a C4/DC5 model: "
+                                  "keys 'backbone.res2...'), no FPN; convert it with target='resnet'")
+        out = {k: v for k, v in backbone.items() if k.startswith(_FPN_ROOTS)}
+    else:
+        out = _select(backbone, D2_BOTTOM_UP) if has_fpn else dict(backbone)
+        if not has_fpn and include_roi_res5:
+            res5 = _select(state, D2_ROI_RES5)
+            if res5 and not any(k.startswith("res5.") for k in out):
+                out.update({"res5." + k: v for k, v in res5.items()})
+        out = {k: v for k, v in out.items() if k.startswith(_RESNET_ROOTS)}
+        if not out:
+            raise CheckpointError(f"{source}: no ResNet weights under the detectron2 backbone")
+
+    out = {k: _to_tensor(name, v, source) for k, (name, v) in out.items()}
+    if len(state) > len(out):
+        logger.info("%s: took %d backbone tensors, left out %d others (heads)", source, len(out),
+                    len(state) - len(out))
+    filled = _fill_frozen_bn_stats(out)
+    if filled:
+        logger.info("%s: %d norms had no running statistics (old FrozenBN); set mean 0, var 1-eps, e.g. %s",
+                    source, len(filled), filled[0])
+    return out
+
+
+def ours_to_detectron2(state_dict: Mapping[str, torch.Tensor], layout: str | None = None,
+                       numpy: bool = False) -> dict[str, Any]:
+    """Our FPN or ResNet state dict in detectron2's model names, ready to load into a detectron2 model.
+
+    Args:
+        state_dict: our FPN's ("bottom_up.*", "fpn_*", "top_block.*") or our ResNet's ("stem.*", "res2.*", ...).
+        layout: where the weights go in detectron2. "fpn": under "backbone." (an FPN) or "backbone.bottom_up."
+            (a ResNet, to sit under a detectron2 FPN model). "resnet": a ResNet under "backbone." (DC5 models).
+            "c4": a ResNet under "backbone." with res5 under "roi_heads.res5." (detectron2's C4 models).
+            Default: "fpn".
+        numpy: values as numpy arrays (the model-zoo .pkl convention) instead of tensors.
+    """
+    layout = layout or "fpn"
+    if layout not in _D2_LAYOUTS:
+        raise CheckpointError(f"ours_to_detectron2: layout must be one of {_D2_LAYOUTS}, got {layout!r}")
+    state = _unwrap(state_dict, "ours_to_detectron2")
+    unknown = sorted(k for k in state if not (k.startswith(_FPN_ROOTS) or k.startswith(_RESNET_ROOTS)))
+    if unknown:
+        raise CheckpointError(f"ours_to_detectron2: not an FPN or ResNet state dict of ours; unexpected keys "
+                              f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    is_fpn = any(k.startswith(_FPN_ROOTS) for k in state)
+    if is_fpn and layout != "fpn":
+        raise CheckpointError(f"ours_to_detectron2: an FPN state dict only fits detectron2's FPN models, not "
+                              f"layout {layout!r}")
+    out = {}
+    for k, v in state.items():
+        if is_fpn:
+            name = D2_BACKBONE + k
+        elif layout == "fpn":
+            name = D2_BACKBONE + D2_BOTTOM_UP + k
+        elif layout == "c4" and k.startswith("res5."):
+            name = D2_ROI_RES5 + k[len("res5."):]
+        else:
+            name = D2_BACKBONE + k
+        out[name] = v.detach().cpu().numpy() if numpy else v
+    return out
+
+
+def load_detectron2_checkpoint(path: str, target: str = "fpn", include_roi_res5: bool = True, trust: bool = False
+                               ) -> dict[str, torch.Tensor]:
+    """Read a detectron2 checkpoint file (.pth from its trainer, or a model-zoo .pkl) and return the backbone
+    in our names (see `detectron2_to_ours`). Files are read by `safe_pickle.load_checkpoint_file`: .pkl through the
+    restricted unpickler (numpy arrays and plain containers only), others with torch.load(weights_only=True);
+    `trust=True` allows a .pth that needs full unpickling."""
+    data = load_checkpoint_file(path, trust=trust)
+    return detectron2_to_ours(data, target=target, include_roi_res5=include_roi_res5, source=f"'{path}'")
+
+
+def save_detectron2_checkpoint(d2_state: Mapping[str, Any], path: str, author: str = "resnet_backbone") -> None:
+    """Write detectron2-named weights where detectron2's DetectionCheckpointer reads them by exact name:
+    .pkl -> {"model": numpy arrays, "__author__": author, "matching_heuristics": False}; else torch.save
+    {"model": tensors, "__author__": author}."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.endswith(".pkl"):
+        model = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                 for k, v in d2_state.items()}
+        with open(path, "wb") as f:
+            pickle.dump({"model": model, "__author__": author, "matching_heuristics": False}, f)
+    else:
+        model = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)))
+                 for k, v in d2_state.items()}
+        torch.save({"model": model, "__author__": author}, path)
