@@ -2,11 +2,12 @@
 
 Three classes with sparse COCO category ids (1 circle, 3 square, 7 triangle) so that any confusion between
 dataset ids and contiguous ids shows. Each image: a textured, noisy background (smooth colour field, stripes or
-blobs, pixel noise), 1-6 objects of random colour and size 6%-40% of the shorter image side (squares and
-triangles randomly rotated), drawn in order so later objects may occlude earlier ones. Annotations describe
-what is visible: bbox = the tight box of the visible pixels, segmentation = the visible region's outer contours,
-area = visible pixel count. An object is never hidden by more than half. Image sizes vary: the long side is
-`image_size`, the short side is `image_size` or 3/4 of it (landscape or portrait). Deterministic for a seed.
+blobs, pixel noise), 1-6 objects of random colour whose size (the longer side of the object's box) is 6%-40% of
+the shorter image side (squares and triangles randomly rotated), drawn in order so later objects may occlude
+earlier ones. Annotations describe what is visible: bbox = the tight box of the visible pixels, segmentation =
+the visible region's outer contours, area = visible pixel count. An object is never hidden by more than half.
+Image sizes vary: the long side is `image_size`, the short side is `image_size` or 3/4 of it (landscape or
+portrait). Deterministic for a seed.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _shape_mask(rng, cls_name: str, h: int, w: int, size: float):
-    """Full (unoccluded) mask of one shape of side/diameter `size`, placed at random inside the image."""
+    """Full (unoccluded) mask of one shape whose bounding box's longer side is `size`, placed inside the image."""
     mask = np.zeros((h, w), np.uint8)
     half = size / 2.0
     cx = rng.uniform(half, w - half)
@@ -63,7 +64,9 @@ def _shape_mask(rng, cls_name: str, h: int, w: int, size: float):
             pts = np.array([[0, -1], [np.sqrt(3) / 2, 0.5], [-np.sqrt(3) / 2, 0.5]], np.float64) * half
         a = rng.uniform(0, 2 * np.pi)
         rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-        pts = pts @ rot.T + [cx, cy]
+        pts = pts @ rot.T
+        pts *= size / (pts.max(axis=0) - pts.min(axis=0)).max()  # the box's longer side is `size`
+        pts += [cx, cy] - (pts.max(axis=0) + pts.min(axis=0)) / 2
         cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
     return mask.astype(bool)
 

@@ -1,0 +1,83 @@
+"""Synthetic shapes generator: deterministic, valid COCO (pycocotools loads it), boxes inside the images and
+tight around the drawn object, sparse category ids, and the command-line tool."""
+import contextlib
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+
+from resnet_backbone.data.synthetic.shapes import generate_shapes_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _digest(root: Path, split: str) -> str:
+    h = hashlib.sha256((root / f"{split}.json").read_bytes())
+    for p in sorted((root / split).glob("*.png")):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a = generate_shapes_dataset(tmp_path / "a", "train", 4, image_size=64, seed=7)
+    generate_shapes_dataset(tmp_path / "b", "train", 4, image_size=64, seed=7)
+    generate_shapes_dataset(tmp_path / "c", "train", 4, image_size=64, seed=8)
+    assert a == str(tmp_path / "a" / "train.json")
+    assert _digest(tmp_path / "a", "train") == _digest(tmp_path / "b", "train")
+    assert _digest(tmp_path / "a", "train") != _digest(tmp_path / "c", "train")
+
+
+def test_valid_coco_with_tight_boxes(tmp_path):
+    path = generate_shapes_dataset(tmp_path, "val", 16, image_size=96, seed=0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(path)
+    data = json.loads(Path(path).read_text())
+    assert {"info", "licenses", "images", "annotations", "categories"} <= set(data)
+    assert sorted(coco.getCatIds()) == [1, 3, 7]  # sparse, not starting at 0
+    per_image = [len(coco.getAnnIds(imgIds=[i])) for i in coco.getImgIds()]
+    assert min(per_image) >= 1 and max(per_image) <= 6
+    sides = []
+    used = set()
+    for a in data["annotations"]:
+        img = coco.imgs[a["image_id"]]
+        x, y, w, h = a["bbox"]
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= img["width"] and y + h <= img["height"]
+        assert a["iscrowd"] == 0 and a["area"] > 0 and all(len(p) >= 6 and len(p) % 2 == 0 for p in a["segmentation"])
+        assert 0 < a["area"] <= w * h
+        sides.append(max(w, h) / min(img["width"], img["height"]))
+        used.add(a["category_id"])
+    assert used == {1, 3, 7}
+    assert 0.04 < min(sides) and max(sides) < 0.5
+    # the box is tight around the object's visible pixels: the mask from the polygons fills the box edges
+    a = data["annotations"][0]
+    img = coco.imgs[a["image_id"]]
+    m = np.zeros((img["height"], img["width"]), np.uint8)
+    for poly in a["segmentation"]:
+        cv2.fillPoly(m, [np.round(np.asarray(poly).reshape(-1, 2) - 0.5).astype(np.int32)], 1)
+    ys, xs = np.nonzero(m)
+    x, y, w, h = a["bbox"]
+    assert abs(xs.min() - x) <= 1 and abs(ys.min() - y) <= 1 and abs(xs.max() + 1 - (x + w)) <= 1
+    # images exist, have the recorded size, and vary in aspect ratio
+    shapes = set()
+    for img in data["images"]:
+        with Image.open(tmp_path / "val" / img["file_name"]) as im:
+            assert im.size == (img["width"], img["height"])
+            shapes.add(im.size)
+    assert len(shapes) > 1
+
+
+def test_command_line_tool(tmp_path):
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "make_synthetic_dataset.py"), "--kind", "shapes",
+                        "--output", str(out), "--num-train", "3", "--num-val", "2", "--image-size", "48",
+                        "--seed", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((out / "train.json").read_text())["images"]) == 3
+    assert len(list((out / "val").glob("*.png"))) == 2
