@@ -1,0 +1,366 @@
+"""Inference fast paths: folded norms, channels_last, prepacked oneDNN convolutions, autocast, torch.compile.
+
+Each switch keeps the model's outputs (tests/modeling/test_fast_paths.py checks every one for parity):
+
+- `fuse_conv_frozen_bn(model)`: every `layers.Conv2d` that carries a FrozenBatchNorm2d (or a BatchNorm2d in
+  eval mode) gets the norm folded into its weight and bias, and its `.norm` becomes None. One conv instead of
+  conv + two elementwise passes over the feature map.
+- `to_channels_last(model)`: 4-D parameters and buffers in NHWC order, the layout oneDNN's fast CPU kernels
+  and cuDNN's tensor-core kernels want.
+- `prepack_mkldnn(model)` (CPU): every conv becomes an `MkldnnConv2d` holding its weight pre-reordered in
+  oneDNN's blocked layout (eager PyTorch re-reorders the weight on every call), with ReLU and, inside our
+  ResNet blocks, the residual add + ReLU fused into the conv as oneDNN post-ops. Under CPU bf16 autocast it
+  runs bf16 kernels (AMX / avx512_bf16 where the CPU has them) with a bf16 copy of the packed weight.
+- `inference_autocast(device, dtype)`: bf16 autocast on CPU, fp16 / bf16 on CUDA, as one context manager.
+- `optimize_for_inference(model, cfg)`: applies MODEL.FUSE_FROZEN_BN, MODEL.CHANNELS_LAST and MODEL.COMPILE
+  (on CPU, FUSE_FROZEN_BN also prepacks the convs with fused post-ops) and puts the model in eval mode.
+
+All of these change the module in place and are meant for an inference copy of the model: folded norms
+cannot be trained any more, and a prepacked conv falls back to plain `F.conv2d` whenever autograd is
+recording, so the outputs stay right but the speed-up is only there under `torch.no_grad()` /
+`torch.inference_mode()`. Keep the original (or its state_dict) for training and checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import Conv2d, FrozenBatchNorm2d
+
+__all__ = [
+    "fuse_conv_frozen_bn",
+    "to_channels_last",
+    "prepack_mkldnn",
+    "MkldnnConv2d",
+    "inference_autocast",
+    "autocast_dtype",
+    "compile_model",
+    "optimize_for_inference",
+    "mkldnn_available",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ norm folding
+def _norm_scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel (scale, shift) with norm(x) == x * scale + shift, or None when the norm cannot be folded."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return norm.scale_and_shift()
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        if norm.training or norm.running_mean is None or norm.running_var is None:
+            return None  # batch statistics: the output depends on the batch, nothing to fold
+        scale = (norm.running_var + norm.eps).rsqrt()
+        if norm.affine:
+            scale = scale * norm.weight
+            shift = norm.bias - norm.running_mean * scale
+        else:
+            shift = -norm.running_mean * scale
+        return scale, shift
+    # torchvision.ops.FrozenBatchNorm2d and look-alikes: constant statistics held as buffers
+    names = ("weight", "bias", "running_mean", "running_var", "eps")
+    if all(hasattr(norm, n) for n in names) and not isinstance(norm, (nn.GroupNorm, nn.LayerNorm)) \
+            and not any(isinstance(getattr(norm, n), nn.Parameter) for n in names[:2]):
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        return scale, norm.bias - norm.running_mean * scale
+    return None
+
+
+@torch.no_grad()
+def _fold_norm(conv: nn.Conv2d, norm: nn.Module) -> bool:
+    ss = _norm_scale_shift(norm)
+    if ss is None:
+        return False
+    scale, shift = (t.detach().to(torch.float64) for t in ss)
+    w = conv.weight.detach()
+    new_w = (w.to(torch.float64) * scale.reshape(-1, 1, 1, 1)).to(w.dtype)
+    old_b = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros_like(shift)
+    new_b = (old_b * scale + shift).to(w.dtype)
+    requires_grad = conv.weight.requires_grad
+    conv.weight = nn.Parameter(new_w.contiguous(memory_format=_memory_format(w)), requires_grad=requires_grad)
+    conv.bias = nn.Parameter(new_b, requires_grad=requires_grad)
+    return True
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def fuse_conv_frozen_bn(model: nn.Module) -> nn.Module:
+    """Fold each FrozenBatchNorm2d / eval-mode BatchNorm2d carried by a `layers.Conv2d` (as `.norm`) into the
+    conv's weight and bias, in place; the conv's `.norm` becomes None. GroupNorm and train-mode BatchNorm stay.
+
+    Returns `model`. The result computes the same function (to float rounding) for inference.
+    """
+    folded = 0
+    for m in model.modules():
+        if isinstance(m, Conv2d) and m.norm is not None and _fold_norm(m, m.norm):
+            m.norm = None
+            folded += 1
+    logger.debug("fuse_conv_frozen_bn: folded %d norms", folded)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ channels_last
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Put the model's 4-D weights in channels_last (NHWC) memory order, in place. Convolutions then produce
+    channels_last outputs; inputs may stay NCHW (the first conv converts). Returns `model`."""
+    return model.to(memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------------------------------------ autocast
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "": torch.float32,
+           None: torch.float32}
+
+
+def autocast_dtype(dtype) -> torch.dtype:
+    """torch dtype from a name ("bfloat16"/"bf16", "float16"/"fp16", "float32"/"fp32") or a torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower() if isinstance(dtype, str) else dtype]
+    except KeyError:
+        raise ValueError(f"unknown autocast dtype {dtype!r}; use 'bfloat16', 'float16' or 'float32'") from None
+
+
+def inference_autocast(device="cpu", dtype="bfloat16"):
+    """Mixed-precision context for inference: bf16 on CPU, fp16 or bf16 on CUDA; float32 -> no-op context.
+
+    CPU autocast has no fp16 kernels worth using, so asking for float16 on CPU is an error, not a silent change.
+    """
+    device_type = torch.device(device).type
+    dt = autocast_dtype(dtype)
+    if dt == torch.float32:
+        return contextlib.nullcontext()
+    if device_type == "cpu" and dt != torch.bfloat16:
+        raise ValueError(f"CPU autocast supports bfloat16 only, got {dtype!r}")
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"inference_autocast: unsupported device {device!r} (cpu or cuda)")
+    return torch.autocast(device_type=device_type, dtype=dt)
+
+
+# ------------------------------------------------------------------------------------------ oneDNN prepack
+def mkldnn_available() -> bool:
+    """True when this torch build has the oneDNN fused-convolution ops that `prepack_mkldnn` uses."""
+    return (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+
+
+def _cpu_autocast_bf16() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+class MkldnnConv2d(nn.Module):
+    """A 2-D convolution with its weight prepacked for oneDNN, plus fused post-ops (CPU inference).
+
+    forward(x) = act(conv(x)); forward(x, other) = act(conv(x) + other) with act in {None, "relu"}.
+    The dense weight and bias stay as buffers (so `state_dict()` still holds them); the packed copies are
+    built once per dtype and reused. When autograd is recording, or for non-CPU tensors, it computes the same
+    thing with `F.conv2d`.
+    """
+
+    def __init__(self, conv: nn.Conv2d, activation: str | None = None):
+        super().__init__()
+        if activation not in (None, "relu"):
+            raise ValueError(f"MkldnnConv2d: activation must be None or 'relu', got {activation!r}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("MkldnnConv2d: only numeric zero padding is supported")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride = tuple(conv.kernel_size), tuple(conv.stride)
+        self.padding, self.dilation, self.groups = tuple(conv.padding), tuple(conv.dilation), conv.groups
+        self.activation = activation
+        self.register_buffer("weight", conv.weight.detach().clone())
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self._packed: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"activation={self.activation}")
+
+    def _apply(self, fn, recurse=True):
+        self._packed = {}  # weights moved or changed: repack lazily
+        return super()._apply(fn, recurse)
+
+    @torch.no_grad()
+    def _pack(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if dtype not in self._packed:
+            w = self.weight.to(dtype).contiguous()
+            # a representative input size for oneDNN's choice of weight layout; other sizes reuse it
+            size = [1, self.in_channels, 64, 64]
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups, size)
+            bias = None if self.bias is None else self.bias.to(dtype).contiguous()
+            self._packed[dtype] = (packed, bias)
+        return self._packed[dtype]
+
+    def _reference(self, x: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
+        w = self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        if other is not None:
+            y = y + other
+        return F.relu(y) if self.activation == "relu" else y
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        fast = x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or (
+            other is not None and other.requires_grad)))
+        if _cpu_autocast_bf16() and x.dtype == torch.float32:
+            x = x.to(torch.bfloat16)
+        if not fast or x.dtype not in (torch.float32, torch.bfloat16):
+            return self._reference(x, other)
+        packed, bias = self._pack(x.dtype)
+        args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        if other is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *args, self.activation or "none", [], "")
+        other = other.to(x.dtype)
+        if other.is_contiguous(memory_format=torch.channels_last) != x.is_contiguous(
+                memory_format=torch.channels_last):
+            other = other.contiguous(memory_format=_memory_format(x))
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, other, packed, bias, *args, "add", 1.0,
+                                                       self.activation, [], "")
+
+
+def _relu_activation(act) -> bool:
+    return isinstance(act, nn.ReLU) or act in (F.relu, F.relu_, torch.relu, torch.relu_)
+
+
+def _packable(conv: nn.Module) -> bool:
+    if type(conv) not in (nn.Conv2d, Conv2d):
+        return False
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.weight.dtype != torch.float32:
+        return False
+    return getattr(conv, "norm", None) is None
+
+
+class _FusedStem(nn.Module):
+    """BasicStem with conv + relu fused."""
+
+    def __init__(self, stem: nn.Module):
+        super().__init__()
+        self.conv1 = MkldnnConv2d(stem.conv1, "relu")
+        self.in_channels, self.out_channels, self.stride = stem.in_channels, stem.out_channels, stem.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
+
+
+class _FusedResidualBlock(nn.Module):
+    """BasicBlock / BottleneckBlock with conv+relu fused and the residual add + relu fused into the last conv."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        convs = ["conv1", "conv2", "conv3"] if hasattr(block, "conv3") else ["conv1", "conv2"]
+        for name in convs[:-1]:
+            setattr(self, name, MkldnnConv2d(getattr(block, name), "relu"))
+        self.last = convs[-1]
+        setattr(self, self.last, MkldnnConv2d(getattr(block, self.last), "relu"))
+        self.shortcut = None if block.shortcut is None else MkldnnConv2d(block.shortcut, None)
+        self.in_channels, self.out_channels, self.stride = block.in_channels, block.out_channels, block.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = self.conv1(x)
+        if self.last == "conv3":
+            out = self.conv2(out)
+        return getattr(self, self.last)(out, identity)
+
+
+def _fusable_block(module: nn.Module) -> str | None:
+    from .backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
+
+    def clean(*convs):
+        return all(c is not None and _packable(c) and c.activation is None for c in convs)
+
+    t = type(module)
+    if t is BasicStem and clean(module.conv1):
+        return "stem"
+    if t is BottleneckBlock and clean(module.conv1, module.conv2, module.conv3) and (
+            module.shortcut is None or clean(module.shortcut)):
+        return "block"
+    if t is BasicBlock and clean(module.conv1, module.conv2) and (module.shortcut is None or clean(module.shortcut)):
+        return "block"
+    return None
+
+
+def prepack_mkldnn(model: nn.Module) -> nn.Module:
+    """Replace convolutions by prepacked oneDNN convolutions (`MkldnnConv2d`), in place; returns `model`.
+
+    Our ResNet's stem and blocks (exact types BasicStem / BasicBlock / BottleneckBlock whose convs carry no
+    norm any more, i.e. after `fuse_conv_frozen_bn`) become fused versions: conv+ReLU and conv+add+ReLU in one
+    oneDNN call each. Every other conv without a norm (`layers.Conv2d` or `nn.Conv2d`, fp32, zero padding) is
+    swapped one for one, keeping a ReLU activation fused. Convs that still carry a norm, deformable convs and
+    transposed convs are left alone. No-op (with a warning) when this torch has no oneDNN.
+    """
+    if not mkldnn_available():
+        logger.warning("prepack_mkldnn: this torch build has no oneDNN fused conv ops; model left unchanged")
+        return model
+    if model.training:
+        logger.warning("prepack_mkldnn: model is in training mode; prepacked convs only speed up no-grad inference")
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            kind = _fusable_block(child)
+            if kind == "stem":
+                setattr(parent, name, _FusedStem(child))
+            elif kind == "block":
+                setattr(parent, name, _FusedResidualBlock(child))
+            elif _packable(child):
+                act = getattr(child, "activation", None)
+                if act is None:
+                    setattr(parent, name, MkldnnConv2d(child, None))
+                elif _relu_activation(act):
+                    setattr(parent, name, MkldnnConv2d(child, "relu"))
+            else:
+                visit(child)
+
+    visit(model)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ compile
+def compile_model(model: nn.Module, **kwargs) -> nn.Module:
+    """`torch.compile(model, **kwargs)` (dynamic shapes allowed); the first calls are slow (compilation)."""
+    kwargs.setdefault("dynamic", None)
+    return torch.compile(model, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ all together
+def optimize_for_inference(model: nn.Module, cfg=None, *, fuse_bn: bool | None = None,
+                           channels_last: bool | None = None, mkldnn: bool | None = None,
+                           compile: bool | None = None) -> nn.Module:
+    """Apply the inference fast paths chosen by the config (or by the keyword overrides) to `model`, in place.
+
+    - MODEL.FUSE_FROZEN_BN -> `fuse_conv_frozen_bn`; on a CPU model it also runs `prepack_mkldnn`
+      (override with `mkldnn=`).
+    - MODEL.CHANNELS_LAST -> `to_channels_last`.
+    - MODEL.COMPILE -> `torch.compile` (returns the compiled wrapper; its `_orig_mod` is `model`).
+
+    The model is put in eval mode. Run it under `torch.inference_mode()` (and `inference_autocast` for
+    mixed precision). Returns the model (or its compiled wrapper).
+    """
+    m = cfg.MODEL if cfg is not None else None
+    fuse_bn = bool(m.FUSE_FROZEN_BN) if fuse_bn is None and m is not None else bool(fuse_bn)
+    channels_last = bool(m.CHANNELS_LAST) if channels_last is None and m is not None else bool(channels_last)
+    do_compile = bool(m.get("COMPILE", False)) if compile is None and m is not None else bool(compile)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if mkldnn is None:
+        mkldnn = fuse_bn and on_cpu
+    model.eval()
+    if fuse_bn:
+        fuse_conv_frozen_bn(model)
+    if channels_last:
+        to_channels_last(model)
+    if mkldnn:
+        prepack_mkldnn(model)
+    if do_compile:
+        return compile_model(model)
+    return model

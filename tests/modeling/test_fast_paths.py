@@ -1,0 +1,293 @@
+"""Every inference fast path must give the same outputs as the plain model (fp32 to float rounding, bf16 to ~1%)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from resnet_backbone.config import get_cfg
+from resnet_backbone.layers import Conv2d, FrozenBatchNorm2d
+from resnet_backbone.modeling.backbone import build_backbone
+from resnet_backbone.modeling.fast_paths import (
+    MkldnnConv2d,
+    autocast_dtype,
+    compile_model,
+    fuse_conv_frozen_bn,
+    inference_autocast,
+    mkldnn_available,
+    optimize_for_inference,
+    prepack_mkldnn,
+    to_channels_last,
+)
+
+needs_mkldnn = pytest.mark.skipif(not mkldnn_available(), reason="torch built without oneDNN")
+
+
+def _randomize_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial norm statistics, so folding them is actually exercised."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    return model
+
+
+def _resnet(depth=50, norm="FrozenBN", fpn=False, freeze_at=2):
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.NORM = norm
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # thin but complete: every block type, shortcut and stride of the real net, 1/16 of the weights
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 16
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    if fpn:
+        cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+        cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    return _randomize_norms(build_backbone(cfg)).eval()
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _run(model, x):
+    with torch.inference_mode():
+        return model(x)
+
+
+@pytest.fixture(scope="module")
+def r50_and_ref():
+    torch.manual_seed(0)
+    model = _resnet(50)
+    x = torch.randn(2, 3, 64, 96)
+    return model, x, _run(model, x)
+
+
+def test_fuse_frozen_bn_parity(r50_and_ref):
+    model, x, ref = r50_and_ref
+    fused = copy.deepcopy(model)
+    assert fuse_conv_frozen_bn(fused) is fused
+    convs = [m for m in fused.modules() if isinstance(m, Conv2d)]
+    assert convs and all(m.norm is None for m in convs)
+    assert all(m.bias is not None for m in convs)
+    out = _run(fused, x)
+    assert set(out) == set(ref)
+    for k in ref:
+        assert _rel_err(out[k], ref[k]) < 1e-5, k
+
+
+def test_fuse_eval_batchnorm_but_not_train_batchnorm_or_groupnorm():
+    torch.manual_seed(0)
+    model = _resnet(18, norm="BN", freeze_at=0)
+    x = torch.randn(2, 3, 64, 64)
+    ref = _run(model, x)
+    fused = fuse_conv_frozen_bn(copy.deepcopy(model))
+    assert all(m.norm is None for m in fused.modules() if isinstance(m, Conv2d))
+    out = _run(fused, x)
+    for k in ref:
+        assert _rel_err(out[k], ref[k]) < 1e-5, k
+
+    train_bn = copy.deepcopy(model).train()
+    fuse_conv_frozen_bn(train_bn)  # batch statistics cannot be folded
+    assert all(isinstance(m.norm, nn.BatchNorm2d) for m in train_bn.modules() if isinstance(m, Conv2d))
+
+    gn = _resnet(18, norm="GN", freeze_at=0)
+    fuse_conv_frozen_bn(gn)
+    assert all(isinstance(m.norm, nn.GroupNorm) for m in gn.modules() if isinstance(m, Conv2d))
+
+
+def test_fold_keeps_existing_bias():
+    torch.manual_seed(0)
+    conv = Conv2d(4, 6, 3, padding=1, bias=True, norm=FrozenBatchNorm2d(6))
+    _randomize_norms(conv)
+    x = torch.randn(1, 4, 9, 9)
+    ref = conv(x).detach()
+    fuse_conv_frozen_bn(conv)
+    assert conv.norm is None
+    torch.testing.assert_close(conv(x).detach(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_parity(r50_and_ref):
+    model, x, ref = r50_and_ref
+    cl = to_channels_last(copy.deepcopy(model))
+    assert cl.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    out = _run(cl, x)
+    assert out["res5"].is_contiguous(memory_format=torch.channels_last)
+    for k in ref:
+        assert _rel_err(out[k], ref[k]) < 1e-5, k
+
+
+@needs_mkldnn
+def test_prepack_mkldnn_resnet50_parity(r50_and_ref):
+    model, x, ref = r50_and_ref
+    fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=False, mkldnn=True)
+    assert type(fast.res2[0]).__name__ == "_FusedResidualBlock"
+    assert type(fast.stem).__name__ == "_FusedStem"
+    assert not any(isinstance(m, (nn.Conv2d, FrozenBatchNorm2d)) for m in fast.modules())
+    assert fast.output_shape() == model.output_shape()
+    out = _run(fast, x)
+    for k in ref:
+        assert out[k].shape == ref[k].shape
+        assert _rel_err(out[k], ref[k]) < 1e-5, k
+
+
+@needs_mkldnn
+def test_prepack_basic_blocks_and_fpn_parity():
+    torch.manual_seed(0)
+    for model in (_resnet(18), _resnet(50, fpn=True)):
+        x = torch.randn(1, 3, 64, 64)
+        ref = _run(model, x)
+        fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=True, mkldnn=True)
+        assert not any(type(m) in (nn.Conv2d, Conv2d) for m in fast.modules())
+        out = _run(fast, x)
+        assert set(out) == set(ref)
+        for k in ref:
+            assert _rel_err(out[k], ref[k]) < 1e-5, k
+
+
+@needs_mkldnn
+def test_prepack_leaves_convs_with_norm_alone():
+    model = _resnet(18, norm="GN")
+    prepack_mkldnn(model)
+    assert not any(isinstance(m, MkldnnConv2d) for m in model.modules())
+
+
+@needs_mkldnn
+@pytest.mark.parametrize("kw", [
+    dict(kernel_size=3, stride=2, padding=1, bias=True),
+    dict(kernel_size=3, stride=1, padding=2, dilation=2, bias=False),
+    dict(kernel_size=3, stride=1, padding=1, groups=4, bias=True),
+    dict(kernel_size=1, stride=1, padding=0, bias=False),
+])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_mkldnn_conv_matches_conv2d(kw, activation):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, **kw)
+    fast = MkldnnConv2d(conv, activation)
+    x = torch.randn(2, 8, 13, 11)
+    with torch.no_grad():
+        ref = conv(x)
+        ref_act = ref.relu() if activation == "relu" else ref
+        torch.testing.assert_close(fast(x), ref_act, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), ref_act,
+                                   rtol=1e-5, atol=1e-5)
+        other = torch.randn_like(ref)
+        with_sum = ref + other
+        with_sum = with_sum.relu() if activation == "relu" else with_sum
+        torch.testing.assert_close(fast(x, other), with_sum, rtol=1e-5, atol=1e-5)
+    # state_dict keeps the dense weights
+    assert torch.equal(fast.state_dict()["weight"], conv.weight.detach())
+
+
+@needs_mkldnn
+def test_mkldnn_conv_falls_back_when_autograd_records():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    fast = MkldnnConv2d(conv, "relu")
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    y = fast(x)
+    torch.testing.assert_close(y, conv(x).relu())
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_mkldnn_conv_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        MkldnnConv2d(nn.Conv2d(3, 4, 3), "gelu")
+
+
+@needs_mkldnn
+def test_bf16_autocast_parity(r50_and_ref):
+    model, x, ref = r50_and_ref
+    fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=True, mkldnn=True)
+    with torch.inference_mode(), inference_autocast("cpu", "bfloat16"):
+        out = fast(x)
+        plain = model(x)
+    for k in ref:
+        assert out[k].dtype == torch.bfloat16
+        assert _rel_err(out[k], ref[k]) < 3e-2, k
+        assert _rel_err(plain[k], ref[k]) < 3e-2, k
+
+
+def test_inference_autocast_choices():
+    assert autocast_dtype("bf16") is torch.bfloat16
+    assert autocast_dtype("float16") is torch.float16
+    with pytest.raises(ValueError, match="autocast dtype"):
+        autocast_dtype("int8")
+    with pytest.raises(ValueError, match="bfloat16 only"):
+        inference_autocast("cpu", "float16")
+    with inference_autocast("cpu", "float32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with inference_autocast("cpu", "bfloat16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        y = nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_autocast_and_channels_last(dtype):
+    model = _resnet(50).cuda()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    ref = _run(model, x)
+    fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=True)
+    assert not any(isinstance(m, MkldnnConv2d) for m in fast.modules())  # oneDNN prepack is CPU only
+    with torch.inference_mode(), inference_autocast("cuda", dtype):
+        out = fast(x)
+    for k in ref:
+        assert _rel_err(out[k], ref[k]) < 3e-2, k
+
+
+def test_optimize_for_inference_reads_config(r50_and_ref):
+    model, x, ref = r50_and_ref
+    cfg = get_cfg()
+    m = optimize_for_inference(copy.deepcopy(model).train(), cfg)  # all switches off by default
+    assert not m.training
+    assert any(isinstance(c, FrozenBatchNorm2d) for c in m.modules())
+    cfg.MODEL.FUSE_FROZEN_BN = True
+    cfg.MODEL.CHANNELS_LAST = True
+    m = optimize_for_inference(copy.deepcopy(model), cfg)
+    assert not any(isinstance(c, FrozenBatchNorm2d) for c in m.modules())
+    if mkldnn_available():
+        assert any(isinstance(c, MkldnnConv2d) for c in m.modules())
+    out = _run(m, x)
+    for k in ref:
+        assert _rel_err(out[k], ref[k]) < 1e-5, k
+    assert "COMPILE" in cfg.MODEL and cfg.MODEL.COMPILE is False
+
+
+def test_compile_switch_parity():
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv2d(3, 8, 3, padding=1, norm=FrozenBatchNorm2d(8), activation=nn.ReLU()),
+                          Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    ref = _run(model, x)
+    cfg = get_cfg()
+    cfg.MODEL.COMPILE = True
+    compiled = optimize_for_inference(copy.deepcopy(model), cfg)
+    assert hasattr(compiled, "_orig_mod")
+    # the "eager" backend exercises dynamo's capture without a C++ toolchain; inductor is the slow test below
+    eager_compiled = compile_model(copy.deepcopy(model), backend="eager")
+    torch.testing.assert_close(_run(eager_compiled, x), ref)
+
+
+@pytest.mark.slow
+def test_compile_inductor_parity():
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv2d(3, 8, 3, padding=1, norm=FrozenBatchNorm2d(8), activation=nn.ReLU()),
+                          Conv2d(8, 4, 1))
+    _randomize_norms(model)
+    model.eval()
+    x = torch.randn(1, 3, 16, 16)
+    ref = _run(model, x)
+    compiled = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, compile=True)
+    torch.testing.assert_close(_run(compiled, x), ref, rtol=1e-4, atol=1e-4)
