@@ -47,7 +47,7 @@ def _noisy_outputs(dicts, seed=0):
     inputs, outputs = _perfect_outputs(dicts)
     for out in outputs:
         n = len(out["boxes"])
-        jitter = (torch.rand((n, 4), generator=g) - 0.5) * 12
+        jitter = (torch.rand((n, 4), generator=g) - 0.5) * 6
         fp = torch.rand((3, 2), generator=g) * 60
         fp = torch.cat([fp, fp + 10 + torch.rand((3, 2), generator=g) * 20], 1)
         out["boxes"] = torch.cat([out["boxes"] + jitter, fp])
