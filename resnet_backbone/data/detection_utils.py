@@ -102,6 +102,9 @@ def read_image(path, format: str = "BGR", max_pixels: int | None = None) -> np.n
         raise DatasetError(f"decompression-bomb guard: {e}", file=path, field="pixels") from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise DatasetError(f"cannot decode image (truncated or corrupt): {e}", file=path, field="pixels") from e
+    except Exception as e:  # any other decoder/EXIF failure on a hostile or broken file is still a bad image
+        raise DatasetError(f"cannot decode image (truncated or corrupt): {type(e).__name__}: {e}", file=path,
+                           field="pixels") from e
     finally:
         Image.MAX_IMAGE_PIXELS = old_pil_limit
 

@@ -224,8 +224,10 @@ class COCOEvaluator(DatasetEvaluator):
             logger.warning("COCOEvaluator: no images were processed")
             return {"bbox": {}}
         img_ids = sorted(by_image) if img_ids is None else sorted(img_ids)
-        gt = self._gt()
-        coco_gt = _make_coco(self.backend, gt)
+        if self._coco_gt is None:  # built once per evaluator (periodic evaluation reuses it)
+            gt = self._gt()
+            self._coco_gt = (gt, _make_coco(self.backend, gt))
+        gt, coco_gt = self._coco_gt
         names = {c["id"]: c["name"] for c in gt["categories"]}
         if self._c2d is not None and self._metadata.get("thing_classes"):
             names.update({self._c2d[i]: n for i, n in enumerate(self._metadata.thing_classes) if i in self._c2d})

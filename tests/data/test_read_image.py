@@ -4,6 +4,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from resnet_backbone.data import DatasetError, read_image
@@ -141,3 +143,37 @@ def test_error_pickles_through_workers():
     e2 = pickle.loads(pickle.dumps(e))
     assert str(e2) == str(e) and e2.field == "bbox"
     assert str(DatasetError("plain message")) == "plain message"
+
+
+def _encoded(fmt):
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    img = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 3
+    img.save(buf, format=fmt, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+_ENCODED = {"PNG": _encoded("PNG"), "JPEG": _encoded("JPEG")}
+
+
+@settings(max_examples=80, deadline=None)
+@given(fmt=st.sampled_from(sorted(_ENCODED)), edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+                                                            min_size=1, max_size=8),
+       cut=st.one_of(st.none(), st.integers(1, 10**6)))
+def test_fuzz_corrupted_bytes_read_or_dataset_error(tmp_path_factory, fmt, edits, cut):
+    """Random byte edits / truncation of a valid image: an HWC uint8 array or DatasetError, never anything else."""
+    data = bytearray(_ENCODED[fmt])
+    for pos, val in edits:
+        data[pos % len(data)] = val
+    if cut is not None:
+        data = data[: cut % len(data)]
+    p = tmp_path_factory.mktemp("fuzz") / f"x.{fmt.lower()}"
+    p.write_bytes(bytes(data))
+    try:
+        out = read_image(p, "BGR")
+    except DatasetError as e:
+        assert str(p) in str(e)
+        return
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3

@@ -62,10 +62,19 @@ def _worker(rank, world, init_file, json_file, image_root, out_file):
     from resnet_backbone.data.build import DatasetFromList, trivial_batch_collator
     from resnet_backbone.data.samplers import InferenceSampler
     from resnet_backbone.evaluation import COCOEvaluator
+    from resnet_backbone.utils import comm
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        assert (comm.get_rank(), comm.get_world_size(), comm.is_main_process()) == (rank, world, rank == 0)
+        assert comm.all_gather({"r": rank}) == [{"r": 0}, {"r": 1}]
+        assert comm.gather(rank * 10) == ([0, 10] if rank == 0 else [])
+        import numpy as np
+
+        np.random.seed(rank)  # different local draws, one shared seed
+        assert len(set(comm.all_gather(comm.shared_random_seed()))) == 1
+        comm.synchronize()
         register_coco_instances("test_evaluator_dist", {}, json_file, image_root)
         from resnet_backbone.data import DatasetCatalog
 
