@@ -23,20 +23,32 @@ class DatasetMapper:
     A problem with the image or the record raises `DatasetError` naming the file and record.
     """
 
-    def __init__(self, is_train: bool, augmentations: list[Augmentation], image_format: str = "BGR",
-                 max_image_pixels: int = 0, keep_annotations_in_test: bool = False):
-        self.is_train = is_train
-        self.augmentations = list(augmentations)
-        self.image_format = image_format
-        self.max_image_pixels = int(max_image_pixels)
+    def __init__(self, cfg=None, is_train: bool = True, *, augmentations: list[Augmentation] | None = None,
+                 image_format: str | None = None, max_image_pixels: int | None = None,
+                 keep_annotations_in_test: bool = False):
+        """`DatasetMapper(cfg, is_train)` takes augmentations, INPUT.FORMAT and INPUT.MAX_IMAGE_PIXELS from the
+        config; keyword arguments override them. Without a config: no augmentation, "BGR", PIL's pixel limit."""
+        if isinstance(cfg, bool):
+            raise TypeError("DatasetMapper(cfg, is_train, ...): the first argument is the config (or None); "
+                            "pass is_train as the second argument or by keyword")
+        if cfg is not None:
+            if augmentations is None:
+                augmentations = build_augmentation(cfg, is_train)
+            if image_format is None:
+                image_format = cfg.INPUT.FORMAT
+            if max_image_pixels is None:
+                max_image_pixels = cfg.INPUT.MAX_IMAGE_PIXELS
+        self.is_train = bool(is_train)
+        self.augmentations = list(augmentations or [])
+        self.image_format = image_format or "BGR"
+        if self.image_format not in ("BGR", "RGB", "L"):
+            raise ValueError(f"INPUT.FORMAT must be 'BGR', 'RGB' or 'L', got {self.image_format!r}")
+        self.max_image_pixels = int(max_image_pixels or 0)
         self.keep_annotations_in_test = keep_annotations_in_test
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, **kwargs) -> DatasetMapper:
-        args = dict(is_train=is_train, augmentations=build_augmentation(cfg, is_train),
-                    image_format=cfg.INPUT.FORMAT, max_image_pixels=cfg.INPUT.MAX_IMAGE_PIXELS)
-        args.update(kwargs)
-        return cls(**args)
+        return cls(cfg, is_train, **kwargs)
 
     def __call__(self, dataset_dict: dict) -> dict:
         d = copy.copy(dataset_dict)

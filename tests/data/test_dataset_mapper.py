@@ -25,7 +25,7 @@ def _record(tmp_path, h=40, w=60):
 
 def test_train_mapping_resize_and_flip(tmp_path):
     rec = _record(tmp_path)
-    mapper = DatasetMapper(True, [ResizeShortestEdge((80,), 1000, "choice"), RandomFlip(prob=1.0)], "BGR")
+    mapper = DatasetMapper(None, True, augmentations=[ResizeShortestEdge((80,), 1000, "choice"), RandomFlip(prob=1.0)])
     out = mapper(rec)
     assert out["image"].shape == (3, 80, 120) and out["image"].dtype == torch.uint8
     assert (out["height"], out["width"], out["image_id"], out["file_name"]) == (40, 60, 7, rec["file_name"])
@@ -45,8 +45,11 @@ def test_test_mapping_drops_annotations_and_keeps_original_size(tmp_path):
     cfg = get_cfg()
     cfg.INPUT.MIN_SIZE_TEST = 20
     cfg.INPUT.FORMAT = "RGB"
-    out = DatasetMapper.from_config(cfg, is_train=False)(_record(tmp_path))
+    out = DatasetMapper(cfg, False)(_record(tmp_path))
     assert out["image"].shape == (3, 20, 30) and "instances" not in out
+    assert DatasetMapper.from_config(cfg, is_train=False)(_record(tmp_path))["image"].shape == (3, 20, 30)
+    with pytest.raises(TypeError, match="first argument is the config"):
+        DatasetMapper(True)
     assert (out["height"], out["width"]) == (40, 60)
     assert out["image"][0].max() > 200  # RGB: red in channel 0
 
@@ -55,13 +58,13 @@ def test_degenerate_boxes_dropped(tmp_path):
     rec = _record(tmp_path)
     rec["annotations"] = [{"id": 1, "bbox": [10, 5, 20, 20], "category_id": 0, "iscrowd": 0},
                           {"id": 2, "bbox": [10, 5, 2e-6, 20], "category_id": 1, "iscrowd": 0}]
-    out = DatasetMapper(True, [ResizeShortestEdge((4,), 0, "choice")], "BGR")(rec)
+    out = DatasetMapper(None, True, augmentations=[ResizeShortestEdge((4,), 0, "choice")])(rec)
     assert out["instances"].gt_classes.tolist() == [0]
 
 
 def test_bad_files_named(tmp_path):
     rec = _record(tmp_path)
-    mapper = DatasetMapper(True, [], "BGR")
+    mapper = DatasetMapper(is_train=True)
     rec["width"] = 61
     with pytest.raises(DatasetError, match="width") as ei:
         mapper(rec)
@@ -71,4 +74,4 @@ def test_bad_files_named(tmp_path):
         mapper(rec)
     assert "gone.png" in str(ei.value)
     with pytest.raises(DatasetError, match="over the limit"):
-        DatasetMapper(True, [], "BGR", max_image_pixels=100)(_record(tmp_path))
+        DatasetMapper(is_train=True, max_image_pixels=100)(_record(tmp_path))
