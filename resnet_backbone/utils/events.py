@@ -87,19 +87,21 @@ def _finite_or_str(v: float):
 
 
 class JSONWriter:
-    """Appends one JSON object per call to `path` (metrics.json), for iterations not yet written."""
+    """Appends one JSON object per (call, iteration) to `path` (metrics.json), with the scalars put since
+    the previous call (each scalar is written once per iteration it was put at)."""
 
     def __init__(self, path: str, window: int = 20):
         self.path = path
         self.window = window
-        self._last_written = -1
+        self._last_written: dict[str, int] = {}
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     def write(self, storage: EventStorage) -> None:
         by_iter: dict[int, dict] = defaultdict(dict)
         for k, (v, it) in storage.latest_with_smoothing_hint(self.window).items():
-            if it > self._last_written:
+            if it > self._last_written.get(k, -1):
                 by_iter[it][k] = _finite_or_str(v)
+                self._last_written[k] = it
         if not by_iter:
             return
         with open(self.path, "a", encoding="utf-8") as f:
@@ -107,7 +109,6 @@ class JSONWriter:
                 f.write(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self._last_written = max(by_iter)
 
     def close(self) -> None:
         pass
@@ -121,15 +122,13 @@ class TensorboardWriter:
 
         self.window = window
         self._writer = SummaryWriter(log_dir)
-        self._last_written = -1
+        self._last_written: dict[str, int] = {}
 
     def write(self, storage: EventStorage) -> None:
-        new_last = self._last_written
         for k, (v, it) in storage.latest_with_smoothing_hint(self.window).items():
-            if it > self._last_written:
+            if it > self._last_written.get(k, -1):
                 self._writer.add_scalar(k, v, it)
-                new_last = max(new_last, it)
-        self._last_written = new_last
+                self._last_written[k] = it
         self._writer.flush()
 
     def close(self) -> None:

@@ -1,0 +1,440 @@
+"""Trainer: the training loop that drives any registered detector from one cfg.
+
+    trainer = Trainer(cfg)                 # model, optimizer, scheduler, AMP, DDP, checkpointer
+    trainer.resume_or_load(resume=True)    # last checkpoint (all states) or MODEL.WEIGHTS (weights only)
+    results = trainer.train()              # loop + periodic checkpoint/eval + final eval
+
+Per iteration: a batch from the resumable loader (engine/train_loader.py), the model's RNG streams
+re-seeded from (SEED, iteration, rank) — so that a resumed run repeats the uninterrupted one exactly
+and every rank draws differently — forward (under autocast when SOLVER.AMP.ENABLED: bf16 on CPU,
+SOLVER.AMP.DTYPE on CUDA with a GradScaler for float16), a check that every loss term is finite
+(all ranks agree), backward, optional gradient clipping, a check that the gradients are finite,
+optimizer and scheduler step.
+
+Non-finite loss or gradients (SOLVER.NONFINITE_POLICY):
+  "error": raise `NonFiniteLossError` naming the iteration and the loss term(s) (or parameters) that are
+           NaN/Inf; nothing more is saved, so the last good checkpoint stays the last one;
+  "skip":  the update is skipped (scheduler still advances), counted in `nonfinite_skipped`.
+
+Every LOG_PERIOD iterations: metrics.json line + TensorBoard scalars + progress bar (rank 0).
+Every CHECKPOINT_PERIOD iterations: model_XXXXXXX.pth; at the end model_final.pth.
+Every TEST.EVAL_PERIOD iterations and at the end: `Trainer.test` on DATASETS.TEST; results are logged,
+written to metrics.json and, with SOLVER.BEST_CHECKPOINT_METRIC, kept as model_best.pth.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from ..checkpoint.checkpointer import Checkpointer, check_output_dir, estimate_checkpoint_bytes
+from ..solver import build_grad_clipper, build_lr_scheduler, build_optimizer
+from ..utils import comm
+from ..utils.events import EventStorage, JSONWriter, TensorboardWriter
+from .train_loader import build_resumable_train_loader, derive_seed, seed_all_rng
+
+__all__ = ["Trainer", "NonFiniteLossError", "flatten_results", "print_results_table"]
+
+logger = logging.getLogger(__name__)
+_MODEL_TAG = 0x0D15EA5E
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term or gradient became NaN/Inf (SOLVER.NONFINITE_POLICY="error")."""
+
+
+def flatten_results(results: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in results.items():
+        if isinstance(v, dict):
+            out.update(flatten_results(v, f"{prefix}{k}/"))
+        else:
+            try:
+                out[f"{prefix}{k}"] = float(v)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def print_results_table(results: dict) -> str:
+    """A readable table of {"task": {"metric": value}} (e.g. bbox AP, AP50, ...); returns the text."""
+    lines = []
+    for task, metrics in results.items():
+        if not isinstance(metrics, dict):
+            lines.append(f"{task}: {metrics}")
+            continue
+        main = {k: v for k, v in metrics.items() if not str(k).startswith("AP-")}
+        per_class = {k: v for k, v in metrics.items() if str(k).startswith("AP-")}
+        keys = list(main)
+        if keys:
+            lines.append(f"Evaluation results for {task}:")
+            lines.append("| " + " | ".join(f"{k:>7}" for k in keys) + " |")
+            lines.append("|" + "|".join("-" * 9 for _ in keys) + "|")
+            lines.append("| " + " | ".join(_fmt(main[k]) for k in keys) + " |")
+        if per_class:
+            lines.append(f"Per-category {task} AP:")
+            for k, v in per_class.items():
+                lines.append(f"  {k[3:]:<20} {_fmt(v)}")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    try:
+        return f"{float(v):7.3f}"
+    except (TypeError, ValueError):
+        return f"{v!s:>7}"
+
+
+class Trainer:
+    """Builds everything from cfg and runs the loop (see the module docstring). Subclass and override the
+    `build_*` methods to change a part (detectron2's DefaultTrainer pattern)."""
+
+    #: DDP's find_unused_parameters (set True in a subclass for a model that leaves parameters unused)
+    ddp_find_unused_parameters = False
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.world_size, self.rank = comm.get_world_size(), comm.get_rank()
+        self.seed = int(cfg.SEED) if int(cfg.SEED) >= 0 else (
+            comm.shared_random_seed() if self.world_size > 1 else derive_seed(int(time.time_ns())))
+        if int(cfg.SEED) < 0:
+            logger.info("SEED is -1: this run uses seed %d", self.seed)
+        policy = cfg.SOLVER.NONFINITE_POLICY
+        if policy not in ("error", "skip"):
+            raise ValueError(f"SOLVER.NONFINITE_POLICY must be 'error' or 'skip', got {policy!r}")
+        seed_all_rng(derive_seed(self.seed, _MODEL_TAG, self.rank))
+        model = self.build_model(cfg)
+        self.optimizer = self.build_optimizer(cfg, model)
+        self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
+        if cfg.OUTPUT_DIR and comm.is_main_process():
+            # two files may exist at once while the next one is written
+            check_output_dir(cfg.OUTPUT_DIR, 2 * estimate_checkpoint_bytes(model, self.optimizer))
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self._setup_amp(cfg)
+        self.model = self._wrap_ddp(cfg, model)
+        self.clipper = build_grad_clipper(cfg)
+        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, optimizer=self.optimizer, scheduler=self.scheduler,
+                                         scaler=self.scaler if self.scaler.is_enabled() else None)
+        self.start_iter = 0
+        self.iter = 0
+        self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self.storage: EventStorage | None = None
+        self.nonfinite_skipped = 0
+        self.last_results: dict = {}
+        self._last_checkpoint_path: str | None = None
+
+    # ------------------------------------------------------------------ builders (overridable)
+    @classmethod
+    def build_model(cls, cfg) -> nn.Module:
+        from ..modeling.meta_arch import build_model
+
+        model = build_model(cfg)
+        logger.info("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    def build_train_loader(self, cfg, start_iter: int):
+        """An iterable of batches starting at `start_iter`; override for custom data (keep it resumable)."""
+        return build_resumable_train_loader(cfg, self.seed, start_iter)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        from ..data import build_detection_test_loader
+
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
+        """From MetadataCatalog.get(dataset_name).evaluator_type: "coco" -> COCOEvaluator, "text" -> TextEvaluator."""
+        import os
+
+        from ..data import MetadataCatalog
+
+        if output_folder is None and cfg.OUTPUT_DIR:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if kind == "coco":
+            from ..evaluation import COCOEvaluator
+
+            return COCOEvaluator(dataset_name, output_folder, backend=cfg.TEST.EVALUATOR_BACKEND)
+        if kind == "text":
+            from ..evaluation.text_evaluation import TextEvaluator
+
+            return TextEvaluator(dataset_name, output_folder)
+        raise NotImplementedError(f"dataset '{dataset_name}': no evaluator for evaluator_type={kind!r} "
+                                  "(set it in MetadataCatalog to 'coco' or 'text')")
+
+    @classmethod
+    def test(cls, cfg, model: nn.Module, evaluators=None) -> dict:
+        """Evaluate `model` on every DATASETS.TEST name; returns {name: results} (just the results for one)."""
+        from ..evaluation import inference_on_dataset
+
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        names = list(cfg.DATASETS.TEST)
+        if evaluators is not None and not isinstance(evaluators, (list, tuple)):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(names):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(names)} DATASETS.TEST")
+        results = OrderedDict()
+        for i, name in enumerate(names):
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
+            res = inference_on_dataset(model, loader, evaluator) or {}
+            results[name] = res
+            if comm.is_main_process() and res:
+                logger.info("Evaluation results for %s:\n%s", name, print_results_table(res))
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
+
+    # ------------------------------------------------------------------ setup
+    def _setup_amp(self, cfg):
+        amp = cfg.SOLVER.AMP
+        self.amp_enabled = bool(amp.ENABLED)
+        if self.device.type == "cuda":
+            dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(amp.DTYPE)
+            if dtype is None:
+                raise ValueError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got {amp.DTYPE!r}")
+        else:
+            dtype = torch.bfloat16  # CPU autocast runs bf16
+        self.amp_dtype = dtype
+        use_scaler = self.amp_enabled and self.device.type == "cuda" and dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type if self.device.type == "cuda" else "cpu",
+                                           enabled=use_scaler)
+
+    def _wrap_ddp(self, cfg, model):
+        if self.world_size <= 1:
+            return model
+        if cfg.MODEL.RESNETS.NORM == "SyncBN":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        kwargs = {"find_unused_parameters": self.ddp_find_unused_parameters}
+        if self.device.type == "cuda":
+            kwargs["device_ids"] = [comm.get_local_rank()]
+        with warnings.catch_warnings():  # rank-local BN statistics, like detectron2 (broadcast_buffers=False)
+            warnings.simplefilter("ignore", FutureWarning)
+            return nn.parallel.DistributedDataParallel(model, broadcast_buffers=False, **kwargs)
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        m = self.model
+        return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """--resume with a last_checkpoint: restore everything and continue after its iteration.
+        Otherwise load cfg.MODEL.WEIGHTS (weights only) and start at iteration 0."""
+        extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and "iteration" in extra:
+            self.start_iter = int(extra["iteration"]) + 1
+            if "seed" in extra and int(extra["seed"]) != self.seed:
+                logger.info("Resuming with the checkpoint's seed %d (config: %d)", int(extra["seed"]), self.seed)
+                self.seed = int(extra["seed"])
+            self.nonfinite_skipped = int(extra.get("nonfinite_skipped", 0))
+            logger.info("Resumed: continuing at iteration %d", self.start_iter)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict:
+        cfg = self.cfg
+        self.iter = self.start_iter
+        logger.info("Starting training from iteration %d to %d", self.start_iter, self.max_iter)
+        self.storage = EventStorage(self.start_iter, window=max(int(cfg.LOG_PERIOD), 1))
+        self.writers = []
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            import os
+
+            self.writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), window=cfg.LOG_PERIOD),
+                            TensorboardWriter(cfg.OUTPUT_DIR, window=cfg.LOG_PERIOD)]
+        pbar = None
+        if comm.is_main_process():
+            from tqdm import tqdm
+
+            pbar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
+                        mininterval=1.0, smoothing=0.1)
+        self.model.train()
+        loader = self.build_train_loader(cfg, self.start_iter) if self.start_iter < self.max_iter else None
+        self._data_iter = iter(loader) if loader is not None else None
+        self._loader = loader
+        try:
+            for it in range(self.start_iter, self.max_iter):
+                self.iter = it
+                self.storage.iter = it
+                self.run_step()
+                self._after_step(pbar)
+            self.iter = self.max_iter
+        finally:
+            if pbar is not None:
+                pbar.close()
+            self._flush_writers()
+        if self.start_iter < self.max_iter or not self.checkpointer.has_checkpoint():
+            self._save("model_final", self.max_iter - 1)
+        results = {}
+        if len(cfg.DATASETS.TEST):
+            results = self._evaluate(self.max_iter - 1)
+        for w in self.writers:
+            w.close()
+        return results
+
+    def _autocast(self):
+        if not self.amp_enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def run_step(self) -> None:
+        it = self.iter
+        t0 = time.perf_counter()
+        data = next(self._data_iter)
+        data_time = time.perf_counter() - t0
+        seed_all_rng(derive_seed(self.seed, it, self.rank, _MODEL_TAG))
+        with self._autocast():
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        names = list(loss_dict)
+        values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
+        # one collective: sums for logging, and every rank learns if any rank saw NaN/Inf
+        reduced = values.clone()
+        bad_local = (~torch.isfinite(values)).float()
+        if self.world_size > 1:
+            both = torch.cat([reduced, bad_local]).to(self.device)
+            torch.distributed.all_reduce(both)
+            both = both.cpu()
+            reduced, bad_any = both[: len(names)] / self.world_size, both[len(names):]
+        else:
+            bad_any = bad_local
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if bool((bad_any > 0).any()):
+            terms = ", ".join(f"{n}={values[i].item()}" for i, n in enumerate(names) if bad_any[i] > 0)
+            self._nonfinite(f"loss term(s) not finite: {terms}")
+        else:
+            self.scaler.scale(losses).backward()
+            if self.clipper is not None:
+                self.scaler.unscale_(self.optimizer)
+                self.clipper([p for g in self.optimizer.param_groups for p in g["params"]])
+            if self.scaler.is_enabled():
+                # the scaler skips steps with inf/nan gradients itself (and lowers the scale)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                bad_params = self._nonfinite_grads()
+                if bad_params:
+                    self._nonfinite("gradient(s) not finite (all loss terms finite) in: " + ", ".join(bad_params))
+                else:
+                    self.optimizer.step()
+        self.scheduler.step()
+        st = self.storage
+        st.put_scalar("total_loss", float(reduced.sum()))
+        for i, n in enumerate(names):
+            st.put_scalar(n, float(reduced[i]))
+        st.put_scalar("lr", self.optimizer.param_groups[0]["lr"], smoothing_hint=False)
+        st.put_scalar("data_time", data_time)
+        st.put_scalar("time", time.perf_counter() - t0)
+        if self.nonfinite_skipped:
+            st.put_scalar("nonfinite_skipped", self.nonfinite_skipped, smoothing_hint=False)
+        skipped = getattr(self._loader, "num_skipped", 0)
+        if skipped:
+            st.put_scalar("bad_samples_skipped", skipped, smoothing_hint=False)
+
+    def _nonfinite_grads(self, limit: int = 5) -> list[str]:
+        params = [(n, p) for n, p in self.unwrapped_model.named_parameters() if p.grad is not None]
+        if not params:
+            return []
+        norms = torch._foreach_norm([p.grad for _, p in params])
+        total = torch.stack([n.float() for n in norms]).sum()
+        if bool(torch.isfinite(total)):
+            return []
+        return [n for (n, _), v in zip(params, norms) if not bool(torch.isfinite(v))][:limit]
+
+    def _nonfinite(self, what: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.SOLVER.NONFINITE_POLICY == "skip":
+            self.nonfinite_skipped += 1
+            logger.warning("iteration %d: %s; skipping this update (%d skipped so far)", self.iter, what,
+                           self.nonfinite_skipped)
+            return
+        last = self._last_checkpoint_path
+        if last is None and self.checkpointer.has_checkpoint():
+            last = self.checkpointer.get_checkpoint_file()
+        raise NonFiniteLossError(
+            f"iteration {self.iter}: {what}. Training stopped (SOLVER.NONFINITE_POLICY='error'); the last good "
+            f"checkpoint is {last or 'none (no checkpoint saved yet)'}. Lower SOLVER.BASE_LR, enable "
+            "SOLVER.CLIP_GRADIENTS, or set SOLVER.NONFINITE_POLICY skip.")
+
+    def _after_step(self, pbar) -> None:
+        cfg = self.cfg
+        it, nxt = self.iter, self.iter + 1
+        last = nxt == self.max_iter
+        if pbar is not None:
+            pbar.update(1)
+            lat = self.storage.latest_with_smoothing_hint()
+            post = {k: f"{v:.3g}" for k, (v, _) in lat.items() if k.startswith("loss") or k == "total_loss"}
+            post["lr"] = f"{self.optimizer.param_groups[0]['lr']:.2e}"
+            pbar.set_postfix(post, refresh=False)
+        if cfg.LOG_PERIOD > 0 and (nxt % cfg.LOG_PERIOD == 0 or last):
+            self._log(pbar)
+        period = int(cfg.SOLVER.CHECKPOINT_PERIOD)
+        if period > 0 and nxt % period == 0 and not last:
+            self._save(f"model_{it:07d}", it)
+        ev = int(cfg.TEST.EVAL_PERIOD)
+        if ev > 0 and nxt % ev == 0 and not last and len(cfg.DATASETS.TEST):
+            self._evaluate(it)
+
+    def _log(self, pbar) -> None:
+        st = self.storage
+        t = st.history("time")
+        if t.count:
+            eta = t.median() * (self.max_iter - self.iter - 1)
+            st.put_scalar("eta_seconds", eta, smoothing_hint=False)
+        self._flush_writers()
+        if comm.is_main_process():
+            lat = st.latest_with_smoothing_hint()
+            parts = [f"{k}: {v:.4g}" for k, (v, i) in sorted(lat.items()) if i == self.iter]
+            logger.info("iter: %d  %s", self.iter, "  ".join(parts))
+
+    def _flush_writers(self) -> None:
+        for w in getattr(self, "writers", []):
+            w.write(self.storage)
+
+    def _save(self, name: str, it: int) -> None:
+        path = self.checkpointer.save(name, iteration=it, seed=self.seed, nonfinite_skipped=self.nonfinite_skipped)
+        if path:
+            self._last_checkpoint_path = path
+        comm.synchronize()
+
+    def _evaluate(self, it: int) -> dict:
+        # evaluation must not disturb the training RNG streams (a resumed run does not repeat it)
+        import random
+
+        import numpy as np
+
+        py, npst = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            results = self.test(self.cfg, self.unwrapped_model)
+        random.setstate(py)
+        np.random.set_state(npst)
+        self.model.train()
+        self.last_results = results
+        if comm.is_main_process() and results:
+            flat = flatten_results(results)
+            if self.storage is not None:
+                self.storage.iter = it
+                for k, v in flat.items():
+                    self.storage.put_scalar(k, v, smoothing_hint=False)
+                self._flush_writers()
+            metric = self.cfg.SOLVER.BEST_CHECKPOINT_METRIC
+            if metric:
+                self.checkpointer.maybe_save_best(results, it, metric, self.cfg.SOLVER.BEST_CHECKPOINT_MODE)
+        comm.synchronize()
+        return results

@@ -1,0 +1,46 @@
+"""DDP on CPU: 2 gloo processes spawned by launch()."""
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+from resnet_backbone.engine import launch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _ddp_workers  # noqa: E402
+
+
+def test_ddp_two_processes_params_identical_and_uneven_eval_counts_every_image_once(tmp_path):
+    from resnet_backbone.data.synthetic.shapes import generate_shapes_dataset
+
+    n = 5
+    generate_shapes_dataset(str(tmp_path / "data"), "val", n, image_size=32, seed=1)
+    launch(_ddp_workers.train_then_eval_uneven, 2, args=(str(tmp_path), n))
+    p0 = torch.load(tmp_path / "params_rank0.pt")
+    p1 = torch.load(tmp_path / "params_rank1.pt")
+    assert torch.equal(p0, p1)
+    # ... and training moved them away from rank 0's initialisation
+    from _tiny_model import TinyDetector
+
+    from resnet_backbone.engine.train_loader import derive_seed, seed_all_rng
+    from resnet_backbone.engine.trainer import _MODEL_TAG
+
+    seed_all_rng(derive_seed(7, _MODEL_TAG, 0))
+    init = torch.cat([p.detach().flatten() for p in TinyDetector().parameters()])
+    assert p0.shape == init.shape and not torch.equal(p0, init)
+    assert (tmp_path / "model_final.pth").exists()
+    # evaluation: 5 images on 2 ranks (3 + 2), every image reported exactly once
+    r0 = torch.load(tmp_path / "eval_rank0.pt")
+    r1 = torch.load(tmp_path / "eval_rank1.pt")
+    assert sorted((r0["local"], r1["local"])) == [2, 3]  # uneven shards
+    assert sorted(r0["ids"]) == sorted(r1["ids"])
+    assert len(r0["ids"]) == n and len(set(r0["ids"])) == n
+
+
+def test_a_dying_rank_fails_the_launch_instead_of_hanging(tmp_path):
+    t0 = time.time()
+    with pytest.raises(Exception, match="rank 1 dies on purpose|by peer"):
+        launch(_ddp_workers.die_on_rank1, 2, args=(str(tmp_path),))
+    assert time.time() - t0 < 120
