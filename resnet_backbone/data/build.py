@@ -14,7 +14,7 @@ from ..utils import comm
 from .catalog import DatasetCatalog
 from .dataset_mapper import DatasetMapper
 from .errors import DatasetError, bad_sample_policy, count_bad_sample
-from .samplers import AspectRatioGroupedDataset, InferenceSampler, TrainingSampler
+from .samplers import AspectRatioGroupedDataset, InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
 
 __all__ = ["get_detection_dataset_dicts", "build_detection_train_loader", "build_detection_test_loader",
            "DatasetFromList", "MapDataset", "trivial_batch_collator"]
@@ -157,12 +157,19 @@ def build_detection_train_loader(cfg, mapper=None, dataset=None, sampler=None):
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, policy)
     if mapper is None:
         mapper = DatasetMapper.from_config(cfg, is_train=True)
-    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-        raise ValueError(f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported "
-                         "(only 'TrainingSampler')")
     ds = MapDataset(DatasetFromList(dataset), mapper, on_bad_sample=policy, retry=True)
     if sampler is None:
-        sampler = TrainingSampler(len(ds), seed=cfg.SEED if cfg.SEED >= 0 else None)
+        seed = cfg.SEED if cfg.SEED >= 0 else None
+        name = cfg.DATALOADER.SAMPLER_TRAIN
+        if name == "TrainingSampler":
+            sampler = TrainingSampler(len(ds), seed=seed)
+        elif name == "RepeatFactorTrainingSampler":
+            rf = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dataset, cfg.DATALOADER.REPEAT_THRESHOLD)
+            sampler = RepeatFactorTrainingSampler(rf, seed=seed)
+        else:
+            raise ValueError(f"DATALOADER.SAMPLER_TRAIN={name!r} is not one of 'TrainingSampler', "
+                             "'RepeatFactorTrainingSampler'")
     it = _SampledIterable(ds, sampler)
     workers = int(cfg.DATALOADER.NUM_WORKERS)
     pin = torch.cuda.is_available()

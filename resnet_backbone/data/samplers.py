@@ -3,13 +3,14 @@ and aspect-ratio grouping of a stream of mapped samples into batches."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch.utils.data import IterableDataset, Sampler
 
 from ..utils import comm
 
-__all__ = ["TrainingSampler", "InferenceSampler", "AspectRatioGroupedDataset"]
+__all__ = ["TrainingSampler", "RepeatFactorTrainingSampler", "InferenceSampler", "AspectRatioGroupedDataset"]
 
 
 class TrainingSampler(Sampler):
@@ -42,6 +43,53 @@ class TrainingSampler(Sampler):
                 yield from torch.randperm(self._size, generator=g).tolist()
             else:
                 yield from range(self._size)
+
+
+class RepeatFactorTrainingSampler(Sampler):
+    """Like TrainingSampler, but image i appears `repeat_factors[i]` times per pass on average (LVIS-style
+    repeat-factor sampling, detectron2's DATALOADER.SAMPLER_TRAIN="RepeatFactorTrainingSampler"). A fractional
+    factor is rounded stochastically each pass (2.3 -> 2, or 3 with probability 0.3)."""
+
+    def __init__(self, repeat_factors, shuffle: bool = True, seed: int | None = None, rank: int | None = None,
+                 world_size: int | None = None):
+        rf = torch.as_tensor(repeat_factors, dtype=torch.float64)
+        if rf.numel() == 0 or bool((rf < 0).any()) or not bool(torch.isfinite(rf).all()):
+            raise ValueError("repeat factors must be a non-empty list of finite numbers >= 0")
+        self._int = torch.floor(rf)
+        self._frac = rf - self._int
+        self._shuffle = shuffle
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._rank = comm.get_rank() if rank is None else int(rank)
+        self._world_size = comm.get_world_size() if world_size is None else int(world_size)
+        if not 0 <= self._rank < self._world_size:
+            raise ValueError(f"rank {self._rank} is not in [0, {self._world_size})")
+
+    @staticmethod
+    def repeat_factors_from_category_frequency(dataset_dicts: list[dict], repeat_thresh: float) -> torch.Tensor:
+        """r(image) = max over its categories c of max(1, sqrt(t / f(c))), f(c) = fraction of images with c."""
+        counts: dict[int, int] = {}
+        for d in dataset_dicts:
+            for c in {a["category_id"] for a in d.get("annotations", [])}:
+                counts[c] = counts.get(c, 0) + 1
+        n = max(1, len(dataset_dicts))
+        cat_rf = {c: max(1.0, math.sqrt(repeat_thresh / (k / n))) for c, k in counts.items()}
+        return torch.tensor([max([cat_rf[a["category_id"]] for a in d.get("annotations", [])], default=1.0)
+                             for d in dataset_dicts], dtype=torch.float64)
+
+    def __iter__(self):
+        return itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+
+    def _infinite_indices(self):
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        while True:
+            reps = self._int + (torch.rand(len(self._frac), generator=g, dtype=torch.float64) < self._frac)
+            indices = torch.repeat_interleave(torch.arange(len(reps)), reps.long())
+            if len(indices) == 0:
+                continue
+            if self._shuffle:
+                indices = indices[torch.randperm(len(indices), generator=g)]
+            yield from indices.tolist()
 
 
 class InferenceSampler(Sampler):

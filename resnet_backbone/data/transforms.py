@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 __all__ = ["Transform", "TransformList", "NoOpTransform", "ResizeTransform", "HFlipTransform", "VFlipTransform",
-           "RotationTransform", "Augmentation", "ResizeShortestEdge", "RandomFlip", "RandomRotation",
-           "apply_augmentations", "build_augmentation"]
+           "RotationTransform", "CropTransform", "Augmentation", "ResizeShortestEdge", "RandomFlip", "RandomRotation",
+           "RandomCrop", "apply_augmentations", "build_augmentation"]
 
 
 class Transform:
@@ -173,6 +173,26 @@ class RotationTransform(Transform):
         return self.out_h, self.out_w
 
 
+class CropTransform(Transform):
+    """Keep the window [x0, x0 + w) x [y0, y0 + h). Coordinates shift by (-x0, -y0); clipping boxes to the new
+    image (and dropping the empty ones) is the caller's job, as for every transform."""
+
+    def __init__(self, x0: int, y0: int, w: int, h: int):
+        self.x0, self.y0, self.w, self.h = int(x0), int(y0), int(w), int(h)
+
+    def apply_image(self, img):
+        return np.ascontiguousarray(img[self.y0:self.y0 + self.h, self.x0:self.x0 + self.w])
+
+    def apply_coords(self, coords):
+        coords = np.array(coords, dtype=np.float64).reshape(-1, 2)
+        coords[:, 0] -= self.x0
+        coords[:, 1] -= self.y0
+        return coords
+
+    def output_size(self, h, w):
+        return self.h, self.w
+
+
 class Augmentation:
     def get_transform(self, image: np.ndarray) -> Transform:
         raise NotImplementedError
@@ -244,6 +264,48 @@ class RandomRotation(Augmentation):
         return RotationTransform(h, w, a, self.expand, self.interp)
 
 
+class RandomCrop(Augmentation):
+    """A random window of the image, sized as detectron2's INPUT.CROP: "relative" (fractions (h, w) of the image),
+    "relative_range" (fractions drawn uniformly in [crop_size, 1]), "absolute" (pixels, capped by the image),
+    "absolute_range" (pixels drawn in [crop_size[0], crop_size[1]], capped by the image)."""
+
+    TYPES = ("relative", "relative_range", "absolute", "absolute_range")
+
+    def __init__(self, crop_type: str, crop_size):
+        if crop_type not in self.TYPES:
+            raise ValueError(f"INPUT.CROP.TYPE must be one of {self.TYPES}, got {crop_type!r}")
+        crop_size = tuple(float(v) for v in crop_size)
+        if len(crop_size) != 2 or min(crop_size) <= 0:
+            raise ValueError(f"INPUT.CROP.SIZE must be two positive numbers, got {crop_size}")
+        if crop_type.startswith("relative") and max(crop_size) > 1:
+            raise ValueError(f"INPUT.CROP.SIZE for '{crop_type}' must be fractions in (0, 1], got {crop_size}")
+        self.crop_type, self.crop_size = crop_type, crop_size
+
+    def get_crop_size(self, h: int, w: int) -> tuple[int, int]:
+        a, b = self.crop_size
+        if self.crop_type == "relative":
+            return max(1, int(h * a + 0.5)), max(1, int(w * b + 0.5))
+        if self.crop_type == "relative_range":
+            fa, fb = np.asarray([a, b]) + np.random.rand(2) * (1 - np.asarray([a, b]))
+            return max(1, int(h * fa + 0.5)), max(1, int(w * fb + 0.5))
+        if self.crop_type == "absolute":
+            return min(int(a), h), min(int(b), w)
+        lo, hi = int(a), int(b)
+        if hi < lo:
+            raise ValueError(f"INPUT.CROP.SIZE for 'absolute_range' must be (min, max), got {self.crop_size}")
+        return (int(np.random.randint(min(h, lo), min(h, hi) + 1)),
+                int(np.random.randint(min(w, lo), min(w, hi) + 1)))
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        ch, cw = self.get_crop_size(h, w)
+        if (ch, cw) == (h, w):
+            return NoOpTransform()
+        y0 = int(np.random.randint(h - ch + 1))
+        x0 = int(np.random.randint(w - cw + 1))
+        return CropTransform(x0, y0, cw, ch)
+
+
 def apply_augmentations(augs: list[Augmentation], image: np.ndarray) -> tuple[np.ndarray, TransformList]:
     tfms = []
     for aug in augs:
@@ -254,12 +316,13 @@ def apply_augmentations(augs: list[Augmentation], image: np.ndarray) -> tuple[np
 
 
 def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
-    """INPUT.* -> augmentations: resize (multi-scale in training), then flip and rotation in training."""
+    """INPUT.* -> augmentations. Training: [crop if INPUT.CROP.ENABLED], multi-scale resize, flip, rotation if
+    INPUT.ROTATION_ANGLE. Test: resize to MIN_SIZE_TEST / MAX_SIZE_TEST."""
     if is_train:
         augs: list[Augmentation] = [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
                                                        cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
-        if cfg.INPUT.CROP.ENABLED:
-            raise ValueError("INPUT.CROP.ENABLED=True is not supported by this data pipeline")
+        if cfg.INPUT.CROP.ENABLED:  # crop first, then resize (as detectron2)
+            augs.insert(0, RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
         flip = cfg.INPUT.RANDOM_FLIP
         if flip not in ("none", "horizontal", "vertical"):
             raise ValueError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}")

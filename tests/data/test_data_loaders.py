@@ -123,3 +123,22 @@ def test_bad_image_skipped_and_counted(dataset, tmp_path, caplog):
     train = list(itertools.islice(iter(build_detection_train_loader(cfg)), 8))
     assert all(len(b) == 2 for b in train) and 3 not in {d["image_id"] for b in train for d in b}
     assert bad_sample_counts()["mapper"] - before >= 2
+
+
+def test_train_loader_with_crop_and_repeat_factor_sampler(dataset):
+    _register("test_loaders_rfs", *dataset)
+    cfg = _cfg("test_loaders_rfs", grouping=False)
+    cfg.DATALOADER.SAMPLER_TRAIN = "RepeatFactorTrainingSampler"
+    cfg.DATALOADER.REPEAT_THRESHOLD = 0.9
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "relative"
+    cfg.INPUT.CROP.SIZE = [0.5, 0.5]
+    for b in itertools.islice(iter(build_detection_train_loader(cfg)), 4):
+        for d in b:
+            h, w = d["image"].shape[1:]
+            boxes = d["instances"].gt_boxes
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+            assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+    cfg.DATALOADER.SAMPLER_TRAIN = "Nope"
+    with pytest.raises(ValueError, match="SAMPLER_TRAIN"):
+        build_detection_train_loader(cfg)

@@ -1,10 +1,16 @@
 """Sampler shards: disjoint and complete across simulated ranks; aspect-ratio grouping."""
 import itertools
+import math
 
 import pytest
 import torch
 
-from resnet_backbone.data.samplers import AspectRatioGroupedDataset, InferenceSampler, TrainingSampler
+from resnet_backbone.data.samplers import (
+    AspectRatioGroupedDataset,
+    InferenceSampler,
+    RepeatFactorTrainingSampler,
+    TrainingSampler,
+)
 
 
 @pytest.mark.parametrize("size,world", [(12, 3), (10, 2), (7, 1)])
@@ -49,3 +55,21 @@ def test_aspect_ratio_grouping():
     for b in batches:
         kinds = {d["image"].shape[2] >= d["image"].shape[1] for d in b}
         assert len(kinds) == 1
+
+
+def test_repeat_factor_sampler_oversamples_rare_classes():
+    # class 0 in 9 images, class 1 (rare) in 1 image
+    dicts = [{"annotations": [{"category_id": 0}]} for _ in range(9)] + [{"annotations": [{"category_id": 1}]}]
+    rf = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(dicts, 0.5)
+    assert rf[:9].tolist() == [1.0] * 9 and rf[9].item() == pytest.approx(math.sqrt(0.5 / 0.1))
+    n = 4000
+    idx = list(itertools.islice(iter(RepeatFactorTrainingSampler(rf, seed=0, rank=0, world_size=1)), n))
+    share = idx.count(9) / n
+    expected = rf[9].item() / rf.sum().item()
+    assert share == pytest.approx(expected, rel=0.15)
+    shards = [list(itertools.islice(iter(RepeatFactorTrainingSampler(rf, seed=0, rank=r, world_size=2)), n // 2))
+              for r in range(2)]
+    merged = [i for pair in zip(*shards) for i in pair]
+    assert merged == idx  # ranks take alternating positions of one shared stream
+    with pytest.raises(ValueError):
+        RepeatFactorTrainingSampler([], seed=0)

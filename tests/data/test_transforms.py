@@ -4,7 +4,9 @@ import pytest
 
 from resnet_backbone.config import get_cfg
 from resnet_backbone.data.transforms import (
+    CropTransform,
     HFlipTransform,
+    RandomCrop,
     RandomFlip,
     RandomRotation,
     ResizeShortestEdge,
@@ -121,3 +123,40 @@ def test_grayscale_channel_kept():
     img = np.zeros((10, 20, 1), np.uint8)
     assert ResizeTransform(10, 20, 20, 40).apply_image(img).shape == (20, 40, 1)
     assert RotationTransform(10, 20, 30).apply_image(img).ndim == 3
+
+
+def test_crop_moves_boxes_and_pixels():
+    img = _box_image(40, 60, (10, 5, 30, 25))
+    t = CropTransform(8, 4, 30, 20)
+    out = t.apply_image(img)
+    assert out.shape == (20, 30, 3) and t.output_size(40, 60) == (20, 30)
+    np.testing.assert_allclose(t.apply_box([[10, 5, 30, 25]])[0], [2, 1, 22, 21])
+    np.testing.assert_allclose(_pixel_box(out), [2, 1, 22, 20])  # bottom cut by the window
+
+
+@pytest.mark.parametrize("crop_type,size,check", [
+    ("relative", (0.5, 0.25), lambda h, w: (h, w) == (50, 50)),
+    ("relative_range", (0.5, 0.5), lambda h, w: 50 <= h <= 100 and 100 <= w <= 200),
+    ("absolute", (30, 500), lambda h, w: (h, w) == (30, 200)),
+    ("absolute_range", (20, 40), lambda h, w: 20 <= h <= 40 and 20 <= w <= 40),
+])
+def test_random_crop_sizes(crop_type, size, check):
+    img = np.zeros((100, 200, 3), np.uint8)
+    np.random.seed(1)
+    for _ in range(20):
+        t = RandomCrop(crop_type, size).get_transform(img)
+        h, w = t.apply_image(img).shape[:2]
+        assert check(h, w), (h, w)
+        if isinstance(t, CropTransform):
+            assert 0 <= t.x0 <= 200 - w and 0 <= t.y0 <= 100 - h
+
+
+def test_crop_from_config_and_bad_values():
+    cfg = get_cfg()
+    cfg.INPUT.CROP.ENABLED = True
+    augs = build_augmentation(cfg, True)
+    assert isinstance(augs[0], RandomCrop) and augs[0].crop_type == "relative_range"
+    with pytest.raises(ValueError, match="CROP.TYPE"):
+        RandomCrop("square", (1, 1))
+    with pytest.raises(ValueError, match="fractions"):
+        RandomCrop("relative", (2, 0.5))
