@@ -38,6 +38,7 @@ __all__ = [
     "ours_to_detectron2",
     "load_detectron2_checkpoint",
     "save_detectron2_checkpoint",
+    "convert_to_detectron2",
     "is_detectron2_state_dict",
 ]
 
@@ -222,3 +223,34 @@ def save_detectron2_checkpoint(d2_state: Mapping[str, Any], path: str, author: s
         model = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)))
                  for k, v in d2_state.items()}
         torch.save({"model": model, "__author__": author}, path)
+
+
+def convert_to_detectron2(path_or_obj, layout: str | None = None, source: str = "auto", trust: bool = False) -> dict:
+    """Any weights we can read -> detectron2 names (what `tools/convert_weights.py --to detectron2` writes).
+
+    A checkpoint that holds an FPN (ours, e.g. from our FasterRCNN trainer, or detectron2's) keeps the whole FPN
+    ("backbone.bottom_up.*", "backbone.fpn_*", "backbone.top_block.*"); heads are left out (ours are torchvision's,
+    not detectron2's). Anything else goes through converters.py (torchvision / timm / Caffe2 / detectron2 ResNet
+    names) and its ResNet is written for `layout` ("fpn": under backbone.bottom_up., "resnet", "c4"; see
+    `ours_to_detectron2`). Returns {"model": detectron2-named tensors, "format", "pixel_mean", "pixel_std",
+    "source"}: the input convention detectron2's INPUT.FORMAT / MODEL.PIXEL_MEAN / PIXEL_STD must be set to.
+    """
+    from .converters import convert_checkpoint  # converters imports this package; keep the import lazy
+
+    is_path = isinstance(path_or_obj, (str, os.PathLike))
+    name = f"'{os.fspath(path_or_obj)}'" if is_path else "<in-memory checkpoint>"
+    obj = load_checkpoint_file(os.fspath(path_or_obj), trust=trust) if is_path else path_or_obj
+    converted = convert_checkpoint(obj, source=source, trust=trust)
+    raw = _unwrap(obj, name)
+    backbone = _select(raw, D2_BACKBONE) or raw
+    if source in ("auto", "detectron2", "ours") and any(k.startswith(_FPN_ROOTS[1:]) for k in backbone):
+        if layout not in (None, "fpn"):
+            raise CheckpointError(f"{name}: holds an FPN, which only fits detectron2's FPN models (layout 'fpn'), "
+                                  f"not {layout!r}")
+        d2 = ours_to_detectron2(detectron2_to_ours(obj, target="fpn", source=name), layout="fpn")
+    else:
+        resnet = {k: v for k, v in converted["model"].items() if k.startswith(_RESNET_ROOTS)}
+        if not resnet:
+            raise CheckpointError(f"{name}: no ResNet weights found to convert")
+        d2 = ours_to_detectron2(resnet, layout=layout)
+    return {"model": d2, **{k: converted[k] for k in ("format", "pixel_mean", "pixel_std", "source")}}

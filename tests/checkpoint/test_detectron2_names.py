@@ -5,9 +5,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from resnet_backbone.checkpoint import CheckpointError
 from resnet_backbone.checkpoint.detectron2_names import (
+    convert_to_detectron2,
     detectron2_to_ours,
     is_detectron2_state_dict,
     load_detectron2_checkpoint,
@@ -182,3 +184,31 @@ def test_pickle_with_code_is_refused(tmp_path):
         pickle.dump({"model": {"backbone.res2.0.conv1.weight": _Evil()}, "__author__": "x"}, f)
     with pytest.raises(CheckpointError, match="evil.pkl"):
         load_detectron2_checkpoint(str(path), target="resnet")
+
+
+def test_convert_to_detectron2_from_torchvision_resnet(tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "resnet18_tv.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    out = convert_to_detectron2(path)
+    assert out["format"] == "RGB" and out["source"] == "torchvision"
+    d2 = out["model"]
+    assert "backbone.bottom_up.res2.0.conv1.weight" in d2 and "backbone.bottom_up.linear.weight" in d2
+    cfg = _cfg("build_resnet_backbone")
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.NUM_CLASSES = 1000
+    cfg.MODEL.RESNETS.NORM = "BN"
+    ours = build_backbone(cfg)
+    ours.load_state_dict(detectron2_to_ours(d2, target="resnet"), strict=True)
+    assert sorted(convert_to_detectron2(path, layout="c4")["model"])[-1].startswith("roi_heads.res5.")
+
+
+def test_convert_to_detectron2_keeps_fpn_and_drops_our_heads(fpn, tmp_path):
+    ours_detector = {"backbone." + k: v for k, v in fpn.state_dict().items()}
+    ours_detector["roi_heads.box_head.fc6.weight"] = torch.zeros(8, 8)  # torchvision heads: not detectron2's
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": ours_detector, "iteration": 3}, path)
+    out = convert_to_detectron2(path)
+    assert sorted(out["model"]) == sorted("backbone." + k for k in fpn.state_dict())
+    with pytest.raises(CheckpointError, match="only fits detectron2's FPN models"):
+        convert_to_detectron2(path, layout="c4")
