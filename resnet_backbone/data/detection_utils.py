@@ -7,8 +7,10 @@ image, over the decompression-bomb limit, smaller than `MIN_IMAGE_SIDE`) raises 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
 import warnings
 
 import numpy as np
@@ -26,6 +28,7 @@ _PIL_DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
 _max_pixels = _PIL_DEFAULT_MAX_PIXELS
 # An image whose width or height is below this cannot hold an annotated object; it is rejected.
 MIN_IMAGE_SIDE = 2
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 def set_max_image_pixels(n: int) -> None:
@@ -63,6 +66,22 @@ def _to_8bit(img: Image.Image, path) -> Image.Image:
     return Image.fromarray(out, mode="L")
 
 
+@contextlib.contextmanager
+def _pil_limit_at_least(limit: int):
+    """PIL refuses, when opening, images over 2x its Image.MAX_IMAGE_PIXELS; our own check is the one that
+    decides. PIL's global is raised (under a lock) only when our limit is above PIL's refusal point."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is None or limit <= 2 * pil_limit:
+        yield
+        return
+    with _PIL_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
+
+
 def read_image(path, format: str = "BGR", max_pixels: int | None = None) -> np.ndarray:
     """Read `path` into an (H, W, 3) uint8 array in `format` ("BGR" or "RGB"), or (H, W, 1) for "L".
 
@@ -78,12 +97,9 @@ def read_image(path, format: str = "BGR", max_pixels: int | None = None) -> np.n
         raise DatasetError("image path is a directory", file=path, field="file_name")
     if os.path.getsize(path) == 0:
         raise DatasetError("image file is empty (0 bytes)", file=path, field="file_name")
-    old_pil_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_limit_at_least(limit):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # PIL's own guard at 2x its limit; ours (below) is the one that decides.
-            Image.MAX_IMAGE_PIXELS = max(limit, old_pil_limit or 0)
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > limit:
@@ -105,8 +121,6 @@ def read_image(path, format: str = "BGR", max_pixels: int | None = None) -> np.n
     except Exception as e:  # any other decoder/EXIF failure on a hostile or broken file is still a bad image
         raise DatasetError(f"cannot decode image (truncated or corrupt): {type(e).__name__}: {e}", file=path,
                            field="pixels") from e
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_pil_limit
 
     mode = img.mode
     if mode in ("1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa", "RGBX"):

@@ -125,8 +125,17 @@ def test_decompression_bomb_limit(tmp_path):
         assert read_image(p).shape == (100, 200, 3)
     finally:
         set_max_image_pixels(old)
-    # a limit above PIL's own guard is honoured too (PIL would refuse at 2x its default)
-    assert read_image(p, max_pixels=500_000_000).shape == (100, 200, 3)
+    # a limit above PIL's own refusal point (2x Image.MAX_IMAGE_PIXELS) is honoured, and PIL's global restored
+    pil = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 5_000  # PIL alone would refuse this 20000-pixel image
+        assert read_image(p, max_pixels=50_000).shape == (100, 200, 3)
+        assert Image.MAX_IMAGE_PIXELS == 5_000
+        with pytest.raises(DatasetError) as ei:
+            read_image(p, max_pixels=9_000)
+        assert ei.value.field == "pixels" and str(p) in str(ei.value)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil
 
 
 def test_one_pixel_image_rejected(tmp_path):
