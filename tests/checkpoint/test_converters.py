@@ -256,3 +256,25 @@ def test_ddp_prefix_and_detr_style_prefix():
 
 def test_load_checkpoint_file_is_reexported():
     assert callable(load_checkpoint_file)
+
+
+def test_convert_weights_cli(tmp_path, capsys):
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("tool_convert", os.path.join(root, "tools", "convert_weights.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    src, dst = tmp_path / "r18.pth", tmp_path / "out" / "r18_ours.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), str(src))
+    assert tool.main([str(src), str(dst), "--source", "timm"]) == 0
+    raw = torch.load(str(dst), weights_only=True)
+    assert raw["source"] == "timm" and raw["format"] == "RGB" and "res2.0.conv1.weight" in raw["model"]
+    assert "torchvision" not in capsys.readouterr().err
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(b"cos\nsystem\n(S'true'\ntR.")  # protocol-0 pickle calling os.system
+    assert tool.main([str(bad), str(tmp_path / "x.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "evil.pkl" in err and "os.system" in err
+    assert not (tmp_path / "x.pth").exists()

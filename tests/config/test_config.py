@@ -1,0 +1,73 @@
+"""The config foundation: defaults, unknown keys with a suggestion, _BASE_ inheritance, types, our YAMLs."""
+import glob
+import os
+
+import pytest
+
+from resnet_backbone.config import ConfigError, get_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_defaults_have_detectron2_keys():
+    cfg = get_cfg()
+    assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is True
+    assert cfg.MODEL.BACKBONE.NAME == "build_resnet_backbone" and cfg.MODEL.BACKBONE.FREEZE_AT == 2
+    assert cfg.INPUT.FORMAT == "BGR" and list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
+    assert get_cfg() is not cfg  # a fresh copy each time
+    cfg.MODEL.RESNETS.DEPTH = 101
+    assert get_cfg().MODEL.RESNETS.DEPTH == 50
+
+
+def test_unknown_key_in_file_names_key_and_suggestion(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("MODEL:\n  RESNETS:\n    DEPHT: 101\n")
+    with pytest.raises(ConfigError) as e:
+        get_cfg().merge_from_file(str(f))
+    assert "MODEL.RESNETS.DEPHT" in str(e.value) and "MODEL.RESNETS.DEPTH" in str(e.value)
+
+
+def test_unknown_key_on_command_line():
+    with pytest.raises(ConfigError, match=r"MODEL\.RESNETS\.NROM.*MODEL\.RESNETS\.NORM"):
+        get_cfg().merge_from_list(["MODEL.RESNETS.NROM", "BN"])
+
+
+def test_base_inheritance(tmp_path):
+    (tmp_path / "base.yaml").write_text("MODEL:\n  RESNETS:\n    DEPTH: 101\n    NORM: BN\nINPUT:\n  FORMAT: RGB\n")
+    sub = tmp_path / "sub" / "child.yaml"
+    sub.parent.mkdir()
+    sub.write_text('_BASE_: "../base.yaml"\nMODEL:\n  RESNETS:\n    NORM: GN\n')
+    cfg = get_cfg()
+    cfg.merge_from_file(str(sub))
+    assert cfg.MODEL.RESNETS.DEPTH == 101  # from the base
+    assert cfg.MODEL.RESNETS.NORM == "GN"  # child overrides
+    assert cfg.INPUT.FORMAT == "RGB"
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    f = tmp_path / "typed.yaml"
+    f.write_text("MODEL:\n  RESNETS:\n    DEPTH: fifty\n")
+    with pytest.raises((ConfigError, ValueError)) as e:
+        get_cfg().merge_from_file(str(f))
+    assert "DEPTH" in str(e.value) or "fifty" in str(e.value)
+    with pytest.raises((ConfigError, ValueError)):
+        get_cfg().merge_from_list(["MODEL.RESNETS.OUT_FEATURES", "5"])
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)))
+def test_every_config_file_loads(path):
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    assert cfg.MODEL.RESNETS.DEPTH in (18, 34, 50, 101, 152)
+
+
+def test_imagenet_configs_build_the_classifier():
+    from resnet_backbone.modeling.backbone import build_backbone
+
+    for name, stride_in_1x1, fmt in [("R_50_torchvision", False, "RGB"), ("R_50_MSRA", True, "BGR")]:
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(ROOT, "configs", "ImageNet", f"{name}.yaml"))
+        assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is stride_in_1x1 and cfg.INPUT.FORMAT == fmt
+        assert cfg.MODEL.RESNETS.NUM_CLASSES == 1000
+        shapes = build_backbone(cfg).output_shape()
+        assert shapes["res5"].stride == 32 and shapes["linear"].channels == 1000

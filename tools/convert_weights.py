@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Convert ResNet weights (torchvision / timm / detectron2 / Caffe2-MSRA) to our names.
+
+    python tools/convert_weights.py resnet50-0676ba61.pth weights/R-50-torchvision.pth
+    python tools/convert_weights.py R-50.pkl weights/R-50-msra.pth --source caffe2
+
+OUT is a torch.save'd dict {"model": state dict (stem.conv1.weight, res2.0.conv1.norm.weight, ..., linear.*),
+"format": "RGB"|"BGR", "pixel_mean": [...], "pixel_std": [...], "source": ...}; set INPUT.FORMAT,
+MODEL.PIXEL_MEAN/STD to the recorded values. .pkl files are read by a restricted unpickler (numpy arrays and
+plain values only); a .pth that needs full unpickling is refused unless --trust is given.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from resnet_backbone.checkpoint import CheckpointError  # noqa: E402
+from resnet_backbone.checkpoint.converters import SOURCES, convert_checkpoint, save_converted  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="weights file (.pth/.pt/.pkl)")
+    parser.add_argument("output", help="converted .pth to write")
+    parser.add_argument("--source", default="auto", choices=["auto", *SOURCES], help="naming of the input")
+    parser.add_argument("--trust", action="store_true",
+                        help="allow a .pth that needs full unpickling (can run code: trusted files only)")
+    parser.add_argument("--format", choices=["RGB", "BGR"], default=None, help="override the recorded format")
+    parser.add_argument("--pixel-mean", type=float, nargs=3, default=None)
+    parser.add_argument("--pixel-std", type=float, nargs=3, default=None)
+    args = parser.parse_args(argv)
+    try:
+        converted = convert_checkpoint(args.input, source=args.source, trust=args.trust, format=args.format,
+                                       pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
+        save_converted(converted, args.output)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    state = converted["model"]
+    ours = sum(1 for k in state if k.split(".", 1)[0] in ("stem", "res2", "res3", "res4", "res5", "linear"))
+    print(f"{args.input} ({converted['source']} names) -> {args.output}: {len(state)} tensors "
+          f"({ours} ResNet, {len(state) - ours} other)")
+    print(f"input convention: INPUT.FORMAT {converted['format']}  MODEL.PIXEL_MEAN {converted['pixel_mean']}  "
+          f"MODEL.PIXEL_STD {converted['pixel_std']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
