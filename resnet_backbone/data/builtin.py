@@ -42,6 +42,9 @@ def _register_all() -> None:
     for name, (j, i) in BUILTIN_COCO.items():
         if name not in DatasetCatalog:
             register_builtin_coco(name, j, i)
+    from .text import register_builtin_text  # synthetic_text_train / _val (evaluator_type "text")
+
+    register_builtin_text(datasets_root)
 
 
 _register_all()

@@ -1,0 +1,390 @@
+"""Text-detection annotations -> standard dataset dicts with "segmentation" polygons and "ignore" flags.
+
+Two sources:
+
+* COCO-style json (`load_text_json`): "segmentation" = list of flat polygons per annotation (a box-only
+  annotation becomes its rectangle). Don't care ("ignore": True) when the annotation has ``iscrowd`` = 1, a
+  true ``ignore`` / ``illegible`` flag, ``legible`` = false (top level or inside ``attributes``), or the
+  transcription ``###``.
+* ICDAR 2015 txt (`load_icdar2015`): one ``gt_img_N.txt`` per image ``img_N.jpg`` with lines
+  ``x1,y1,x2,y2,x3,y3,x4,y4,transcription`` (the transcription may contain commas; ``###`` = don't care;
+  a UTF-8 byte-order mark is tolerated).
+
+Records follow the project's contract: {"file_name", "image_id", "height", "width", "annotations": [{"id",
+"bbox" (XYWH, the polygon's bounds), "category_id" (contiguous), "iscrowd": 0, "segmentation": [flat polygon],
+"ignore": bool, "transcription"}]}. Don't-care text is kept with ``iscrowd`` = 0 and ``ignore`` = True, so
+the mapper carries it into training (where it is masked out of every loss) instead of dropping it.
+
+Polygon cleaning (`clean_polygon`): fewer than 3 points, non-finite or odd-length coordinates, or zero area
+-> rejected; self-intersecting -> repaired with shapely's make_valid when that gives one polygon, rejected
+when it splits into several; partly outside the image -> clipped to the image (the largest piece kept);
+entirely outside -> rejected. A rejection raises `DatasetError` naming the file, the record and the field;
+with DATALOADER.ON_BAD_SAMPLE = "skip" the bad annotation is dropped and counted instead.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+from shapely.geometry import Polygon, box
+from shapely.validation import make_valid
+
+from .catalog import DatasetCatalog, MetadataCatalog
+from .errors import DatasetError, count_bad_sample, get_bad_sample_policy
+
+__all__ = ["clean_polygon", "load_text_json", "parse_icdar2015_txt", "load_icdar2015", "register_text_instances",
+           "register_builtin_text", "BUILTIN_TEXT", "IMAGE_EXTENSIONS"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DONT_CARE = "###"
+
+# name -> (json file, image directory), relative to the datasets root; written by
+# `generate_text_dataset(<root>/synthetic_text, split, ...)` (tools/make_synthetic_dataset.py --kind text)
+BUILTIN_TEXT = {
+    "synthetic_text_train": ("synthetic_text/train.json", "synthetic_text/train"),
+    "synthetic_text_val": ("synthetic_text/val.json", "synthetic_text/val"),
+}
+
+
+# ---------------------------------------------------------------------------- polygons
+def _polygon_parts(geom) -> list[Polygon]:
+    parts = getattr(geom, "geoms", [geom])
+    out = []
+    for g in parts:
+        if g.geom_type == "Polygon" and g.area > 0:
+            out.append(g)
+        elif g.geom_type == "MultiPolygon":
+            out.extend(p for p in g.geoms if p.area > 0)
+    return out
+
+
+def clean_polygon(points, image_size: tuple[int, int] | None, *, file=None, record=None,
+                  field: str = "segmentation") -> np.ndarray:
+    """Validate and repair one polygon; returns a (P, 2) float32 array (P >= 3) inside the image.
+
+    `points` is a flat [x1, y1, x2, y2, ...] list or a (P, 2) array; `image_size` is (height, width) (None
+    skips clipping). Raises `DatasetError` naming `file`, `record` and `field` when it cannot be repaired.
+    """
+    def bad(msg):
+        return DatasetError(msg, file=file, record=record, field=field)
+
+    try:
+        arr = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise bad(f"polygon is not a list of numbers: {points!r:.80}") from e
+    if arr.ndim == 1:
+        if arr.size % 2:
+            raise bad(f"polygon has an odd number of coordinates ({arr.size})")
+        arr = arr.reshape(-1, 2)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise bad(f"polygon must be flat [x1, y1, ...] or (P, 2), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise bad("polygon has non-finite coordinates")
+    # drop consecutive duplicates (incl. a closing point equal to the first)
+    if len(arr) > 1:
+        keep = np.any(arr != np.roll(arr, 1, axis=0), axis=1)
+        arr = arr[keep] if keep.any() else arr[:1]
+    if len(arr) < 3:
+        raise bad(f"polygon has {len(arr)} distinct point(s); at least 3 are needed")
+
+    shape = Polygon(arr)
+    if not shape.is_valid:
+        parts = _polygon_parts(make_valid(shape))
+        if not parts:
+            raise bad("polygon has zero area (its points are collinear)")
+        if len(parts) > 1:
+            raise bad(f"polygon is self-intersecting and splits into {len(parts)} parts; fix the point order")
+        shape = parts[0]
+    if shape.area <= 0:
+        raise bad("polygon has zero area")
+
+    if image_size is not None:
+        h, w = float(image_size[0]), float(image_size[1])
+        minx, miny, maxx, maxy = shape.bounds
+        if minx < 0 or miny < 0 or maxx > w or maxy > h:
+            clipped = _polygon_parts(shape.intersection(box(0.0, 0.0, w, h)))
+            if not clipped:
+                raise bad(f"polygon lies entirely outside the {int(w)}x{int(h)} image "
+                          f"(bounds {tuple(round(v, 1) for v in shape.bounds)})")
+            shape = max(clipped, key=lambda p: p.area)
+    coords = np.asarray(shape.exterior.coords, dtype=np.float64)[:-1]
+    return coords.astype(np.float32)
+
+
+def _bbox_of(polys: list[np.ndarray]) -> list[float]:
+    pts = np.concatenate(polys, axis=0)
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def _truthy(v) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes")
+    return bool(v)
+
+
+def _is_dont_care(ann: dict) -> bool:
+    attrs = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+    for src in (ann, attrs):
+        if _truthy(src.get("ignore", False)) or _truthy(src.get("illegible", False)):
+            return True
+        if "legible" in src and not _truthy(src["legible"]):
+            return True
+        t = src.get("transcription", src.get("text"))
+        if isinstance(t, str) and t.strip() == DONT_CARE:
+            return True
+    return bool(ann.get("iscrowd", 0))
+
+
+# ---------------------------------------------------------------------------- COCO json
+def _read_json(json_file: str):
+    try:
+        with open(json_file, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise DatasetError("annotation file does not exist", file=json_file, field="json") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"not valid json: {e}", file=json_file, field="json") from e
+
+
+def load_text_json(json_file, image_root, dataset_name: str | None = None,
+                   on_bad_sample: str | None = None) -> list[dict]:
+    """Load text annotations from a COCO-style json into standard records (see the module docstring)."""
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    policy = on_bad_sample or get_bad_sample_policy()
+    data = _read_json(json_file)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations", []), list):
+        raise DatasetError("expected an object with 'images' and 'annotations' lists", file=json_file,
+                           field="images")
+    cats = data.get("categories") or [{"id": 1, "name": "text"}]
+    try:
+        cat_ids = sorted(int(c["id"]) for c in cats)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError("a category has no integer 'id'", file=json_file, field="categories") from e
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
+    id_map = {cid: i for i, cid in enumerate(cat_ids)}
+    if dataset_name is not None:
+        MetadataCatalog.get(dataset_name).set(thing_classes=[names[c] for c in cat_ids],
+                                              thing_dataset_id_to_contiguous_id=id_map)
+
+    def handle(err: DatasetError):
+        if policy == "error":
+            raise err
+        count_bad_sample(err, "text")
+
+    images, order = {}, []
+    for i, img in enumerate(data["images"]):
+        try:
+            iid, fname = img["id"], img["file_name"]
+            h, w = int(img["height"]), int(img["width"])
+            if h <= 0 or w <= 0:
+                raise ValueError("non-positive size")
+        except (KeyError, TypeError, ValueError) as e:
+            handle(DatasetError(f"image entry needs id, file_name and positive height/width ({e})",
+                                file=json_file, record=f"images[{i}]", field="images"))
+            continue
+        if iid in images:
+            handle(DatasetError(f"duplicate image id {iid}", file=json_file, record=f"images[{i}]", field="id"))
+            continue
+        images[iid] = {"file_name": os.path.join(image_root, fname), "image_id": iid, "height": h, "width": w,
+                       "annotations": []}
+        order.append(iid)
+
+    for i, ann in enumerate(data.get("annotations", [])):
+        rec_name = f"annotation id={ann.get('id', f'#{i}')} (image_id={ann.get('image_id')})" \
+            if isinstance(ann, dict) else f"annotations[{i}]"
+        try:
+            if not isinstance(ann, dict):
+                raise DatasetError("annotation is not an object", file=json_file, record=rec_name, field="annotations")
+            rec = images.get(ann.get("image_id"))
+            if rec is None:
+                raise DatasetError(f"image_id {ann.get('image_id')!r} is not among the images", file=json_file,
+                                   record=rec_name, field="image_id")
+            cid = ann.get("category_id", cat_ids[0])
+            if cid not in id_map:
+                raise DatasetError(f"category_id {cid!r} is not among the categories {cat_ids}", file=json_file,
+                                   record=rec_name, field="category_id")
+            segm = ann.get("segmentation")
+            if segm is None or segm == []:
+                bb = ann.get("bbox")
+                if not (isinstance(bb, (list, tuple)) and len(bb) == 4):
+                    raise DatasetError("annotation has neither a polygon 'segmentation' nor a 'bbox'",
+                                       file=json_file, record=rec_name, field="segmentation")
+                x, y, bw, bh = (float(v) for v in bb)
+                segm = [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]
+            if isinstance(segm, dict):
+                raise DatasetError("RLE masks are not text polygons; give 'segmentation' as flat polygons",
+                                   file=json_file, record=rec_name, field="segmentation")
+            if not isinstance(segm, list) or not segm:
+                raise DatasetError(f"'segmentation' must be a list of polygons, got {type(segm).__name__}",
+                                   file=json_file, record=rec_name, field="segmentation")
+            if all(isinstance(v, (int, float)) for v in segm):  # a single flat polygon without the outer list
+                segm = [segm]
+            polys = [clean_polygon(p, (rec["height"], rec["width"]), file=json_file, record=rec_name)
+                     for p in segm]
+        except DatasetError as err:
+            handle(err)
+            continue
+        obj = {"id": ann.get("id", i), "bbox": _bbox_of(polys), "category_id": id_map[cid], "iscrowd": 0,
+               "segmentation": [p.reshape(-1).tolist() for p in polys], "ignore": _is_dont_care(ann)}
+        t = ann.get("transcription", ann.get("text"))
+        if isinstance(t, str):
+            obj["transcription"] = t
+        rec["annotations"].append(obj)
+
+    records = [images[i] for i in order]
+    logger.info("loaded %d images, %d text annotations from %s", len(records),
+                sum(len(r["annotations"]) for r in records), json_file)
+    return records
+
+
+# ---------------------------------------------------------------------------- ICDAR 2015 txt
+def parse_icdar2015_txt(gt_file) -> list[dict]:
+    """Parse one ICDAR 2015 ground-truth file into [{"points": (4, 2) float array, "transcription", "ignore",
+    "line"}]. Raises `DatasetError` naming the file and line for a malformed line."""
+    gt_file = os.fspath(gt_file)
+    try:
+        with open(gt_file, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError as e:
+        raise DatasetError("ground-truth file does not exist", file=gt_file, field="gt") from e
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"ground-truth file is not UTF-8 text ({e})", file=gt_file, field="gt") from e
+    out = []
+    for lineno, line in enumerate(lines, start=1):
+        line = line.strip().lstrip("\ufeff")
+        if not line:
+            continue
+        fields = line.split(",")
+        if len(fields) < 8:
+            raise DatasetError(f"expected 'x1,y1,...,x4,y4,transcription', got {len(fields)} field(s): {line!r:.80}",
+                               file=gt_file, record=f"line {lineno}", field="points")
+        try:
+            coords = [float(v) for v in fields[:8]]
+        except ValueError as e:
+            raise DatasetError(f"non-numeric coordinate in {fields[:8]}", file=gt_file, record=f"line {lineno}",
+                               field="points") from e
+        text = ",".join(fields[8:]).strip()
+        out.append({"points": np.asarray(coords, dtype=np.float64).reshape(4, 2), "transcription": text,
+                    "ignore": text == DONT_CARE, "line": lineno})
+    return out
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """(height, width) as read_image will return it (EXIF rotation applied), without decoding pixels."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except Exception:  # noqa: BLE001  (broken EXIF: read_image ignores it too)
+                orientation = 1
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read image header ({e})", file=path, field="file_name") from e
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def load_icdar2015(gt_dir, image_root, on_bad_sample: str | None = None) -> list[dict]:
+    """Records for every ``gt_<stem>.txt`` in `gt_dir` with its image ``<stem>.<ext>`` in `image_root`."""
+    gt_dir, image_root = os.fspath(gt_dir), os.fspath(image_root)
+    policy = on_bad_sample or get_bad_sample_policy()
+    if not os.path.isdir(gt_dir):
+        raise DatasetError("ground-truth directory does not exist", file=gt_dir, field="gt")
+    gt_files = sorted((f for f in os.listdir(gt_dir) if f.startswith("gt_") and f.endswith(".txt")), key=_natural_key)
+    if not gt_files:
+        raise DatasetError("no gt_*.txt files in the ground-truth directory", file=gt_dir, field="gt")
+    images = {}
+    if os.path.isdir(image_root):
+        for f in os.listdir(image_root):
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                images.setdefault(stem, f)
+    records, used_ids = [], set()
+    for k, gt_name in enumerate(gt_files):
+        stem = gt_name[3:-4]
+        gt_path = os.path.join(gt_dir, gt_name)
+        try:
+            if stem not in images:
+                raise DatasetError(f"no image '{stem}.*' for this ground-truth file in {image_root}", file=gt_path,
+                                   field="file_name")
+            file_name = os.path.join(image_root, images[stem])
+            h, w = _image_size(file_name)
+            m = re.search(r"(\d+)$", stem)
+            image_id = int(m.group(1)) if m and int(m.group(1)) not in used_ids else k
+            annos = []
+            for entry in parse_icdar2015_txt(gt_path):
+                rec_name = f"line {entry['line']}"
+                try:
+                    poly = clean_polygon(entry["points"], (h, w), file=gt_path, record=rec_name, field="points")
+                except DatasetError as err:
+                    if policy == "error":
+                        raise
+                    count_bad_sample(err, "text")
+                    continue
+                annos.append({"id": len(annos), "bbox": _bbox_of([poly]), "category_id": 0, "iscrowd": 0,
+                              "segmentation": [poly.reshape(-1).tolist()], "ignore": entry["ignore"],
+                              "transcription": entry["transcription"]})
+        except DatasetError as err:
+            if policy == "error":
+                raise
+            count_bad_sample(err, "text")
+            continue
+        used_ids.add(image_id)
+        records.append({"file_name": file_name, "image_id": image_id, "height": h, "width": w,
+                        "annotations": annos})
+    logger.info("loaded %d images, %d text annotations from %s", len(records),
+                sum(len(r["annotations"]) for r in records), gt_dir)
+    return records
+
+
+# ---------------------------------------------------------------------------- registration
+def _load_any(name: str, json_or_dir: str, image_root: str) -> list[dict]:
+    if os.path.isdir(json_or_dir):
+        MetadataCatalog.get(name).set(thing_classes=["text"], thing_dataset_id_to_contiguous_id={1: 0})
+        return load_icdar2015(json_or_dir, image_root)
+    return load_text_json(json_or_dir, image_root, name)
+
+
+def register_text_instances(name: str, json_or_dir, image_root, metadata: dict | None = None) -> None:
+    """Register a text dataset: a COCO-style json file, or an ICDAR 2015 directory of gt_*.txt files.
+
+    Loaded (and validated) when first asked for; evaluator_type is "text".
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string, got {name!r}")
+    json_or_dir, image_root = os.fspath(json_or_dir), os.fspath(image_root)
+    DatasetCatalog.register(name, lambda: _load_any(name, json_or_dir, image_root))
+    meta = MetadataCatalog.get(name).set(image_root=image_root, evaluator_type="text", **(metadata or {}))
+    if os.path.isdir(json_or_dir) or not json_or_dir.endswith(".json"):
+        meta.set(gt_dir=json_or_dir)
+    else:
+        meta.set(json_file=json_or_dir)
+
+
+def register_builtin_text(datasets_root: Callable[[], str]) -> None:
+    """Register BUILTIN_TEXT under the datasets root (`datasets_root()` is called at load time)."""
+    for name, (json_rel, image_rel) in BUILTIN_TEXT.items():
+        if name in DatasetCatalog:
+            continue
+
+        def json_file(rel=json_rel):
+            return os.path.join(datasets_root(), rel)
+
+        def image_root(rel=image_rel):
+            return os.path.join(datasets_root(), rel)
+
+        DatasetCatalog.register(name, lambda n=name, j=json_file, i=image_root: load_text_json(j(), i(), n))
+        MetadataCatalog.get(name).set(evaluator_type="text").set_lazy(json_file=json_file, image_root=image_root)
