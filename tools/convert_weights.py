@@ -3,6 +3,7 @@
 
     python tools/convert_weights.py resnet50-0676ba61.pth weights/R-50-torchvision.pth
     python tools/convert_weights.py R-50.pkl weights/R-50-msra.pth --source caffe2
+    python tools/convert_weights.py resnet50-0676ba61.pth weights/R-50-tv-for-d2.pkl --to detectron2
 
 OUT is a torch.save'd dict {"model": state dict (stem.conv1.weight, res2.0.conv1.norm.weight, ..., linear.*),
 "format": "RGB"|"BGR", "pixel_mean": [...], "pixel_std": [...], "source": ...}; set INPUT.FORMAT,
@@ -32,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=["RGB", "BGR"], default=None, help="override the recorded format")
     parser.add_argument("--pixel-mean", type=float, nargs=3, default=None)
     parser.add_argument("--pixel-std", type=float, nargs=3, default=None)
+    parser.add_argument("--to", choices=["ours", "detectron2"], default="ours",
+                        help="detectron2: write detectron2 model names (.pkl model-zoo layout or .pth) instead")
+    parser.add_argument("--layout", choices=["fpn", "resnet", "c4"], default=None,
+                        help="with --to detectron2: where a ResNet goes (fpn: backbone.bottom_up.*, default)")
     args = parser.parse_args(argv)
+    if args.to == "detectron2":
+        return _to_detectron2(args)
     try:
         converted = convert_checkpoint(args.input, source=args.source, trust=args.trust, format=args.format,
                                        pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
@@ -46,6 +53,24 @@ def main(argv: list[str] | None = None) -> int:
           f"({ours} ResNet, {len(state) - ours} other)")
     print(f"input convention: INPUT.FORMAT {converted['format']}  MODEL.PIXEL_MEAN {converted['pixel_mean']}  "
           f"MODEL.PIXEL_STD {converted['pixel_std']}")
+    return 0
+
+
+def _to_detectron2(args) -> int:
+    from resnet_backbone.checkpoint.detectron2_names import convert_to_detectron2, save_detectron2_checkpoint
+
+    try:
+        converted = convert_to_detectron2(args.input, layout=args.layout, source=args.source, trust=args.trust)
+        save_detectron2_checkpoint(converted["model"], args.output)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.input} ({converted['source']} names) -> {args.output}: {len(converted['model'])} tensors in "
+          "detectron2 names (load with MODEL.WEIGHTS)")
+    fmt = args.format or converted["format"]
+    mean = args.pixel_mean or converted["pixel_mean"]
+    std = args.pixel_std or converted["pixel_std"]
+    print(f"set in the detectron2 config: INPUT.FORMAT {fmt}  MODEL.PIXEL_MEAN {mean}  MODEL.PIXEL_STD {std}")
     return 0
 
 

@@ -212,3 +212,30 @@ def test_convert_to_detectron2_keeps_fpn_and_drops_our_heads(fpn, tmp_path):
     assert sorted(out["model"]) == sorted("backbone." + k for k in fpn.state_dict())
     with pytest.raises(CheckpointError, match="only fits detectron2's FPN models"):
         convert_to_detectron2(path, layout="c4")
+
+
+def test_convert_weights_tool_to_detectron2(fpn, tmp_path, capsys):
+    import importlib.util
+    import os
+
+    tool = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "convert_weights.py")
+    spec = importlib.util.spec_from_file_location("convert_weights_tool", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    src = str(tmp_path / "resnet18_tv.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), src)
+    out = str(tmp_path / "r18_for_d2.pkl")
+    assert module.main([src, out, "--to", "detectron2", "--layout", "c4"]) == 0
+    printed = capsys.readouterr().out
+    assert "INPUT.FORMAT RGB" in printed and "MODEL.PIXEL_STD" in printed
+    with open(out, "rb") as f:
+        raw = pickle.load(f)
+    assert "roi_heads.res5.0.conv1.weight" in raw["model"] and "backbone.res2.0.conv1.weight" in raw["model"]
+    resnet = load_detectron2_checkpoint(out, target="resnet")
+    assert "res5.1.conv2.norm.running_var" in resnet
+    # an FPN checkpoint cannot go to the C4 layout: clear error, exit code 1
+    fpn_ckpt = str(tmp_path / "fpn.pth")
+    torch.save({"model": {"backbone." + k: v for k, v in fpn.state_dict().items()}}, fpn_ckpt)
+    assert module.main([fpn_ckpt, str(tmp_path / "x.pkl"), "--to", "detectron2", "--layout", "c4"]) == 1
+    assert "only fits detectron2's FPN models" in capsys.readouterr().err
