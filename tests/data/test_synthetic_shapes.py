@@ -81,3 +81,21 @@ def test_command_line_tool(tmp_path):
     assert r.returncode == 0, r.stderr
     assert len(json.loads((out / "train.json").read_text())["images"]) == 3
     assert len(list((out / "val").glob("*.png"))) == 2
+
+
+def test_command_line_tool_text_kind(tmp_path):
+    """The --kind text branch calls the text generator (in-process: the tool's main())."""
+    import importlib.util
+
+    import pytest
+
+    pytest.importorskip("resnet_backbone.data.synthetic.text")
+    spec = importlib.util.spec_from_file_location("make_synthetic_dataset",
+                                                  ROOT / "tools" / "make_synthetic_dataset.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "text"
+    assert tool.main(["--kind", "text", "--output", str(out), "--num-train", "2", "--num-val", "0",
+                      "--image-size", "64", "--seed", "0"]) == 0
+    data = json.loads((out / "train.json").read_text())
+    assert len(data["images"]) == 2 and not (out / "val.json").exists()
