@@ -151,6 +151,16 @@ class _WarmupLR(torch.optim.lr_scheduler.LRScheduler):
     def _get_closed_form_lr(self) -> list[float]:
         return self.get_lr()
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the position (iteration) only; the schedule's shape comes from the config, so a resumed run
+        with e.g. a longer MAX_ITER / other STEPS follows the new schedule from where it stopped."""
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
+
 
 class WarmupMultiStepLR(_WarmupLR):
     def __init__(self, optimizer, milestones: Iterable[int], gamma: float = 0.1, warmup_factor: float = 0.001,
