@@ -56,7 +56,7 @@ def _torchvision_c5_and_logits(tv, x):
     ("resnet50", 50, "FrozenBN", 64),
     ("resnet50", 50, "BN", 64),
     ("resnet18", 18, "FrozenBN", 96),
-    ("resnet101", 101, "FrozenBN", 64),
+    pytest.param("resnet101", 101, "FrozenBN", 64, marks=pytest.mark.slow),
 ])
 def test_torchvision_parity_via_file(tmp_path, arch, depth, norm, size):
     tv = _randomize_norms(getattr(torchvision.models, arch)()).eval()
@@ -146,7 +146,7 @@ def _as_caffe2_blobs(model):
     return blobs
 
 
-@pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
+@pytest.mark.parametrize("norm", ["FrozenBN", pytest.param("BN", marks=pytest.mark.slow)])
 def test_caffe2_pkl_converts_and_loads_exactly(tmp_path, norm):
     ref = _randomize_norms(_ours(50, "FrozenBN", stride_in_1x1=True))
     blobs = _as_caffe2_blobs(ref)

@@ -41,7 +41,8 @@ EXPECTED_CHANNELS = {
 EXPECTED_STRIDES = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+@pytest.mark.parametrize("depth", [18, 34, 50, pytest.param(101, marks=pytest.mark.slow),
+                                   pytest.param(152, marks=pytest.mark.slow)])
 def test_every_depth_outputs_match_output_shape(depth):
     model = build_backbone(_cfg(depth)).eval()
     shapes = model.output_shape()
