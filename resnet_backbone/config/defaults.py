@@ -155,6 +155,10 @@ _C.MODEL.DBNET.BOX_THRESH = 0.6
 _C.MODEL.DBNET.UNCLIP_RATIO = 1.5
 _C.MODEL.DBNET.MAX_CANDIDATES = 1000
 _C.MODEL.DBNET.MIN_SIZE = 3
+# norm in the DB head's reductions and map heads ("BN", "GN", "FrozenBN", "" ...)
+_C.MODEL.DBNET.NORM = "BN"
+# training: text whose shorter side is below this many input pixels is treated as don't care
+_C.MODEL.DBNET.MIN_TEXT_SIZE = 8.0
 
 # ---------------------------------------------------------------------------- input
 _C.INPUT = CN()

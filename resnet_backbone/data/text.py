@@ -45,11 +45,14 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DONT_CARE = "###"
 
-# name -> (json file, image directory), relative to the datasets root; written by
-# `generate_text_dataset(<root>/synthetic_text, split, ...)` (tools/make_synthetic_dataset.py --kind text)
+# name -> (json file or ICDAR gt directory, image directory), relative to the datasets root. The synthetic
+# sets are written by `generate_text_dataset(<root>/synthetic_text, split, ...)`
+# (tools/make_synthetic_dataset.py --kind text); ICDAR 2015 is the official download, unpacked as named here.
 BUILTIN_TEXT = {
     "synthetic_text_train": ("synthetic_text/train.json", "synthetic_text/train"),
     "synthetic_text_val": ("synthetic_text/val.json", "synthetic_text/val"),
+    "icdar2015_train": ("icdar2015/train_gts", "icdar2015/train_images"),
+    "icdar2015_test": ("icdar2015/test_gts", "icdar2015/test_images"),
 }
 
 
@@ -352,7 +355,7 @@ def load_icdar2015(gt_dir, image_root, on_bad_sample: str | None = None) -> list
 
 # ---------------------------------------------------------------------------- registration
 def _load_any(name: str, json_or_dir: str, image_root: str) -> list[dict]:
-    if os.path.isdir(json_or_dir):
+    if os.path.isdir(json_or_dir) or not json_or_dir.endswith(".json"):
         MetadataCatalog.get(name).set(thing_classes=["text"], thing_dataset_id_to_contiguous_id={1: 0})
         return load_icdar2015(json_or_dir, image_root)
     return load_text_json(json_or_dir, image_root, name)
@@ -386,5 +389,9 @@ def register_builtin_text(datasets_root: Callable[[], str]) -> None:
         def image_root(rel=image_rel):
             return os.path.join(datasets_root(), rel)
 
-        DatasetCatalog.register(name, lambda n=name, j=json_file, i=image_root: load_text_json(j(), i(), n))
-        MetadataCatalog.get(name).set(evaluator_type="text").set_lazy(json_file=json_file, image_root=image_root)
+        DatasetCatalog.register(name, lambda n=name, j=json_file, i=image_root: _load_any(n, j(), i()))
+        meta = MetadataCatalog.get(name).set(evaluator_type="text").set_lazy(image_root=image_root)
+        if json_rel.endswith(".json"):
+            meta.set_lazy(json_file=json_file)
+        else:
+            meta.set_lazy(gt_dir=json_file)

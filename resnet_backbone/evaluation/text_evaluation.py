@@ -26,6 +26,9 @@ from shapely.geometry import Polygon
 from shapely.ops import unary_union
 from shapely.validation import make_valid
 
+from ..utils import comm
+from .evaluator import DatasetEvaluator
+
 __all__ = ["polygon_iou", "match_text_image", "evaluate_text_polygons", "TextEvaluator"]
 
 logger = logging.getLogger(__name__)
@@ -145,19 +148,7 @@ def _record_ground_truth(record: dict) -> tuple[list[np.ndarray], list[bool]]:
     return polys, ignore
 
 
-def _all_gather(obj):
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover
-        return [obj]
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-class TextEvaluator:
+class TextEvaluator(DatasetEvaluator):
     """DatasetEvaluator for text detection: {"text": {"precision", "recall", "hmean"}}.
 
     Ground truth comes from `DatasetCatalog.get(dataset_name)` (standard records with "segmentation" and
@@ -191,18 +182,13 @@ class TextEvaluator:
 
     def evaluate(self) -> dict:
         predictions = self._predictions
-        if self.distributed:
+        if self.distributed and comm.get_world_size() > 1:
             merged: dict = {}
-            for part in _all_gather(predictions):
+            for part in comm.gather(predictions, dst=0):
                 merged.update(part)
+            if not comm.is_main_process():
+                return {}
             predictions = merged
-            try:
-                import torch.distributed as dist
-
-                if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-                    return {}
-            except ImportError:  # pragma: no cover
-                pass
         if not predictions:
             logger.warning("TextEvaluator(%s): no predictions were processed", self.dataset_name)
             return {}

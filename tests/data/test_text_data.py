@@ -237,3 +237,17 @@ def test_builtin_synthetic_text_datasets_resolve_under_rb_datasets(tmp_path, mon
     meta = MetadataCatalog.get("synthetic_text_val")
     assert meta.evaluator_type == "text" and meta.json_file == str(tmp_path / "synthetic_text" / "val.json")
     assert "synthetic_text_train" in DatasetCatalog.list()
+
+
+def test_builtin_icdar2015_names_read_gt_directories(tmp_path, monkeypatch):
+    import resnet_backbone.data  # noqa: F401
+
+    root = tmp_path / "icdar2015"
+    root.mkdir()
+    _icdar_dir(root, {"img_5": ["10,10,50,10,50,30,10,30,word"]})
+    (root / "gts").rename(root / "test_gts")
+    (root / "images").rename(root / "test_images")
+    monkeypatch.setenv("RB_DATASETS", str(tmp_path))
+    recs = DatasetCatalog.get("icdar2015_test")
+    assert [r["image_id"] for r in recs] == [5] and recs[0]["annotations"][0]["transcription"] == "word"
+    assert MetadataCatalog.get("icdar2015_test").evaluator_type == "text"

@@ -1,0 +1,165 @@
+"""DBNet (Liao et al., 2020): text-region detection with differentiable binarization on a ResNet-FPN.
+
+    batched_inputs ──> normalize (PIXEL_MEAN/STD) ──> pad to backbone.size_divisibility ──> backbone
+        ──> {"p2".."p5"} ──> DBHead: fuse at 1/4, probability / threshold maps at input resolution
+        training:  targets (shrunk polygons, threshold map) from instances.gt_polygons / gt_ignore
+                   ──> balanced BCE (prob) + L1 (threshold) + dice (binary) ──> {"loss_prob", ...}
+        inference: probability map, cropped to each image ──> contours, score, unclip, min-area quads
+                   ──> {"polygons", "boxes", "scores", "labels"} in original image coordinates
+
+Config: MODEL.DBNET.* (see config/defaults.py), the backbone from MODEL.BACKBONE.NAME (build_resnet_fpn_backbone
+in the shipped configs). In eval mode "polygons" holds the min-area quadrilaterals (4 points, ICDAR style);
+"contours" holds the unclipped contour polygons (more points; useful for curved text).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...structures import ImageList
+from ..backbone import Backbone, build_backbone
+from ..text.db_head import DBHead
+from ..text.losses import DBLoss
+from ..text.postprocess import db_postprocess
+from ..text.targets import make_db_targets
+from .build import META_ARCH_REGISTRY
+
+__all__ = ["DBNet"]
+
+
+def _describe(x, i: int) -> str:
+    if isinstance(x, dict):
+        parts = [f"{k}={x[k]!r}" for k in ("file_name", "image_id") if k in x]
+        if parts:
+            return f"input {i} ({', '.join(parts)})"
+    return f"input {i}"
+
+
+@META_ARCH_REGISTRY.register()
+class DBNet(nn.Module):
+    """Text detector: backbone (at `.backbone`) + DB head + DB losses + polygon post-processing.
+
+    Args:
+        backbone: a Backbone producing the head's `in_features` (P2..P5, P2 at stride 4).
+        head: DBHead.
+        loss: DBLoss.
+        pixel_mean, pixel_std: per-channel statistics on the 0-255 scale, in `input_format` order.
+        shrink_ratio, thresh_min, thresh_max, min_text_size: target generation (see text/targets.py).
+        binarize_thresh, box_thresh, unclip_ratio, max_candidates, min_size: post-processing
+            (see text/postprocess.py); min_size is in input (resized image) pixels.
+    """
+
+    def __init__(self, *, backbone: Backbone, head: DBHead, loss: DBLoss, pixel_mean, pixel_std,
+                 input_format: str = "BGR", shrink_ratio: float = 0.4, thresh_min: float = 0.3,
+                 thresh_max: float = 0.7, min_text_size: float = 8.0, binarize_thresh: float = 0.3,
+                 box_thresh: float = 0.6, unclip_ratio: float = 1.5, max_candidates: int = 1000,
+                 min_size: float = 3.0):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.loss = loss
+        self.input_format = input_format
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(f"MODEL.PIXEL_MEAN has {len(pixel_mean)} values, MODEL.PIXEL_STD {len(pixel_std)}")
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.target_args = dict(shrink_ratio=shrink_ratio, thresh_min=thresh_min, thresh_max=thresh_max,
+                                min_text_size=min_text_size)
+        self.postprocess_args = dict(binarize_thresh=binarize_thresh, box_thresh=box_thresh,
+                                     unclip_ratio=unclip_ratio, max_candidates=max_candidates, min_size=min_size)
+
+    @classmethod
+    def from_config(cls, cfg) -> DBNet:
+        c = cfg.MODEL.DBNET
+        backbone = build_backbone(cfg)
+        head = DBHead(backbone.output_shape(), list(c.IN_FEATURES), inner_channels=c.INNER_CHANNELS, k=c.K,
+                      norm=c.NORM)
+        loss = DBLoss(c.PROB_LOSS_WEIGHT, c.THRESH_LOSS_WEIGHT, c.BINARY_LOSS_WEIGHT, c.NEG_POS_RATIO)
+        return cls(backbone=backbone, head=head, loss=loss, pixel_mean=cfg.MODEL.PIXEL_MEAN,
+                   pixel_std=cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT, shrink_ratio=c.SHRINK_RATIO,
+                   thresh_min=c.THRESH_MIN, thresh_max=c.THRESH_MAX, min_text_size=c.MIN_TEXT_SIZE,
+                   binarize_thresh=c.BINARIZE_THRESH, box_thresh=c.BOX_THRESH, unclip_ratio=c.UNCLIP_RATIO,
+                   max_candidates=c.MAX_CANDIDATES, min_size=c.MIN_SIZE)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ input side
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
+        images = []
+        for i, x in enumerate(batched_inputs):
+            img = x.get("image") if isinstance(x, dict) else None
+            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
+                got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+                raise ValueError(f"{_describe(x, i)}: field 'image' must be a ({self.pixel_mean.shape[0]}, H, W) "
+                                 f"tensor in {self.input_format} order, got {got}")
+            images.append((img.to(self.device, torch.float32, non_blocking=True) - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.backbone.size_divisibility,
+                                      padding_constraints=self.backbone.padding_constraints)
+
+    @staticmethod
+    def _polygons_of(x: dict, i: int) -> tuple[list[np.ndarray], list[bool]]:
+        inst = x.get("instances")
+        if inst is None:
+            raise ValueError(f"{_describe(x, i)}: training needs field 'instances' with gt_polygons (or gt_boxes)")
+        if inst.has("gt_polygons"):
+            polys = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in inst.gt_polygons]
+        elif inst.has("gt_boxes"):
+            boxes = getattr(inst.gt_boxes, "tensor", inst.gt_boxes)
+            polys = [np.array([[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]], dtype=np.float64)
+                     for b in boxes.detach().cpu().reshape(-1, 4).tolist()]
+        else:
+            raise ValueError(f"{_describe(x, i)}: field 'instances' has neither gt_polygons nor gt_boxes")
+        if inst.has("gt_ignore"):
+            ignore = [bool(v) for v in torch.as_tensor(inst.gt_ignore).reshape(-1).tolist()]
+        else:
+            ignore = [False] * len(polys)
+        if len(ignore) != len(polys):
+            raise ValueError(f"{_describe(x, i)}: {len(polys)} gt_polygons but {len(ignore)} gt_ignore flags")
+        for j, p in enumerate(polys):
+            if not np.isfinite(p).all():
+                raise ValueError(f"{_describe(x, i)}: field 'instances.gt_polygons'[{j}] has non-finite points")
+        return polys, ignore
+
+    def targets(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
+        """Stacked (N, H, W) target maps for the padded batch (padding is masked out)."""
+        h, w = images.tensor.shape[-2:]
+        per_image = []
+        for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            polys, ignore = self._polygons_of(x, i)
+            per_image.append(make_db_targets(polys, ignore, (h, w), valid_size=size, **self.target_args))
+        return {k: torch.from_numpy(np.stack([t[k] for t in per_image])).to(self.device)
+                for k in per_image[0]}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: list[dict]):
+        """Training: {"loss_prob", "loss_thresh", "loss_binary"}. Eval: one dict per image (module docstring)."""
+        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
+            raise ValueError("DBNet takes a non-empty list of dicts with an 'image' tensor each")
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        preds = self.head(features)
+        if self.training:
+            return self.loss(preds, self.targets(batched_inputs, images))
+        return self.postprocess(preds["prob"], batched_inputs, images.image_sizes)
+
+    def postprocess(self, prob: torch.Tensor, batched_inputs: list[dict], image_sizes) -> list[dict]:
+        """Regions from each image's probability map, in the original image's coordinates."""
+        maps = prob.detach().float().cpu().numpy()[:, 0]
+        results = []
+        for m, x, (h, w) in zip(maps, batched_inputs, image_sizes):
+            out_h, out_w = int(x.get("height", h)), int(x.get("width", w))
+            r = db_postprocess(m[:h, :w], output_size=(out_h, out_w), **self.postprocess_args)
+            quads = r["quads"]
+            boxes = np.array([[q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()] for q in quads],
+                             dtype=np.float32).reshape(-1, 4)
+            results.append({
+                "polygons": quads,
+                "contours": r["polygons"],
+                "boxes": torch.from_numpy(boxes).to(self.device),
+                "scores": torch.from_numpy(r["scores"]).to(self.device),
+                "labels": torch.zeros(len(quads), dtype=torch.int64, device=self.device),
+            })
+        return results

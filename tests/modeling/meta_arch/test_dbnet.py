@@ -1,0 +1,121 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from resnet_backbone.config import get_cfg
+from resnet_backbone.evaluation.text_evaluation import polygon_iou
+from resnet_backbone.modeling.meta_arch import META_ARCH_REGISTRY, build_model
+from resnet_backbone.modeling.meta_arch.dbnet import DBNet
+from resnet_backbone.structures import Instances
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs")
+
+
+def tiny_cfg():
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "DBNet"
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.DBNET.INNER_CHANNELS = 8
+    return cfg
+
+
+def rect(x0, y0, x1, y1):
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
+
+
+def _input(h=64, w=96, ignore=(False, True)):
+    polys = [rect(8, 8, 60, 28), rect(10, 40, 50, 56)][: len(ignore)]
+    inst = Instances((h, w), gt_polygons=polys, gt_ignore=torch.tensor(ignore))
+    return {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8), "instances": inst,
+            "height": h * 2, "width": w * 2, "file_name": "word.png", "image_id": 3}
+
+
+def test_registered_and_built_from_config():
+    assert META_ARCH_REGISTRY.get("DBNet") is DBNet
+    model = build_model(tiny_cfg())
+    assert isinstance(model, DBNet) and hasattr(model, "backbone")
+    assert set(model.backbone.output_shape()) >= {"p2", "p3", "p4", "p5"}
+
+
+def test_training_step_finite_losses_and_gradients():
+    model = build_model(tiny_cfg())
+    model.train()
+    batch = [_input(), _input(70, 90, ignore=(False,))]  # different sizes: padded batch
+    losses = model(batch)
+    assert set(losses) == {"loss_prob", "loss_thresh", "loss_binary"}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    g_backbone = model.backbone.bottom_up.stem.conv1.weight.grad
+    assert g_backbone is not None and torch.isfinite(g_backbone).all() and g_backbone.abs().sum() > 0
+    assert model.head.thresh_head[-1].weight.grad.abs().sum() > 0
+
+
+def test_targets_mask_dont_care_and_padding():
+    model = build_model(tiny_cfg())
+    batch = [_input(64, 96), _input(40, 60, ignore=(False,))]
+    images = model.preprocess_image(batch)
+    t = model.targets(batch, images)
+    assert t["prob_map"].shape == (2, 64, 96)
+    # image 0: the second polygon is don't care -> zero in both masks
+    assert t["prob_mask"][0, 42:54, 12:48].max() == 0 and t["thresh_mask"][0, 42:54, 12:48].max() == 0
+    assert t["prob_map"][0, 18, 34] == 1
+    # image 1 is 40 x 60 inside a 64 x 96 canvas: padding excluded from the losses
+    assert t["prob_mask"][1, 40:].max() == 0 and t["prob_mask"][1, :, 60:].max() == 0
+
+
+def test_eval_output_format_in_original_coordinates():
+    model = build_model(tiny_cfg())
+    model.eval()
+    x = _input()
+    x.pop("instances")
+    with torch.no_grad():
+        out = model([x])
+    assert len(out) == 1 and set(out[0]) >= {"polygons", "boxes", "scores", "labels"}
+    # a hand-made probability map through the same post-processing: a blob at known place, 2x upscaled
+    prob = torch.zeros(1, 1, 64, 96)
+    prob[0, 0, 10:26, 20:70] = 0.95
+    model.postprocess_args["unclip_ratio"] = 0.0
+    res = model.postprocess(prob, [x], [(64, 96)])[0]
+    assert len(res["polygons"]) == 1 and res["polygons"][0].shape == (4, 2)
+    assert polygon_iou(res["polygons"][0], rect(40, 20, 140, 52)) >= 0.9
+    box = res["boxes"][0].tolist()
+    assert box == pytest.approx([40, 20, 140, 52], abs=2.5)
+    assert res["labels"].dtype == torch.int64 and res["labels"].tolist() == [0]
+    assert res["scores"][0].item() == pytest.approx(0.95, abs=1e-4)
+
+
+def test_bad_inputs_raise_naming_the_input():
+    model = build_model(tiny_cfg())
+    model.train()
+    x = _input()
+    x.pop("instances")
+    with pytest.raises(ValueError, match="word.png.*instances"):
+        model([x])
+    x = _input()
+    x["image"] = torch.zeros(1, 64, 96)
+    with pytest.raises(ValueError, match="image"):
+        model([x])
+    x = _input()
+    x["instances"].gt_polygons[0][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        model([x])
+    with pytest.raises(ValueError):
+        model([])
+
+
+@pytest.mark.parametrize("name", ["Text/dbnet_R_50_FPN.yaml", "quickstart/dbnet_R_50_FPN_synthetic.yaml"])
+def test_configs_load(name):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
+    assert cfg.MODEL.META_ARCHITECTURE == "DBNet"
+    assert cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
+    assert list(cfg.MODEL.FPN.IN_FEATURES) == ["res2", "res3", "res4", "res5"]
