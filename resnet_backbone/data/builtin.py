@@ -25,7 +25,7 @@ def datasets_root() -> str:
     return os.path.expanduser(os.environ.get("RB_DATASETS", "./datasets"))
 
 
-def register_builtin_coco(name: str, json_rel: str, image_rel: str) -> None:
+def register_builtin_coco(name: str, json_rel: str, image_rel: str, drop_zero_size_boxes: bool = False) -> None:
     """Register a COCO-format dataset whose files live under the datasets root (looked up at load time)."""
 
     def json_file():
@@ -34,14 +34,16 @@ def register_builtin_coco(name: str, json_rel: str, image_rel: str) -> None:
     def image_root():
         return os.path.join(datasets_root(), image_rel)
 
-    DatasetCatalog.register(name, lambda: load_coco_json(json_file(), image_root(), name))
+    DatasetCatalog.register(name, lambda: load_coco_json(json_file(), image_root(), name,
+                                                         drop_zero_size_boxes=drop_zero_size_boxes))
     MetadataCatalog.get(name).set(evaluator_type="coco").set_lazy(json_file=json_file, image_root=image_root)
 
 
 def _register_all() -> None:
     for name, (j, i) in BUILTIN_COCO.items():
         if name not in DatasetCatalog:
-            register_builtin_coco(name, j, i)
+            # the official COCO 2017 train file has two zero-height boxes (annotation ids 918, 2206849)
+            register_builtin_coco(name, j, i, drop_zero_size_boxes=name.startswith("coco_"))
     from .text import register_builtin_text  # synthetic_text_train / _val (evaluator_type "text")
 
     register_builtin_text(datasets_root)

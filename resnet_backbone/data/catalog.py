@@ -103,9 +103,15 @@ class Metadata:
         return f"Metadata({self.as_dict()!r})"
 
 
+_MISSING = object()
+
+
 class _MetadataCatalog(UserDict):
-    def get(self, name: str) -> Metadata:
+    def get(self, name: str, default=_MISSING) -> Metadata:
+        """The metadata of `name`, created empty on first use (with `default` given: that, if none exists)."""
         if name not in self:
+            if default is not _MISSING:
+                return default
             self[name] = Metadata(name=name)
         return self[name]
 

@@ -11,6 +11,8 @@ Rules (what is an error, what is repaired):
   ``ignore`` bool (optional), ``segmentation`` (optional) either a list of flat polygons (each an even-length
   list of finite numbers; polygons with fewer than 3 points are dropped) or an RLE dict with ``counts`` and
   ``size``; anything else is the wrong type.
+* A box of exactly zero width or height is an error, unless ``drop_zero_size_boxes`` (set for the built-in COCO
+  2017 names, whose train file has two) drops it with a warning.
 * Boxes outside the image: a box may overshoot the image by up to ``BOX_OVERSHOOT_TOLERANCE`` of the image side
   (at least 2 px) on each edge; it is then clipped to the image (annotation tools routinely overshoot by a
   pixel or two). A box that overshoots by more, or that is empty after clipping, is an error: such a box
@@ -45,6 +47,10 @@ logger = logging.getLogger(__name__)
 # A box may extend past an image edge by this fraction of the image side (min 2 px) and is then clipped.
 BOX_OVERSHOOT_TOLERANCE = 0.05
 _MIN_OVERSHOOT_PX = 2.0
+
+
+class _ZeroSizeBox(DatasetError):
+    """A box with zero width or height: an error, unless the loader is told to drop such boxes."""
 
 
 def _is_int(v) -> bool:
@@ -176,9 +182,12 @@ def _check_annotation(ann, i, images, cat_ids, json_file):
     x, y, w, h = (float(v) for v in bbox)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         raise DatasetError(f"bbox has a non-finite value: {bbox}", file=json_file, record=rec, field="bbox")
-    if w <= 0 or h <= 0:
+    if w < 0 or h < 0:
         raise DatasetError(f"bbox width and height must be > 0, got w={w}, h={h}", file=json_file, record=rec,
                            field="bbox")
+    if w == 0 or h == 0:
+        raise _ZeroSizeBox(f"bbox width and height must be > 0, got w={w}, h={h} (a zero-size box)",
+                           file=json_file, record=rec, field="bbox")
     img = images[iid]
     W, H = img["width"], img["height"]
     tol_x = max(_MIN_OVERSHOOT_PX, BOX_OVERSHOOT_TOLERANCE * W)
@@ -208,7 +217,7 @@ def _check_annotation(ann, i, images, cat_ids, json_file):
     return out
 
 
-def _validate(data, json_file, policy):
+def _validate(data, json_file, policy, drop_zero_size_boxes=False):
     """Return (categories {id: name}, images {id: record}, annotations list, number skipped)."""
     if not isinstance(data, dict):
         raise DatasetError(f"top level must be a json object, got {type(data).__name__}", file=json_file,
@@ -248,16 +257,24 @@ def _validate(data, json_file, policy):
                                    field="id")
             seen.add(a["id"])
             anns.append(a)
+        except _ZeroSizeBox as e:
+            if not drop_zero_size_boxes:
+                bad(e)
+            else:
+                logger.warning("dropping a zero-size box (known annotation quirk): %s", e)
         except DatasetError as e:
             bad(e)
     return cats, images, anns, skipped
 
 
-def load_coco_json(json_file, image_root, dataset_name: str | None = None, on_bad_sample: str | None = None
-                   ) -> list[dict]:
+def load_coco_json(json_file, image_root, dataset_name: str | None = None, on_bad_sample: str | None = None,
+                   drop_zero_size_boxes: bool = False) -> list[dict]:
     """Load a COCO instances json into standard dataset dicts (see the module docstring for the rules).
 
     `on_bad_sample` is "error" or "skip"; None uses the current policy (`errors.bad_sample_policy`).
+    `drop_zero_size_boxes`: drop (with a warning) boxes of exactly zero width or height instead of treating them
+    as errors. The built-in COCO 2017 names set it: the official instances_train2017.json has two such
+    annotations (ids 918 and 2206849, height 0), which detectron2 also loads and drops.
     With `dataset_name`, the class names and the id mapping are stored in `MetadataCatalog.get(dataset_name)`.
     """
     from pycocotools.coco import COCO
@@ -266,7 +283,7 @@ def load_coco_json(json_file, image_root, dataset_name: str | None = None, on_ba
     image_root = os.fspath(image_root)
     policy = on_bad_sample or get_bad_sample_policy()
     data = _read_json(json_file)
-    cats, images, anns, skipped = _validate(data, json_file, policy)
+    cats, images, anns, skipped = _validate(data, json_file, policy, drop_zero_size_boxes)
 
     # The validated content goes through pycocotools' index (the same index COCOeval uses).
     coco = COCO()

@@ -1,4 +1,5 @@
 """DatasetCatalog / MetadataCatalog semantics and the built-in names (lazy, env read at load time)."""
+import copy
 import json
 
 import pytest
@@ -42,6 +43,9 @@ def test_builtin_names_resolve_env_at_load_time(tmp_path, monkeypatch):
     for name in ("coco_2017_train", "coco_2017_val", "synthetic_shapes_train", "synthetic_shapes_val"):
         assert name in DatasetCatalog and MetadataCatalog.get(name).evaluator_type == "coco"
     monkeypatch.setenv("RB_DATASETS", str(tmp_path))
+    # loading sets thing_classes on the shared metadata: work on a copy, restored after the test
+    monkeypatch.setitem(MetadataCatalog, "synthetic_shapes_val",
+                        copy.deepcopy(MetadataCatalog.get("synthetic_shapes_val")))
     meta = MetadataCatalog.get("synthetic_shapes_val")
     assert meta.json_file == str(tmp_path / "synthetic_shapes" / "val.json")
     assert meta.image_root == str(tmp_path / "synthetic_shapes" / "val")

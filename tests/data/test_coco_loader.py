@@ -237,3 +237,33 @@ def test_fuzz_loads_or_raises_dataset_error(tmp_path, data, skip):
             assert all(math.isfinite(v) for v in (x, y, w, h)) and w > 0 and h > 0
             assert x >= 0 and y >= 0 and x + w <= r["width"] + 1e-6 and y + h <= r["height"] + 1e-6
             assert 0 <= a["category_id"] < len(data["categories"])
+
+
+def test_zero_size_boxes_dropped_when_asked(tmp_path, caplog):
+    """COCO train2017 has two zero-height boxes (ids 918, 2206849): the built-in names drop them, others raise."""
+    d = _valid()
+    d["annotations"].append({"id": 918, "image_id": 11, "category_id": 1, "bbox": [20.5, 30.0, 1.03, 0.0],
+                             "area": 0.0, "iscrowd": 0, "segmentation": [[20.5, 30, 21.5, 30, 21.5, 30, 20.5, 30]]})
+    with pytest.raises(DatasetError, match="zero-size") as ei:
+        _load(tmp_path, d)
+    assert ei.value.record == "annotation id=918"
+    with caplog.at_level(logging.WARNING):
+        recs = _load(tmp_path, d, drop_zero_size_boxes=True)
+    assert [a["id"] for a in recs[1]["annotations"]] == [3] and "annotation id=918" in caplog.text
+    d["annotations"][-1]["bbox"] = [20.5, 30.0, 1.03, -1.0]  # negative stays an error
+    with pytest.raises(DatasetError):
+        _load(tmp_path, d, drop_zero_size_boxes=True)
+
+
+def test_builtin_coco_names_drop_zero_size_boxes(tmp_path, monkeypatch):
+    monkeypatch.setenv("RB_DATASETS", str(tmp_path))
+    # loading sets thing_classes on the shared metadata: work on a copy, restored after the test
+    monkeypatch.setitem(MetadataCatalog, "coco_2017_val", copy.deepcopy(MetadataCatalog.get("coco_2017_val")))
+    ann_dir = tmp_path / "coco" / "annotations"
+    ann_dir.mkdir(parents=True)
+    d = _valid()
+    d["annotations"].append({"id": 2206849, "image_id": 10, "category_id": 1, "bbox": [9.98, 18.56, 5.54, 0.0]})
+    (ann_dir / "instances_val2017.json").write_text(json.dumps(d))
+    recs = DatasetCatalog.get("coco_2017_val")
+    assert len(recs) == 3 and recs[0]["file_name"] == str(tmp_path / "coco" / "val2017" / "a.png")
+    assert 2206849 not in {a["id"] for r in recs for a in r["annotations"]}
