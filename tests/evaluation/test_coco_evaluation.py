@@ -184,3 +184,18 @@ def test_synthetic_boxes_are_valid_coco(shapes):
         x, y, w, h = a["bbox"]
         assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= img["width"] and y + h <= img["height"]
     assert np.isfinite([a["area"] for a in gt.dataset["annotations"]]).all()
+
+
+def test_random_predictions_score_near_zero(shapes):
+    """The synthetic data is not trivially solvable: 20 random boxes per image score far from 100."""
+    name, _, dicts = shapes
+    g = torch.Generator().manual_seed(0)
+    inputs, outputs = [], []
+    for d in dicts:
+        xy = torch.rand((20, 2), generator=g) * torch.tensor([d["width"], d["height"]]) * 0.7
+        wh = (0.06 + torch.rand((20, 2), generator=g) * 0.34) * min(d["width"], d["height"])
+        inputs.append({"image_id": d["image_id"]})
+        outputs.append({"boxes": torch.cat([xy, xy + wh], 1), "scores": torch.rand(20, generator=g),
+                        "labels": torch.randint(0, 3, (20,), generator=g)})
+    res = _evaluate(name, inputs, outputs)
+    assert res["AP"] < 5 and res["AP50"] < 20
