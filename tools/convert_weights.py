@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="weights file (.pth/.pt/.pkl)")
     parser.add_argument("output", help="converted .pth to write")
-    parser.add_argument("--source", default="auto", choices=["auto", *SOURCES], help="naming of the input")
+    parser.add_argument("--source", default="auto", choices=["auto", *SOURCES, "detr"],
+                        help="naming of the input (detr: an official DETR checkpoint, whole model; docs/DETR.md)")
     parser.add_argument("--trust", action="store_true",
                         help="allow a .pth that needs full unpickling (can run code: trusted files only)")
     parser.add_argument("--format", choices=["RGB", "BGR"], default=None, help="override the recorded format")
@@ -41,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.to == "detectron2":
         return _to_detectron2(args)
     try:
-        converted = convert_checkpoint(args.input, source=args.source, trust=args.trust, format=args.format,
-                                       pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
+        if args.source == "detr":
+            from resnet_backbone.checkpoint.detr_converter import convert_detr_checkpoint
+
+            converted = convert_detr_checkpoint(args.input, trust=args.trust)
+        else:
+            converted = convert_checkpoint(args.input, source=args.source, trust=args.trust, format=args.format,
+                                           pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
         save_converted(converted, args.output)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)

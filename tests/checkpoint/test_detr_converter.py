@@ -1,5 +1,7 @@
 import argparse
+import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +162,20 @@ def test_ddp_prefixed_checkpoint(tmp_path):
     torch.save({"model": state}, p)
     out = convert_detr_checkpoint(str(p))["model"]
     assert set(out) == {"query_embed.weight", "backbone.stem.conv1.weight"}
+
+
+def test_convert_weights_tool_source_detr(models, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "convert_weights_tool", Path(__file__).resolve().parents[2] / "tools" / "convert_weights.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    _, source = models
+    official = {ours_to_official(k): v for k, v in source.state_dict().items()}
+    src, dst = tmp_path / "detr.pth", tmp_path / "out" / "detr_ours.pth"
+    torch.save({"model": official, "args": argparse.Namespace()}, src)
+    assert tool.main([str(src), str(dst), "--source", "detr"]) == 1  # refused without --trust
+    assert "trust" in capsys.readouterr().err
+    assert tool.main([str(src), str(dst), "--source", "detr", "--trust"]) == 0
+    saved = torch.load(dst, weights_only=True)
+    assert saved["source"] == "detr" and saved["format"] == "RGB"
+    assert set(saved["model"]) == set(source.state_dict())
