@@ -61,6 +61,19 @@ def _is_num(v) -> bool:
     return isinstance(v, Real) and not isinstance(v, bool)
 
 
+def _is_finite_num(v) -> bool:
+    """A finite number that fits a float (json integers can have any number of digits)."""
+    if not _is_num(v):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+_MAX_SIDE = 1 << 20  # an image side beyond a million pixels is a corrupt record, not an image
+
+
 def _read_json(json_file: str):
     try:
         with open(json_file, "rb") as f:
@@ -116,8 +129,9 @@ def _check_image(img, i, json_file):
                            record=rec, field="file_name")
     for key in ("width", "height"):
         v = img.get(key)
-        if not _is_int(v) or v <= 0:
-            raise DatasetError(f"{key} must be a positive integer, got {v!r}", file=json_file, record=rec, field=key)
+        if not _is_int(v) or not 0 < v <= _MAX_SIDE:
+            raise DatasetError(f"{key} must be a positive integer <= {_MAX_SIDE}, got {v!r}", file=json_file,
+                               record=rec, field=key)
     return iid
 
 
@@ -143,7 +157,7 @@ def _check_segmentation(seg, rec, json_file):
         if not isinstance(p, list):
             raise DatasetError(f"segmentation[{j}] must be a flat list [x0, y0, x1, y1, ...], got "
                                f"{type(p).__name__}", file=json_file, record=rec, field="segmentation")
-        if not all(_is_num(v) and math.isfinite(v) for v in p):
+        if not all(_is_finite_num(v) for v in p):
             raise DatasetError(f"segmentation[{j}] must contain only finite numbers", file=json_file, record=rec,
                                field="segmentation")
         if len(p) % 2:
@@ -179,9 +193,9 @@ def _check_annotation(ann, i, images, cat_ids, json_file):
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
         raise DatasetError(f"bbox must be a list of 4 numbers [x, y, w, h], got {bbox!r}", file=json_file,
                            record=rec, field="bbox")
-    x, y, w, h = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
+    if not all(_is_finite_num(v) for v in bbox):
         raise DatasetError(f"bbox has a non-finite value: {bbox}", file=json_file, record=rec, field="bbox")
+    x, y, w, h = (float(v) for v in bbox)
     if w < 0 or h < 0:
         raise DatasetError(f"bbox width and height must be > 0, got w={w}, h={h}", file=json_file, record=rec,
                            field="bbox")
@@ -212,7 +226,7 @@ def _check_annotation(ann, i, images, cat_ids, json_file):
             raise DatasetError(f"ignore must be a boolean, got {ann['ignore']!r}", file=json_file, record=rec,
                                field="ignore")
         out["ignore"] = bool(ann["ignore"])
-    if "area" in ann and _is_num(ann["area"]) and math.isfinite(ann["area"]):
+    if "area" in ann and _is_finite_num(ann["area"]):
         out["area"] = float(ann["area"])
     return out
 

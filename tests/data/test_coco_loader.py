@@ -117,6 +117,8 @@ def _mutations():
         ("image width 0", lambda d: d["images"][1].update(width=0), "width", "image id=11"),
         ("image without file_name", lambda d: d["images"][1].pop("file_name"), "file_name", "image id=11"),
         ("annotation id missing", lambda d: d["annotations"][0].pop("id"), "id", "annotations[0]"),
+        ("bbox 400-digit integer", ann(0, bbox=[10, 10, 10**400, 5]), "bbox", "annotation id=1"),
+        ("image width 400 digits", lambda d: d["images"][1].update(width=10**400), "width", "image id=11"),
     ]
 
 
@@ -212,8 +214,9 @@ def _mutated(draw):
                 if kind == "drop_field":
                     recs[i].pop(key)
                 elif kind == "number":
-                    recs[i][key] = draw(st.one_of(st.integers(-10**9, 10**9), st.floats(allow_nan=True,
-                                                                                         allow_infinity=True)))
+                    recs[i][key] = draw(st.one_of(st.integers(-10**9, 10**9), st.integers(),
+                                                  st.integers(10**300, 10**400),
+                                                  st.floats(allow_nan=True, allow_infinity=True)))
                 else:
                     recs[i][key] = draw(_value)
     return d
