@@ -2,8 +2,11 @@
 
 detectron2 is an optional dependency that is not on PyPI; see docs/INTEGRATIONS.md for how to install it.
 """
+import copy
+import importlib
 import math
 import os
+import pickle
 
 import pytest
 import torch
@@ -115,6 +118,15 @@ def test_builder_returns_our_module_that_is_a_detectron2_backbone():
     assert len(small.bottom_up.res2) == 2 and small.output_shape()["p3"].channels == 64
     assert not any(p.requires_grad for p in small.bottom_up.res3.parameters())
     assert all(p.requires_grad for p in small.bottom_up.res4.parameters())
+    # the derived classes are importable by name: models pickle and deep-copy
+    for copied in (copy.deepcopy(small), pickle.loads(pickle.dumps(small))):
+        assert type(copied) is type(small) and isinstance(copied, D2Backbone)
+        assert torch.equal(copied.fpn_lateral3.weight, small.fpn_lateral3.weight)
+
+
+def test_register_survives_a_reload():
+    importlib.reload(rb_d2)
+    assert D2_REGISTRY.get("build_rb_resnet_fpn_backbone") is rb_d2.build_rb_resnet_fpn_backbone
 
 
 def test_unknown_detectron2_key_is_named():
