@@ -56,7 +56,13 @@ class DatasetMapper:
         if not isinstance(file_name, str):
             raise DatasetError(f"record has no file_name ({file_name!r})", record=f"image_id={d.get('image_id')}",
                                field="file_name")
-        image = read_image(file_name, format=self.image_format, max_pixels=self.max_image_pixels or None)
+        try:
+            image = read_image(file_name, format=self.image_format, max_pixels=self.max_image_pixels or None)
+        except DatasetError as e:
+            if e.record is not None:
+                raise
+            # name the record too, so the user can find the entry in the annotation file
+            raise DatasetError(e.reason, file=e.file, record=f"image_id={d.get('image_id')}", field=e.field) from e
         check_image_size(d, image)
         orig_h, orig_w = image.shape[:2]
         d.setdefault("height", orig_h)

@@ -72,6 +72,6 @@ def test_bad_files_named(tmp_path):
     rec["file_name"] = str(tmp_path / "gone.png")
     with pytest.raises(DatasetError, match="does not exist") as ei:
         mapper(rec)
-    assert "gone.png" in str(ei.value)
+    assert "gone.png" in str(ei.value) and "record image_id=7" in str(ei.value) and ei.value.field == "file_name"
     with pytest.raises(DatasetError, match="over the limit"):
         DatasetMapper(is_train=True, max_image_pixels=100)(_record(tmp_path))
