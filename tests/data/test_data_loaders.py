@@ -74,9 +74,10 @@ def test_train_loader_rejects_indivisible_batch(dataset):
         build_detection_train_loader(cfg)
 
 
-def test_test_loader_every_image_once(dataset):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_test_loader_every_image_once(dataset, workers):
     _register("test_loaders_test", *dataset)
-    loader = build_detection_test_loader(_cfg("test_loaders_test"), "test_loaders_test")
+    loader = build_detection_test_loader(_cfg("test_loaders_test", workers=workers), "test_loaders_test")
     batches = list(loader)
     assert all(len(b) == 1 for b in batches)
     assert sorted(b[0]["image_id"] for b in batches) == list(range(1, 9))
