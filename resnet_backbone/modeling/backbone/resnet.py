@@ -130,7 +130,7 @@ class BasicBlock(CNNBlockBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
         out = self.conv2(out)
-        out = out + (x if self.shortcut is None else self.shortcut(x))
+        out += x if self.shortcut is None else self.shortcut(x)  # in place: the branch output is not saved
         return F.relu_(out)
 
 
@@ -167,7 +167,7 @@ class BottleneckBlock(CNNBlockBase):
         out = F.relu_(self.conv1(x))
         out = F.relu_(self._conv2_forward(out))
         out = self.conv3(out)
-        out = out + (x if self.shortcut is None else self.shortcut(x))
+        out += x if self.shortcut is None else self.shortcut(x)  # in place: the branch output is not saved
         return F.relu_(out)
 
 

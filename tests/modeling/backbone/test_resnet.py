@@ -241,3 +241,21 @@ def test_registered_and_input_channels():
     assert BACKBONE_REGISTRY.get("build_resnet_backbone") is build_resnet_backbone
     model = build_resnet_backbone(_cfg(18), ShapeSpec(channels=1))
     assert model.stem.conv1.in_channels == 1
+
+
+@pytest.mark.parametrize("norm,norm_type", [("GN", nn.GroupNorm), ("", type(None)), ("none", type(None)),
+                                            ("FrozenBN", FrozenBatchNorm2d), ("BN", nn.BatchNorm2d)])
+def test_norm_choices_train(norm, norm_type):
+    cfg = _cfg(18, NORM=norm, OUT_FEATURES=["res2", "res5"])
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    model = build_backbone(cfg).train()
+    assert isinstance(model.res3[0].conv1.norm, norm_type) and isinstance(model.stem.conv1.norm, norm_type)
+    out = model(torch.randn(2, 3, 64, 64))
+    (out["res5"].sum() + out["res2"].sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert torch.isfinite(out["res5"]).all()
+
+
+def test_bad_norm_name():
+    with pytest.raises(ValueError, match="unknown norm 'LN'"):
+        build_backbone(_cfg(18, NORM="LN"))
