@@ -353,8 +353,9 @@ def load_backbone_weights(module: nn.Module, path_or_state, prefix: str | None =
     resnet_keys = [k for k in target if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in _RESNET_ROOTS]
     missing = [k for k in resnet_keys if k not in mapped and not k.endswith("num_batches_tracked")]
     meta = {k: converted[k] for k in ("format", "pixel_mean", "pixel_std")}
-    logger.info("Loaded %d tensors from '%s' (%s names) into %s'%s'", len(loadable), name, converted["source"],
-                type(module).__name__, prefix)
+    logger.info("Loaded %d tensors from '%s' (%s names) into %s at '%s'; the weights expect INPUT.FORMAT %s, "
+                "PIXEL_MEAN %s, PIXEL_STD %s", len(loadable), name, converted["source"], type(module).__name__,
+                prefix, meta["format"], meta["pixel_mean"], meta["pixel_std"])
     if missing:
         logger.warning("Weights missing from '%s' (left as initialised): %s", name, ", ".join(missing))
     if unexpected:
