@@ -131,7 +131,7 @@ def load_checkpoint_file(path: str, trust: bool = False):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: '{path}'")
-    if path.endswith(PICKLE_EXTENSIONS):
+    if path.endswith(PICKLE_EXTENSIONS) and not _is_zip(path):  # a torch zip file named .pkl goes to torch.load
         return load_pickle(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -119,3 +119,9 @@ def test_garbage_and_missing_file(tmp_path):
         load_checkpoint_file(str(path))
     with pytest.raises(CheckpointError, match="not found.*nope.pkl"):
         load_checkpoint_file(str(tmp_path / "nope.pkl"))
+
+
+def test_torch_file_named_pkl_loads_weights_only(tmp_path):
+    path = tmp_path / "torch_saved.pkl"
+    torch.save({"model": {"w": torch.arange(4.0)}}, str(path))
+    assert torch.equal(load_checkpoint_file(str(path))["model"]["w"], torch.arange(4.0))
