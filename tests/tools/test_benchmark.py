@@ -1,0 +1,110 @@
+"""tools/benchmark.py: a --quick run writes the JSON and Markdown with every expected field (no timing asserts)."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load("benchmark")
+ENTRY_FIELDS = {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "ms_per_item", "items_per_s", "peak_mem_mb",
+                "peak_tensor_mb", "repeats"}
+
+
+def _check_common(result, out_dir):
+    m = result["machine"]
+    for key in ("cpu", "logical_cpus", "torch_threads", "torch", "torchvision", "isa", "device", "date"):
+        assert key in m
+    with open(os.path.join(out_dir, "benchmark.json")) as f:
+        on_disk = json.load(f)
+    assert [r["name"] for r in on_disk["rows"]] == [r["name"] for r in result["rows"]]
+    md = open(os.path.join(out_dir, "benchmark.md")).read()
+    assert "| row | entry | median ms (IQR)" in md and m["torch"] in md
+    for row in result["rows"]:
+        assert row["name"] in md
+    return md
+
+
+def test_quick_backbone_gemm_coco_rows(tmp_path):
+    docs = tmp_path / "BENCH.md"
+    docs.write_text("# Benchmarks\n\nhand-written notes stay\n\n<!-- benchmark:begin -->\nold\n<!-- benchmark:end -->\n"
+                    "\ntrailing notes stay\n")
+    result = bench.main(["--quick", "--rows", "1,2,gemm,coco_eval", "--repeats", "2", "--warmup", "0",
+                         "--output-dir", str(tmp_path), "--no-progress", "--update-docs", str(docs)])
+    md = _check_common(result, tmp_path)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"backbone_fp32", "backbone_bf16", "gemm", "coco_eval"}
+
+    fp32 = rows["backbone_fp32"]
+    assert set(fp32["entries"]) == {"ours", "reference", "ours_no_fast_paths"}
+    for e in fp32["entries"].values():
+        assert ENTRY_FIELDS <= set(e) and e["repeats"] == 2 and e["min_ms"] <= e["median_ms"] <= e["max_ms"]
+    for key in ("ratio", "paired_ratio_median", "target", "target_met"):
+        assert key in fp32
+    assert fp32["c5_rel_diff_ours_fast_vs_torchvision"] < 1e-4  # same weights -> same features
+
+    bf16 = rows["backbone_bf16"]
+    assert set(bf16["entries"]) == {"ours", "reference", "reference_amp"}
+    assert 0 < bf16["c5_rel_err_bf16_vs_fp32"] < 0.05
+
+    gemm = rows["gemm"]
+    assert {"gemm_fp32", "gemm_bf16", "ours", "ours_bf16"} <= set(gemm["entries"])
+    assert gemm["entries"]["gemm_fp32"]["gflops"] > 0 and gemm["backbone_gflop_per_batch"] > 0
+    assert gemm["ratio"] == pytest.approx(gemm["entries"]["ours"]["gflops"] / gemm["entries"]["gemm_fp32"]["gflops"])
+
+    coco = rows["coco_eval"]
+    assert coco["metrics_match"] and coco["max_abs_metric_diff"] <= 1e-4
+    assert coco["entries"]["ours"]["backend"] == "faster_coco_eval"
+
+    text = docs.read_text()
+    assert "hand-written notes stay" in text and "trailing notes stay" in text and "old" not in text
+    assert md.strip() in text
+
+
+@pytest.mark.slow
+def test_quick_detector_rows(tmp_path):
+    result = bench.main(["--quick", "--rows", "3,4,5", "--repeats", "1", "--warmup", "0",
+                         "--output-dir", str(tmp_path), "--no-progress"])
+    _check_common(result, tmp_path)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert {"frcnn_infer_128x128", "frcnn_train", "detr_infer_128x128", "dbnet_infer_128x128"} <= set(rows)
+    infer = rows["frcnn_infer_128x128"]
+    assert infer["tv_transform_size"] == [128, 128]  # torchvision did not resize
+    assert "ratio" in infer and "detections_ours" in infer
+    train = rows["frcnn_train"]
+    assert train["trainable_params_ours"] == train["trainable_params_reference"]
+    for name in ("detr_infer_128x128", "dbnet_infer_128x128"):
+        assert "skipped" in rows[name] or "median_ms" in rows[name]["entries"]["ours"]
+
+
+def test_interleaving_summary_and_rows_parsing():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.time_interleaved(fns, repeats=3, warmup=1, device="cpu", progress=False)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then AB BA AB
+    assert len(times["a"]) == 3 and len(times["b"]) == 3
+    s = bench.summarize([0.1, 0.3, 0.2, 0.4], items=2)
+    assert s["median_ms"] == pytest.approx(250.0) and s["min_ms"] == pytest.approx(100.0)
+    assert s["ms_per_item"] == pytest.approx(125.0) and s["items_per_s"] == pytest.approx(8.0)
+    c = bench.compare({"o": [1.0, 2.0], "r": [2.0, 3.0]}, "o", "r")
+    assert c["ratio"] == pytest.approx(2.5 / 1.5) and c["paired_ratio_median"] == pytest.approx(1.75)
+    assert bench.parse_rows("1,gemm") == ["backbone_fp32", "gemm"]
+    with pytest.raises(SystemExit, match="unknown row"):
+        bench.parse_rows("9")
+
+
+def test_peak_memory_sees_a_large_tensor():
+    import torch
+
+    mem = bench.peak_memory_mb(lambda: torch.ones(64, 1024, 1024), "cpu")  # 256 MiB
+    assert mem["peak_tensor_mb"] is None or mem["peak_tensor_mb"] >= 255
+    assert mem["peak_mem_mb"] is None or mem["peak_mem_mb"] >= 0
