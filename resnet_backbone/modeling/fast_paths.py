@@ -307,7 +307,8 @@ def prepack_mkldnn(model: nn.Module) -> nn.Module:
         logger.warning("prepack_mkldnn: model is in training mode; prepacked convs only speed up no-grad inference")
 
     def visit(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
             kind = _fusable_block(child)
             if kind == "stem":
                 setattr(parent, name, _FusedStem(child))
@@ -316,7 +317,14 @@ def prepack_mkldnn(model: nn.Module) -> nn.Module:
             elif _packable(child):
                 act = getattr(child, "activation", None)
                 if act is None:
-                    setattr(parent, name, MkldnnConv2d(child, None))
+                    # inside a Sequential, conv followed by ReLU (e.g. torchvision's Conv2dNormActivation in
+                    # the RPN head) feeds nothing else: fuse the ReLU and leave an Identity in its place
+                    nxt = children[i + 1] if i + 1 < len(children) else None
+                    if isinstance(parent, nn.Sequential) and nxt is not None and isinstance(nxt[1], nn.ReLU):
+                        setattr(parent, name, MkldnnConv2d(child, "relu"))
+                        setattr(parent, nxt[0], nn.Identity())
+                    else:
+                        setattr(parent, name, MkldnnConv2d(child, None))
                 elif _relu_activation(act):
                     setattr(parent, name, MkldnnConv2d(child, "relu"))
             else:

@@ -154,6 +154,19 @@ def test_prepack_basic_blocks_and_fpn_parity():
 
 
 @needs_mkldnn
+def test_prepack_fuses_conv_relu_pairs_in_sequential():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 1),
+                          nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()), nn.Conv2d(4, 2, 1)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    ref = _run(model, x)
+    prepack_mkldnn(model)
+    assert model[0].activation == "relu" and isinstance(model[1], nn.Identity)
+    assert model[2].activation is None and model[3][0].activation == "relu"
+    torch.testing.assert_close(_run(model, x), ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_mkldnn
 def test_prepack_leaves_convs_with_norm_alone():
     model = _resnet(18, norm="GN")
     prepack_mkldnn(model)
