@@ -66,6 +66,9 @@ def default_setup(cfg, args=None) -> None:
     SEED < 0 draws a random seed (the same on every rank), logs it and writes it into cfg.SEED, so
     config.yaml records the seed that was really used.
     """
+    from ..config.validate import validate_cfg
+
+    validate_cfg(cfg)  # a config that cannot train fails here, before the output dir is touched
     rank = comm.get_rank()
     out = cfg.OUTPUT_DIR
     if out and comm.is_main_process():

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.checkpointer import Checkpointer, check_output_dir, estimate_checkpoint_bytes
+from ..config.validate import validate_cfg
 from ..solver import build_grad_clipper, build_lr_scheduler, build_optimizer
 from ..utils import comm
 from ..utils.events import EventStorage, JSONWriter, TensorboardWriter
@@ -100,6 +101,7 @@ class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
         self.world_size, self.rank = comm.get_world_size(), comm.get_rank()
+        validate_cfg(cfg, world_size=self.world_size)  # every config problem, named, before anything is built
         self.seed = int(cfg.SEED) if int(cfg.SEED) >= 0 else (
             comm.shared_random_seed() if self.world_size > 1 else derive_seed(int(time.time_ns())))
         if int(cfg.SEED) < 0:

@@ -1,0 +1,349 @@
+"""`validate_cfg(cfg)`: catch a config that cannot train BEFORE anything is built or written.
+
+Merging already refuses unknown keys and values whose type differs from the default (config.py). This step
+looks at the finished config as a whole and reports every problem at once, each naming its key(s):
+
+  - types: a value set in code (cfg.X = ...) bypasses the merge checks; compared with the defaults here
+    (int for float is fine, list and tuple are interchangeable, a None default accepts anything);
+  - ranges and choices: SOLVER.*, INPUT.*, DATALOADER.*, TEST.*, MODEL.RESNETS.* (depth, norm, freeze_at ...);
+  - consistency: MODEL.FPN.IN_FEATURES produced by the ResNet (MODEL.RESNETS.OUT_FEATURES), RPN / ROI_HEADS /
+    DBNET in-features produced by the backbone, DETR reading res5, anchor sizes per level, NUM_CLASSES >= 1,
+    SOLVER.IMS_PER_BATCH divisible by the world size, PIXEL_MEAN/STD length matching INPUT.FORMAT,
+    MODEL.DEVICE available.
+
+Feature checks are done without building a model (the strides of ResNet stages and FPN levels are known),
+for the builders this package registers; a backbone registered by someone else is not second-guessed.
+
+    from resnet_backbone.config.validate import validate_cfg
+    validate_cfg(cfg, world_size=2)   # ConfigError listing every problem, or None
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from collections.abc import Sequence
+
+from .config import CfgNode, ConfigError
+
+__all__ = ["validate_cfg", "find_cfg_problems"]
+
+logger = logging.getLogger(__name__)
+
+_RESNET_DEPTHS = (18, 34, 50, 101, 152)
+_NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "", "none")
+_RESNET_FEATURES = ("stem", "res2", "res3", "res4", "res5", "linear")
+_OWN_BACKBONES = ("build_resnet_backbone", "build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone")
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _type_problems(node, default, prefix: str, out: list[str]) -> None:
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if k not in default:
+            near = difflib.get_close_matches(k, list(default), n=1, cutoff=0.6)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
+            out.append(f"{key}: unknown config key{hint}")
+            continue
+        d = default[k]
+        if isinstance(d, CfgNode):
+            if isinstance(v, CfgNode):
+                _type_problems(v, d, key + ".", out)
+            else:
+                out.append(f"{key}: must be a config section, got {type(v).__name__} {v!r}")
+            continue
+        if d is None:
+            continue
+        ok = True
+        if isinstance(d, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(d, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(d, float):
+            ok = _is_num(v)
+        elif isinstance(d, str):
+            ok = isinstance(v, str)
+        elif isinstance(d, (list, tuple)):
+            ok = isinstance(v, (list, tuple))
+        if not ok:
+            out.append(f"{key}: expected {type(d).__name__} (like the default {d!r}), got {type(v).__name__} {v!r}")
+
+
+class _Checker:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.problems: list[str] = []
+
+    def get(self, key: str):
+        node = self.cfg
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    def add(self, key: str, msg: str) -> None:
+        self.problems.append(f"{key}: {msg}")
+
+    def number(self, key: str, lo=None, hi=None, lo_open=False, hi_open=False, integer=False) -> None:
+        v = self.get(key)
+        if not _is_num(v) or (integer and not isinstance(v, int)) or not math.isfinite(v):
+            self.add(key, f"must be a finite {'integer' if integer else 'number'}, got {v!r}")
+            return
+        bad_lo = lo is not None and (v <= lo if lo_open else v < lo)
+        bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
+        if bad_lo or bad_hi:
+            lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+            hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
+            self.add(key, f"must satisfy {lo_s}value{hi_s}, got {v!r}")
+
+    def choice(self, key: str, choices: Sequence, transform=None) -> None:
+        v = self.get(key)
+        w = transform(v) if transform is not None and isinstance(v, str) else v
+        if w not in choices:
+            self.add(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {v!r}")
+
+    def names(self, key: str, available: Sequence[str], what: str) -> None:
+        v = list(self.get(key))
+        if not v:
+            self.add(key, f"is empty; choose from {list(available)}")
+            return
+        missing = [f for f in v if f not in available]
+        if missing:
+            self.add(key, f"{missing} not produced by {what}, which outputs {list(available)}")
+
+
+def _resnet_strides(cfg) -> dict[str, int]:
+    r = cfg.MODEL.RESNETS
+    strides = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32 if r.RES5_DILATION == 1 else 16}
+    return {f: strides[f] for f in r.OUT_FEATURES if f in strides}
+
+
+def _backbone_outputs(c: _Checker) -> list[str] | None:
+    """Names the backbone will output, or None when that is not known here (a backbone from elsewhere)."""
+    cfg = c.cfg
+    name = cfg.MODEL.BACKBONE.NAME
+    if name not in _OWN_BACKBONES:
+        return None
+    res = _resnet_strides(cfg)
+    if name == "build_resnet_backbone":
+        return list(cfg.MODEL.RESNETS.OUT_FEATURES)
+    fpn_in = list(cfg.MODEL.FPN.IN_FEATURES)
+    c.names("MODEL.FPN.IN_FEATURES", list(cfg.MODEL.RESNETS.OUT_FEATURES),
+            f"the ResNet (MODEL.RESNETS.OUT_FEATURES) for {name}")
+    if not fpn_in or any(f not in res for f in fpn_in):
+        return None  # already reported; the heads are not checked against a guess
+    strides = [res[f] for f in fpn_in]
+    if any(strides[i] != 2 * strides[i - 1] for i in range(1, len(strides))):
+        c.add("MODEL.FPN.IN_FEATURES", f"strides must double from level to level (finest first), got "
+              f"{dict(zip(fpn_in, strides))} (MODEL.RESNETS.RES5_DILATION={cfg.MODEL.RESNETS.RES5_DILATION})")
+        return None
+    levels = [int(math.log2(s)) for s in strides]
+    extra = 1
+    if name == "build_retinanet_resnet_fpn_backbone":
+        extra = 2
+        if "res5" not in cfg.MODEL.RESNETS.OUT_FEATURES:
+            c.add("MODEL.RESNETS.OUT_FEATURES", f"{name} computes P6/P7 from res5; add 'res5'")
+    levels += [levels[-1] + i for i in range(1, extra + 1)]
+    return [f"p{lv}" for lv in levels]
+
+
+def _check_model(c: _Checker, world_size: int) -> None:
+    cfg = c.cfg
+    m = cfg.MODEL
+    try:
+        from ..modeling.backbone import BACKBONE_REGISTRY
+        from ..modeling.meta_arch import META_ARCH_REGISTRY
+    except Exception:  # pragma: no cover - registries unavailable: nothing to compare names with
+        BACKBONE_REGISTRY = META_ARCH_REGISTRY = None
+    for key, reg in (("MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY), ("MODEL.BACKBONE.NAME", BACKBONE_REGISTRY)):
+        if reg is not None and c.get(key) not in reg:
+            names = sorted(k for k, _ in reg)
+            near = difflib.get_close_matches(str(c.get(key)), names, n=1)
+            c.add(key, f"{c.get(key)!r} is not registered" + (f"; did you mean '{near[0]}'?" if near else "")
+                  + f" (registered: {', '.join(names)})")
+
+    dev = str(m.DEVICE)
+    try:
+        import torch
+
+        d = torch.device(dev)
+        if d.type == "cuda" and not torch.cuda.is_available():
+            c.add("MODEL.DEVICE", f"'{dev}' but CUDA is not available on this machine (use 'cpu')")
+        elif d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+            c.add("MODEL.DEVICE", f"'{dev}' but only {torch.cuda.device_count()} CUDA device(s) exist")
+    except (RuntimeError, ValueError) as e:
+        c.add("MODEL.DEVICE", f"not a device: {dev!r} ({e})")
+
+    fmt = cfg.INPUT.FORMAT
+    channels = {"BGR": 3, "RGB": 3, "L": 1}.get(fmt)
+    mean, std = list(m.PIXEL_MEAN), list(m.PIXEL_STD)
+    if len(mean) != len(std):
+        c.add("MODEL.PIXEL_MEAN / MODEL.PIXEL_STD", f"differ in length: {mean} vs {std}")
+    elif channels is not None and len(mean) != channels:
+        c.add("MODEL.PIXEL_MEAN / INPUT.FORMAT", f"{len(mean)} values for {fmt!r} images with {channels} channel(s)")
+    if any(not _is_num(s) or not s > 0 for s in std):
+        c.add("MODEL.PIXEL_STD", f"every value must be > 0, got {std}")
+
+    r = m.RESNETS
+    c.choice("MODEL.RESNETS.DEPTH", _RESNET_DEPTHS)
+    c.choice("MODEL.RESNETS.NORM", _NORMS)
+    c.choice("MODEL.RESNETS.RES5_DILATION", (1, 2))
+    c.number("MODEL.BACKBONE.FREEZE_AT", 0, 5, integer=True)
+    c.number("MODEL.RESNETS.NUM_GROUPS", 1, integer=True)
+    c.number("MODEL.RESNETS.WIDTH_PER_GROUP", 1, integer=True)
+    c.number("MODEL.RESNETS.RES2_OUT_CHANNELS", 1, integer=True)
+    c.number("MODEL.RESNETS.STEM_OUT_CHANNELS", 1, integer=True)
+    c.number("MODEL.RESNETS.NUM_CLASSES", 0, integer=True)
+    if r.DEPTH in (18, 34):
+        if r.RES2_OUT_CHANNELS != 64:
+            c.add("MODEL.RESNETS.RES2_OUT_CHANNELS", f"must be 64 for ResNet-{r.DEPTH}, got {r.RES2_OUT_CHANNELS}")
+        if r.RES5_DILATION != 1:
+            c.add("MODEL.RESNETS.RES5_DILATION", f"must be 1 for ResNet-{r.DEPTH}, got {r.RES5_DILATION}")
+    bad = [f for f in r.OUT_FEATURES if f not in _RESNET_FEATURES]
+    if bad or not list(r.OUT_FEATURES):
+        c.add("MODEL.RESNETS.OUT_FEATURES", f"unknown or empty {list(r.OUT_FEATURES)}; valid: {_RESNET_FEATURES}")
+    if "linear" in r.OUT_FEATURES and not r.NUM_CLASSES:
+        c.add("MODEL.RESNETS.OUT_FEATURES / MODEL.RESNETS.NUM_CLASSES", "'linear' needs NUM_CLASSES > 0")
+    if m.BACKBONE.NAME != "build_resnet_backbone":
+        c.choice("MODEL.FPN.FUSE_TYPE", ("sum", "avg"))
+        c.choice("MODEL.FPN.NORM", _NORMS)
+        c.number("MODEL.FPN.OUT_CHANNELS", 1, integer=True)
+
+    outputs = _backbone_outputs(c)
+    what = f"the backbone ({m.BACKBONE.NAME})"
+    arch = m.META_ARCHITECTURE
+    if arch == "FasterRCNN":
+        rpn = m.RPN
+        if outputs is not None:
+            c.names("MODEL.RPN.IN_FEATURES", outputs, what)
+            c.names("MODEL.ROI_HEADS.IN_FEATURES", outputs, what)
+        n_levels = len(rpn.IN_FEATURES)
+        for key in ("MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"):
+            v = list(c.get(key))
+            if len(v) not in (1, n_levels):
+                c.add(f"{key} / MODEL.RPN.IN_FEATURES", f"{len(v)} entries for {n_levels} RPN level(s); give one "
+                      "(shared) or one per level")
+        c.number("MODEL.ROI_HEADS.NUM_CLASSES", 1, integer=True)
+        for key in ("MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+                    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+                    "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"):
+            c.number(key, 1, integer=True)
+        for key in ("MODEL.RPN.POSITIVE_FRACTION", "MODEL.ROI_HEADS.POSITIVE_FRACTION"):
+            c.number(key, 0, 1, lo_open=True)
+        for key in ("MODEL.RPN.NMS_THRESH", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"):
+            c.number(key, 0, 1)
+        for key in ("MODEL.RPN.IOU_THRESHOLDS", "MODEL.ROI_HEADS.IOU_THRESHOLDS"):
+            v = list(c.get(key))
+            if any(not _is_num(x) or not 0 <= x <= 1 for x in v) or v != sorted(v):
+                c.add(key, f"must be increasing values in [0, 1], got {v}")
+    elif arch == "DETR":
+        d = m.DETR
+        if outputs is not None and "res5" not in outputs:
+            c.add("MODEL.RESNETS.OUT_FEATURES", f"DETR reads 'res5' but the backbone outputs {outputs}")
+        c.number("MODEL.DETR.NUM_CLASSES", 1, integer=True)
+        c.number("MODEL.DETR.NUM_OBJECT_QUERIES", 1, integer=True)
+        c.number("MODEL.DETR.NHEADS", 1, integer=True)
+        c.number("MODEL.DETR.HIDDEN_DIM", 1, integer=True)
+        c.number("MODEL.DETR.DEC_LAYERS", 1, integer=True)
+        c.number("MODEL.DETR.ENC_LAYERS", 0, integer=True)
+        c.number("MODEL.DETR.DROPOUT", 0, 1, hi_open=True)
+        if isinstance(d.NHEADS, int) and d.NHEADS > 0 and isinstance(d.HIDDEN_DIM, int) and d.HIDDEN_DIM % d.NHEADS:
+            c.add("MODEL.DETR.HIDDEN_DIM / MODEL.DETR.NHEADS", f"{d.HIDDEN_DIM} is not divisible by {d.NHEADS} heads")
+    elif arch == "DBNet":
+        if outputs is not None:
+            c.names("MODEL.DBNET.IN_FEATURES", outputs, what)
+        c.choice("MODEL.DBNET.NORM", _NORMS)
+        c.number("MODEL.DBNET.SHRINK_RATIO", 0, 1, lo_open=True, hi_open=True)
+        c.number("MODEL.DBNET.UNCLIP_RATIO", 0, lo_open=True)
+
+
+def _check_solver(c: _Checker, world_size: int) -> None:
+    s = c.cfg.SOLVER
+    c.number("SOLVER.IMS_PER_BATCH", 1, integer=True)
+    if isinstance(s.IMS_PER_BATCH, int) and s.IMS_PER_BATCH >= 1 and s.IMS_PER_BATCH % world_size:
+        c.add("SOLVER.IMS_PER_BATCH", f"{s.IMS_PER_BATCH} images per batch cannot be split over {world_size} "
+              "processes (world size); use a multiple of it")
+    c.number("SOLVER.MAX_ITER", 0, integer=True)
+    c.number("SOLVER.BASE_LR", 0)
+    c.number("SOLVER.BASE_LR_END", 0)
+    c.number("SOLVER.MOMENTUM", 0, 1, hi_open=True)
+    c.number("SOLVER.WEIGHT_DECAY", 0)
+    c.number("SOLVER.WEIGHT_DECAY_NORM", 0)
+    c.number("SOLVER.GAMMA", 0, lo_open=True)
+    c.number("SOLVER.WARMUP_FACTOR", 0, 1)
+    c.number("SOLVER.WARMUP_ITERS", 0, integer=True)
+    c.number("SOLVER.CHECKPOINT_PERIOD", 0, integer=True)
+    c.number("SOLVER.BACKBONE_MULTIPLIER", 0)
+    c.choice("SOLVER.OPTIMIZER", ("SGD", "ADAMW"), transform=str.upper)
+    c.choice("SOLVER.LR_SCHEDULER_NAME", ("WarmupMultiStepLR", "WarmupCosineLR"))
+    c.choice("SOLVER.WARMUP_METHOD", ("linear", "constant"))
+    c.choice("SOLVER.NONFINITE_POLICY", ("error", "skip"))
+    c.choice("SOLVER.AMP.DTYPE", ("float16", "bfloat16"))
+    c.choice("SOLVER.BEST_CHECKPOINT_MODE", ("max", "min"))
+    if s.CLIP_GRADIENTS.ENABLED:
+        c.choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", ("value", "norm", "full_model"))
+        c.number("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0, lo_open=True)
+    steps = list(s.STEPS)
+    if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in steps):
+        c.add("SOLVER.STEPS", f"must be non-negative integers, got {steps}")
+    elif any(b <= a for a, b in zip(steps, steps[1:])):
+        c.add("SOLVER.STEPS", f"must be increasing, got {steps}")
+    elif isinstance(s.MAX_ITER, int) and steps and steps[-1] > s.MAX_ITER \
+            and s.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
+        logger.warning("SOLVER.STEPS %s: step(s) after SOLVER.MAX_ITER=%d never happen", steps, s.MAX_ITER)
+
+
+def _check_data(c: _Checker) -> None:
+    cfg = c.cfg
+    i = cfg.INPUT
+    c.choice("INPUT.FORMAT", ("BGR", "RGB", "L"))
+    sizes = list(i.MIN_SIZE_TRAIN) if isinstance(i.MIN_SIZE_TRAIN, (list, tuple)) else [i.MIN_SIZE_TRAIN]
+    if not sizes or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in sizes):
+        c.add("INPUT.MIN_SIZE_TRAIN", f"must be positive integers, got {i.MIN_SIZE_TRAIN}")
+    c.choice("INPUT.MIN_SIZE_TRAIN_SAMPLING", ("choice", "range"))
+    if i.MIN_SIZE_TRAIN_SAMPLING == "range" and len(sizes) != 2:
+        c.add("INPUT.MIN_SIZE_TRAIN / INPUT.MIN_SIZE_TRAIN_SAMPLING", f"'range' needs (min, max), got {sizes}")
+    c.number("INPUT.MAX_SIZE_TRAIN", 1, integer=True)
+    c.number("INPUT.MIN_SIZE_TEST", 0, integer=True)
+    c.number("INPUT.MAX_SIZE_TEST", 1, integer=True)
+    c.number("INPUT.MAX_IMAGE_PIXELS", 0, integer=True)
+    c.choice("INPUT.RANDOM_FLIP", ("none", "horizontal", "vertical"))
+    if i.CROP.ENABLED:
+        c.choice("INPUT.CROP.TYPE", ("relative", "relative_range", "absolute", "absolute_range"))
+    c.number("DATALOADER.NUM_WORKERS", 0, integer=True)
+    c.number("DATALOADER.REPEAT_THRESHOLD", 0)
+    c.choice("DATALOADER.ON_BAD_SAMPLE", ("error", "skip"))
+    c.choice("DATALOADER.SAMPLER_TRAIN", ("TrainingSampler", "RepeatFactorTrainingSampler"))
+    c.number("TEST.EVAL_PERIOD", 0, integer=True)
+    c.number("TEST.DETECTIONS_PER_IMAGE", 1, integer=True)
+    c.choice("TEST.EVALUATOR_BACKEND", ("pycocotools", "faster_coco_eval"))
+    c.number("LOG_PERIOD", 0, integer=True)
+    c.number("SEED", integer=True)
+
+
+def find_cfg_problems(cfg, world_size: int | None = None) -> list[str]:
+    """Every problem of `cfg` as "KEY: what is wrong" lines (empty when the config is fine)."""
+    from .config import get_cfg
+
+    if world_size is None:
+        from ..utils import comm
+
+        world_size = comm.get_world_size()
+    c = _Checker(cfg)
+    _type_problems(cfg, get_cfg(), "", c.problems)
+    if c.problems:  # range checks on values of the wrong type would only repeat the same problem
+        return c.problems
+    _check_solver(c, world_size)
+    _check_data(c)
+    _check_model(c, world_size)
+    return c.problems
+
+
+def validate_cfg(cfg, world_size: int | None = None) -> None:
+    """Raise ConfigError listing every problem (each naming its key), before anything is built or trained."""
+    problems = find_cfg_problems(cfg, world_size)
+    if problems:
+        raise ConfigError(f"invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  "
+                          + "\n  ".join(problems))

@@ -1,0 +1,153 @@
+"""validate_cfg: a config that cannot train is refused before anything is built or written, naming the keys."""
+import glob
+import os
+
+import pytest
+from _rel_common import tiny_trainer_cfg
+
+from resnet_backbone.config import ConfigError, get_cfg
+from resnet_backbone.config.validate import find_cfg_problems, validate_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _fpn_cfg():
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-RCNN-FPN.yaml"))
+    return cfg
+
+
+def _set(cfg, key, value):
+    node = cfg
+    *path, last = key.split(".")
+    for p in path:
+        node = node[p]
+    node[last] = value
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)))
+def test_every_shipped_config_validates(path):
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    assert find_cfg_problems(cfg, world_size=1) == []
+
+
+BAD = [
+    # (key set, bad value, text the message must contain)
+    ("MODEL.FPN.IN_FEATURES", ["res2", "res3", "res4", "res6"], r"MODEL.FPN.IN_FEATURES: \['res6'\] not produced"),
+    ("MODEL.RESNETS.OUT_FEATURES", ["res3", "res4", "res5"], r"MODEL.FPN.IN_FEATURES: \['res2'\] not produced"),
+    ("MODEL.ROI_HEADS.IN_FEATURES", ["p2", "p3", "p7"], r"MODEL.ROI_HEADS.IN_FEATURES: \['p7'\] not produced"),
+    ("MODEL.RPN.IN_FEATURES", ["res4"], r"MODEL.RPN.IN_FEATURES: \['res4'\] not produced"),
+    ("MODEL.ROI_HEADS.NUM_CLASSES", 0, r"MODEL.ROI_HEADS.NUM_CLASSES: must satisfy 1 <= value, got 0"),
+    ("MODEL.ROI_HEADS.NUM_CLASSES", -3, r"MODEL.ROI_HEADS.NUM_CLASSES"),
+    ("SOLVER.IMS_PER_BATCH", 0, r"SOLVER.IMS_PER_BATCH: must satisfy 1 <= value"),
+    ("SOLVER.BASE_LR", float("nan"), r"SOLVER.BASE_LR: must be a finite number"),
+    ("SOLVER.BASE_LR", -0.1, r"SOLVER.BASE_LR: must satisfy 0 <= value"),
+    ("SOLVER.STEPS", (300, 200), r"SOLVER.STEPS: must be increasing"),
+    ("SOLVER.MAX_ITER", "100", r"SOLVER.MAX_ITER: expected int .* got str '100'"),
+    ("SOLVER.AMP.ENABLED", "yes", r"SOLVER.AMP.ENABLED: expected bool"),
+    ("MODEL.PIXEL_MEAN", 103.5, r"MODEL.PIXEL_MEAN: expected list"),
+    ("SOLVER.OPTIMIZER", "RMSprop", r"SOLVER.OPTIMIZER: must be one of 'SGD', 'ADAMW'"),
+    ("SOLVER.NONFINITE_POLICY", "ignore", r"SOLVER.NONFINITE_POLICY: must be one of 'error', 'skip'"),
+    ("SOLVER.WARMUP_FACTOR", 2.0, r"SOLVER.WARMUP_FACTOR"),
+    ("MODEL.RESNETS.DEPTH", 51, r"MODEL.RESNETS.DEPTH: must be one of 18, 34, 50"),
+    ("MODEL.RESNETS.NORM", "LayerNorm", r"MODEL.RESNETS.NORM: must be one of"),
+    ("MODEL.BACKBONE.FREEZE_AT", 7, r"MODEL.BACKBONE.FREEZE_AT"),
+    ("MODEL.RESNETS.RES5_DILATION", 2, r"MODEL.FPN.IN_FEATURES: strides must double"),
+    ("MODEL.META_ARCHITECTURE", "FasterRCNNN", r"MODEL.META_ARCHITECTURE: 'FasterRCNNN' is not registered; "
+                                               r"did you mean 'FasterRCNN'"),
+    ("MODEL.BACKBONE.NAME", "build_resnet_fpn", r"MODEL.BACKBONE.NAME: 'build_resnet_fpn' is not registered"),
+    ("MODEL.PIXEL_STD", [1.0, 0.0, 1.0], r"MODEL.PIXEL_STD: every value must be > 0"),
+    ("MODEL.PIXEL_STD", [1.0, 1.0], r"MODEL.PIXEL_MEAN / MODEL.PIXEL_STD: differ in length"),
+    ("INPUT.FORMAT", "YUV", r"INPUT.FORMAT: must be one of"),
+    ("INPUT.MIN_SIZE_TRAIN", (0, 640), r"INPUT.MIN_SIZE_TRAIN: must be positive integers"),
+    ("MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64]], r"MODEL.ANCHOR_GENERATOR.SIZES / MODEL.RPN.IN_FEATURES: 2 entries "
+                                                   r"for 5 RPN level"),
+    ("DATALOADER.NUM_WORKERS", -1, r"DATALOADER.NUM_WORKERS"),
+    ("DATALOADER.ON_BAD_SAMPLE", "drop", r"DATALOADER.ON_BAD_SAMPLE: must be one of 'error', 'skip'"),
+    ("TEST.EVALUATOR_BACKEND", "cocoapi", r"TEST.EVALUATOR_BACKEND"),
+    ("MODEL.RPN.IOU_THRESHOLDS", [0.7, 0.3], r"MODEL.RPN.IOU_THRESHOLDS: must be increasing values in \[0, 1\]"),
+]
+
+
+@pytest.mark.parametrize("key,value,pattern", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+def test_inconsistent_or_wrong_value_is_named(key, value, pattern):
+    cfg = _fpn_cfg()
+    _set(cfg, key, value)
+    with pytest.raises(ConfigError, match=pattern):
+        validate_cfg(cfg, world_size=1)
+
+
+def test_ims_per_batch_not_divisible_by_world_size():
+    cfg = _fpn_cfg()
+    cfg.SOLVER.IMS_PER_BATCH = 6
+    validate_cfg(cfg, world_size=2)
+    with pytest.raises(ConfigError, match=r"SOLVER.IMS_PER_BATCH: 6 images per batch cannot be split over 4"):
+        validate_cfg(cfg, world_size=4)
+
+
+def test_unknown_key_set_in_code_is_named_with_nearest():
+    cfg = _fpn_cfg()
+    cfg.SOLVER.MAX_ITERS = 3  # an unfrozen CfgNode accepts new attributes; merge-time checks never see this
+    with pytest.raises(ConfigError, match=r"SOLVER.MAX_ITERS: unknown config key; did you mean 'SOLVER.MAX_ITER'"):
+        validate_cfg(cfg, world_size=1)
+
+
+def test_every_problem_is_reported_at_once():
+    cfg = _fpn_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 0
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res9"]
+    cfg.SOLVER.IMS_PER_BATCH = 3
+    problems = find_cfg_problems(cfg, world_size=2)
+    assert [p.split(":")[0] for p in problems] == ["SOLVER.IMS_PER_BATCH", "MODEL.FPN.IN_FEATURES",
+                                                     "MODEL.ROI_HEADS.NUM_CLASSES"]
+
+
+def test_detr_and_dbnet_feature_checks():
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "quickstart", "detr_R_50_synthetic.yaml"))
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+    cfg.MODEL.DETR.NHEADS = 7
+    msg = "\n".join(find_cfg_problems(cfg, world_size=1))
+    assert "DETR reads 'res5'" in msg and "MODEL.DETR.HIDDEN_DIM / MODEL.DETR.NHEADS" in msg
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "quickstart", "dbnet_R_50_FPN_synthetic.yaml"))
+    cfg.MODEL.DBNET.IN_FEATURES = ["p2", "p3", "p4", "res5"]
+    with pytest.raises(ConfigError, match=r"MODEL.DBNET.IN_FEATURES: \['res5'\] not produced"):
+        validate_cfg(cfg, world_size=1)
+
+
+def test_cuda_device_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    cfg = _fpn_cfg()
+    cfg.MODEL.DEVICE = "cuda"
+    with pytest.raises(ConfigError, match="MODEL.DEVICE: 'cuda' but CUDA is not available"):
+        validate_cfg(cfg, world_size=1)
+
+
+def test_trainer_refuses_before_building_or_writing(tmp_path, monkeypatch):
+    from _tiny_model import TinyTrainer
+
+    built = []
+    monkeypatch.setattr(TinyTrainer, "build_model", classmethod(lambda cls, cfg: built.append(1)))
+    out = tmp_path / "out"
+    cfg = tiny_trainer_cfg(out)
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p9"]
+    with pytest.raises(ConfigError, match=r"MODEL.ROI_HEADS.IN_FEATURES: \['p9'\] not produced"):
+        TinyTrainer(cfg)
+    assert built == [] and not out.exists()
+
+
+def test_train_net_setup_refuses_before_writing(tmp_path):
+    from resnet_backbone.engine import default_setup
+
+    out = tmp_path / "out"
+    cfg = _fpn_cfg()
+    cfg.OUTPUT_DIR = str(out)
+    cfg.SOLVER.STEPS = (5, 5)
+    with pytest.raises(ConfigError, match="SOLVER.STEPS: must be increasing"):
+        default_setup(cfg)
+    assert not out.exists()
