@@ -81,8 +81,10 @@ def test_resume_matches_straight_run(shapes_root, tmp_path, monkeypatch):
     monkeypatch.setenv("RB_DATASETS", str(shapes_root))
     no_test = ("DATASETS.TEST", "()")
     _run(tmp_path / "straight", *no_test, max_iter=5)
-    _run(tmp_path / "split", *no_test, max_iter=3)
-    _run(tmp_path / "split", *no_test, flags=["--resume"], max_iter=5)
+    # the interrupted run loads data in a worker process: same batches and augmentations as in-process loading
+    workers = ("DATALOADER.NUM_WORKERS", "1")
+    _run(tmp_path / "split", *no_test, *workers, max_iter=3)
+    _run(tmp_path / "split", *no_test, *workers, flags=["--resume"], max_iter=5)
 
     def losses(d):
         return {m["iteration"]: m["total_loss"] for m in read_metrics(d / "metrics.json") if "total_loss" in m}
