@@ -38,11 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-try:  # the package's error type (resnet_backbone/checkpoint/__init__.py)
-    from . import CheckpointError
-except ImportError:  # pragma: no cover - only while the package __init__ does not define it yet
-    class CheckpointError(ValueError):
-        """A checkpoint that cannot be read, written or applied."""
+from . import CheckpointError  # the package's error type (resnet_backbone/checkpoint/__init__.py)
 
 __all__ = ["Checkpointer", "CheckpointError", "check_output_dir", "get_rng_state", "set_rng_state",
            "atomic_torch_save", "FORMAT_TAG"]
@@ -327,10 +323,12 @@ class Checkpointer:
 
         logger.info("Loading backbone weights from %s (converted)", path)
         target = self.model
-        loader = getattr(converters, "load_backbone_weights", None)
-        if loader is None:
-            raise CheckpointError(f"cannot load '{path}': no converter available")
-        loader(target, path)
+        result = converters.load_backbone_weights(target, path)
+        meta = getattr(result, "meta", None) or {}
+        if meta:
+            logger.info("'%s' (%s weights) expects INPUT.FORMAT=%s, PIXEL_MEAN=%s, PIXEL_STD=%s", path,
+                        getattr(result, "source", "?"), meta.get("format"), meta.get("pixel_mean"),
+                        meta.get("pixel_std"))
 
     def _load_model_state(self, state: dict, path: str, strict: bool) -> None:
         own = self.model.state_dict()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from resnet_backbone.checkpoint import CheckpointError
 from resnet_backbone.checkpoint.checkpointer import (
     Checkpointer,
-    CheckpointError,
     check_output_dir,
     get_rng_state,
     set_rng_state,
@@ -258,3 +258,25 @@ def test_sigkill_at_random_moments_while_saving_in_a_loop(tmp_path):
         _check_last_loads(d)
         survived += 1
     assert survived == 3
+
+
+def test_model_weights_from_torchvision_backbone_go_through_converters(tmp_path):
+    import torchvision
+
+    from resnet_backbone.config import get_cfg
+    from resnet_backbone.modeling.meta_arch import build_model
+
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), tmp_path / "tv_r18.pth")
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Base-RCNN-FPN.yaml"))
+    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+                         "MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
+    model = build_model(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ck = Checkpointer(model, str(tmp_path / "out"), optimizer=opt, save_to_disk=True)
+    assert ck.resume_or_load(str(tmp_path / "tv_r18.pth"), resume=True) == {}  # nothing to resume: weights
+    bu = model.backbone.bottom_up
+    assert torch.equal(bu.stem.conv1.weight, tv.conv1.weight)
+    assert torch.equal(bu.res3[0].shortcut.weight, tv.layer2[0].downsample[0].weight)
+    assert torch.equal(bu.res5[1].conv2.weight, tv.layer4[1].conv2.weight)
