@@ -1,4 +1,5 @@
 """FasterRCNN: config wiring, training losses and gradients, eval boxes in original coordinates, overfit."""
+import json
 import math
 
 import pytest
@@ -186,3 +187,80 @@ def test_batched_eval_matches_single_image_eval():
     assert len(alone[0]["boxes"]) > 0
     torch.testing.assert_close(both[1]["boxes"], alone[0]["boxes"], atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(both[1]["scores"], alone[0]["scores"], atol=1e-4, rtol=1e-4)
+
+
+def _coco_ap50(json_file, inputs, outputs, contiguous_to_dataset_id):
+    """AP50 of `outputs` against the COCO json, straight through pycocotools."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = []
+    for x, o in zip(inputs, outputs):
+        for (x0, y0, x1, y1), s, label in zip(o["boxes"].tolist(), o["scores"].tolist(), o["labels"].tolist()):
+            results.append({"image_id": x["image_id"], "category_id": contiguous_to_dataset_id[label],
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s})
+    if not results:
+        return 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(json_file))
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[1])
+
+
+@pytest.mark.slow
+def test_overfit_four_synthetic_images(tmp_path):
+    """R18-FPN (GN) learns 4 synthetic shapes images to AP50 >= 0.9 on those images (~50-75 AdamW steps).
+
+    CPU settings that learn fast (found by trying; see the report): 128 px images, ResNet-18 with GN and
+    FREEZE_AT 0 (no pretrained weights), FPN 64 channels, 2 x 256 fc, anchors 16..256, few proposals,
+    AdamW lr 1e-3 with a 20-step linear warmup, all 4 images in every batch, no augmentation.
+    SGD momentum 0.9 at lr 0.02 diverges (NaN) from scratch here.
+    """
+    from resnet_backbone.data.coco import load_coco_json
+    from resnet_backbone.data.dataset_mapper import DatasetMapper
+    from resnet_backbone.data.synthetic.shapes import generate_shapes_dataset
+
+    json_file = generate_shapes_dataset(tmp_path, "train", 4, image_size=128, seed=0)
+    records = load_coco_json(json_file, tmp_path / "train")
+    mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR")
+    inputs = [mapper(r) for r in records]
+    assert sum(len(x["instances"]) for x in inputs) >= 8
+    with open(json_file) as f:
+        dataset_ids = sorted(c["id"] for c in json.load(f)["categories"])
+
+    cfg = small_cfg(**{"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.FC_DIM": 256,
+                       "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 500, "MODEL.RPN.PRE_NMS_TOPK_TEST": 300,
+                       "MODEL.RPN.POST_NMS_TOPK_TRAIN": 100, "MODEL.RPN.POST_NMS_TOPK_TEST": 50,
+                       "MODEL.RPN.BATCH_SIZE_PER_IMAGE": 128, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 64})
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
+    eval_inputs = [{k: v for k, v in x.items() if k != "instances"} for x in inputs]
+
+    def ap50():
+        model.eval()
+        with torch.no_grad():
+            outputs = model(eval_inputs)
+        return _coco_ap50(json_file, inputs, outputs, dataset_ids)
+
+    history = [(0, ap50())]
+    assert history[0][1] < 0.2  # the untrained model does not already pass
+    for it in range(1, 151):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * min(1.0, it / 20)
+        model.train()
+        losses = model(inputs)
+        assert all(torch.isfinite(v) for v in losses.values()), (it, losses)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        if it % 25 == 0:
+            history.append((it, ap50()))
+            if history[-1][1] >= 0.9:
+                break
+    assert history[-1][1] >= 0.9, f"AP50 by iteration: {history}"
