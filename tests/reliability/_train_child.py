@@ -1,0 +1,159 @@
+"""Training process for the crash tests (not a test module).
+
+    python _train_child.py run  OUT_DIR MAX_ITER [--resume] [KEY VALUE ...]   # tools/train_net.py in this process
+    python _train_child.py loop OUT_DIR MAX_ITER N_KILLS SEED TIME_BUDGET_S [REF_DIR]  # fork+SIGKILL loop, JSON
+
+Both drive the real tools/train_net.py main (config, default_setup, Trainer, Checkpointer, resumable loader,
+DatasetMapper on the synthetic shapes dataset under $RB_DATASETS) with a tiny registered meta-architecture so a
+run takes seconds. `loop` imports everything once, then for each round forks a child that runs
+`train_net.main(... --resume)` and SIGKILLs it at a random moment (uniform over its lifetime so far, so kills
+land in setup, in steps, in checkpoint writes and in metric writes); it stops after N_KILLS kills or the time
+budget, and prints {"kills": ..., "finished_rounds": ..., "iterations_at_kill": [...], ...}. With REF_DIR it
+then finishes the run (--resume, not killed) and makes an uninterrupted reference run in REF_DIR, both forked.
+"""
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import torch  # noqa: E402
+import train_net  # noqa: E402
+from torch import nn  # noqa: E402
+
+from resnet_backbone.modeling.meta_arch.build import META_ARCH_REGISTRY  # noqa: E402
+from resnet_backbone.structures import ImageList  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@META_ARCH_REGISTRY.register()
+class RelTinyDetector(nn.Module):
+    """conv + BN + dropout + linear: predicts the mean gt box and the box count; two named losses."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, batched_inputs):
+        images = ImageList.from_tensors([d["image"].float() / 255.0 for d in batched_inputs], 4)
+        out = self.head(self.drop(self.body(images.tensor).mean(dim=(2, 3))))
+        if not self.training:
+            return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+                    for _ in batched_inputs]
+        tgt = []
+        for d, (h, w) in zip(batched_inputs, images.image_sizes):
+            b = d["instances"].gt_boxes.float() / torch.tensor([w, h, w, h], dtype=torch.float32)
+            tgt.append(torch.cat([b.mean(0) if len(b) else torch.zeros(4), torch.tensor([len(b) / 4.0])]))
+        tgt = torch.stack(tgt)
+        return {"loss_box": nn.functional.smooth_l1_loss(out[:, :4], tgt[:, :4]),
+                "loss_count": nn.functional.mse_loss(out[:, 4], tgt[:, 4])}
+
+
+def argv_for(out_dir, max_iter, resume, extra=()):
+    argv = ["--resume"] if resume else []
+    argv += ["MODEL.META_ARCHITECTURE", "RelTinyDetector", "DATASETS.TRAIN", "('synthetic_shapes_train',)",
+             "DATASETS.TEST", "()", "INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MAX_SIZE_TRAIN", "32",
+             "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.05",
+             "SOLVER.WARMUP_ITERS", "3", "SOLVER.STEPS", f"({max(1, max_iter // 2)},)", "SOLVER.CHECKPOINT_PERIOD",
+             "3", "SOLVER.MAX_ITER", str(max_iter), "SEED", "11", "LOG_PERIOD", "1", "OUTPUT_DIR", out_dir,
+             *extra]
+    return train_net.default_argument_parser().parse_args(argv)
+
+
+def last_iteration(out_dir):
+    try:
+        with open(os.path.join(out_dir, "last_checkpoint")) as f:
+            name = f.read().strip()
+    except OSError:
+        return -1
+    if name == "model_final.pth":
+        return 10**9
+    return int(name[len("model_"):-len(".pth")])
+
+
+def loop(out_dir, max_iter, n_kills, seed, budget_s):
+    rng = random.Random(seed)
+    t_start = time.time()
+    kills, finished, at_kill, lifetimes = 0, 0, [], []
+    life = 1.0  # kill window in seconds (grows while kills land before any new checkpoint)
+    while kills < n_kills and time.time() - t_start < budget_s:
+        delay = rng.uniform(0.0, life)
+        pid = os.fork()
+        if pid == 0:  # the training process
+            code = 0
+            try:
+                sys.stdout = sys.stderr = open(os.devnull, "w")
+                train_net.main(argv_for(out_dir, max_iter, resume=True))
+            except BaseException:
+                code = 3
+            os._exit(code)
+        t0 = time.time()
+        while time.time() - t0 < delay:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.005)
+        else:
+            done = 0
+        if done == 0:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            kills += 1
+            reached = last_iteration(out_dir)
+            if at_kill and reached <= at_kill[-1]:
+                life *= 1.4  # killed before any new checkpoint: allow more time next round
+            elif at_kill and reached - at_kill[-1] > 6:
+                life *= 0.7  # many iterations per round: kill sooner, so that more kills fit in the run
+            at_kill.append(reached)
+        else:
+            lifetimes.append(time.time() - t0)
+            if os.WEXITSTATUS(status) != 0:
+                raise SystemExit(f"training child failed with exit code {os.WEXITSTATUS(status)}")
+            finished += 1
+            break  # training reached MAX_ITER before the next kill
+    return {"kills": kills, "finished_rounds": finished, "iterations_at_kill": at_kill,
+            "seconds": round(time.time() - t_start, 2)}
+
+
+def run_forked(out_dir, max_iter, resume):
+    """One uninterrupted train_net.main in a forked child (same isolation as the killed ones)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            sys.stdout = sys.stderr = open(os.devnull, "w")
+            train_net.main(argv_for(out_dir, max_iter, resume=resume))
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WEXITSTATUS(status) != 0:
+        raise SystemExit(f"training child failed with exit code {os.WEXITSTATUS(status)}")
+
+
+if __name__ == "__main__":
+    mode, out_dir, max_iter = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "run":
+        rest = sys.argv[4:]
+        resume = "--resume" in rest
+        extra = [a for a in rest if a != "--resume"]
+        train_net.main(argv_for(out_dir, max_iter, resume, extra))
+    elif mode == "loop":
+        n_kills, seed, budget = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+        summary = loop(out_dir, max_iter, n_kills, seed, budget)
+        if len(sys.argv) > 7:  # REF_DIR: finish the killed run and make the reference run, both forked here
+            run_forked(out_dir, max_iter, resume=True)
+            run_forked(sys.argv[7], max_iter, resume=False)
+        print(json.dumps(summary), flush=True)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
