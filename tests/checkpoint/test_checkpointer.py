@@ -280,3 +280,23 @@ def test_model_weights_from_torchvision_backbone_go_through_converters(tmp_path)
     assert torch.equal(bu.stem.conv1.weight, tv.conv1.weight)
     assert torch.equal(bu.res3[0].shortcut.weight, tv.layer2[0].downsample[0].weight)
     assert torch.equal(bu.res5[1].conv2.weight, tv.layer4[1].conv2.weight)
+
+
+def test_disk_full_during_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    m = _small()
+    ck = Checkpointer(m, str(tmp_path), save_to_disk=True)
+    ck.save("model_0000000", iteration=0)
+    real_save = torch.save
+
+    def full_disk_save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    with pytest.raises(CheckpointError, match="No space left.*previous checkpoint and last_checkpoint are unchanged"):
+        ck.save("model_0000001", iteration=1)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000000.pth"]  # no partial or temp file
+    assert Checkpointer(_small(), str(tmp_path), save_to_disk=True).resume_or_load("", resume=True)["iteration"] == 0
