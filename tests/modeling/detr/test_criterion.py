@@ -103,3 +103,28 @@ def test_bad_labels_are_named():
     targets = [{"labels": torch.tensor([C]), "boxes": torch.rand(1, 4)}]
     with pytest.raises(ValueError, match="labels outside"):
         _criterion()(_perfect_outputs(_targets()[:1]), targets)
+
+
+def test_box_losses_divide_by_the_mean_box_count_over_processes(monkeypatch):
+    """Distributed: num_boxes is all_reduce'd (summed) and divided by the world size, so every rank
+    normalizes by the same number. Simulated: this rank has 3 boxes, the other rank 5 -> divide by 4."""
+    import resnet_backbone.modeling.detr.criterion as criterion_module
+
+    calls = []
+
+    def fake_all_reduce(t):
+        calls.append(t.item())
+        t += 5.0
+
+    monkeypatch.setattr(criterion_module, "_world_size", lambda: 2)
+    monkeypatch.setattr(criterion_module.dist, "all_reduce", fake_all_reduce)
+    targets = _targets()
+    outputs = _perfect_outputs(targets)
+    outputs["pred_boxes"][0, 0, 0] += 0.1
+    losses = _criterion(deep_supervision=False)(outputs, targets)
+    assert calls == [3.0]
+    assert losses["loss_bbox"].item() == pytest.approx(5 * 0.1 / 4, rel=1e-4)
+    # a batch without boxes on every rank still divides by at least 1
+    monkeypatch.setattr(criterion_module.dist, "all_reduce", lambda t: None)
+    empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
+    assert _criterion().num_boxes(empty, "cpu") == 1.0
