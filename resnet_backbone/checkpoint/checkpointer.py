@@ -113,6 +113,16 @@ def atomic_torch_save(obj, path: str) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def _os_error_in_chain(e: BaseException) -> OSError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -219,11 +229,18 @@ class Checkpointer:
         logger.info("Saving checkpoint to %s", path)
         try:
             atomic_torch_save(data, path)
-        except OSError as e:
-            raise CheckpointError(f"cannot write checkpoint '{path}': {e.strerror or e} (the previous "
+        except Exception as e:  # a full disk inside torch.save surfaces as a RuntimeError from its zip writer
+            os_err = _os_error_in_chain(e)
+            if os_err is None:
+                raise
+            raise CheckpointError(f"cannot write checkpoint '{path}': {os_err.strerror or os_err} (the previous "
                                   "checkpoint and last_checkpoint are unchanged)") from e
         if tag_last:
-            self.tag_last_checkpoint(os.path.basename(path))
+            try:
+                self.tag_last_checkpoint(os.path.basename(path))
+            except OSError as e:
+                raise CheckpointError(f"wrote '{path}' but cannot update last_checkpoint: {e.strerror or e} "
+                                      "(it still names the previous checkpoint)") from e
         return path
 
     def tag_last_checkpoint(self, basename: str) -> None:

@@ -112,8 +112,8 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s):
             reached = last_iteration(out_dir)
             if at_kill and reached <= at_kill[-1]:
                 life *= 1.4  # killed before any new checkpoint: allow more time next round
-            elif at_kill and reached - at_kill[-1] > 6:
-                life *= 0.7  # many iterations per round: kill sooner, so that more kills fit in the run
+            elif at_kill and reached - at_kill[-1] > 4:
+                life = max(0.3, 0.6 * life)  # many iterations per round: kill sooner, more kills fit in the run
             at_kill.append(reached)
         else:
             lifetimes.append(time.time() - t0)
