@@ -27,7 +27,8 @@ torchvision's heads behave differently from detectron2's with the same keys:
   detectron2.
 - RoIAlign: torchvision's MultiScaleRoIAlign uses `aligned=False` (detectron2's "ROIAlign"); detectron2's
   default POOLER_TYPE "ROIAlignV2" (aligned=True, half-pixel shift) is therefore not reproduced exactly.
-  Level assignment uses the same canonical 224 / level 4 rule.
+  Level assignment uses the same canonical 224 / level 4 rule; the pooler's scales are set from the
+  backbone's strides (torchvision would infer them once, from the first batch's sizes).
 - RoI heads always append the gt boxes to the proposals in training (ROI_HEADS.PROPOSAL_APPEND_GT = True);
   test-time boxes under 1e-2 pixels are dropped before NMS.
 - Init follows detectron2 for the box head (fc layers: kaiming-uniform a=1, bias 0; cls_score N(0, 0.01),
@@ -39,6 +40,8 @@ torchvision Faster R-CNN checkpoint's heads map by name; background is class 0 i
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
@@ -48,6 +51,7 @@ from torchvision.models.detection.image_list import ImageList as TVImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import LevelMapper
 
 from ...layers import ShapeSpec
 from ...structures import ImageList
@@ -188,6 +192,11 @@ def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
                          f"got {dict(zip(in_features, strides))}")
     resolution = bh.POOLER_RESOLUTION
     pooler = MultiScaleRoIAlign(in_features, output_size=resolution, sampling_ratio=bh.POOLER_SAMPLING_RATIO)
+    # The scales are known: set them instead of letting the pooler guess them once, from the first batch, as
+    # 2 ** round(log2(feature_size / image_size)), which is wrong for small images padded a lot (40 px -> 64).
+    pooler.scales = [1.0 / s for s in strides]
+    pooler.map_levels = LevelMapper(int(math.log2(strides[0])), int(math.log2(strides[-1])),
+                                    canonical_scale=224, canonical_level=4)
     box_head = TwoMLPHead(channels.pop() * resolution * resolution, bh.FC_DIM)
     predictor = FastRCNNPredictor(bh.FC_DIM, rh.NUM_CLASSES + 1)  # + background at index 0
     for fc in (box_head.fc6, box_head.fc7):

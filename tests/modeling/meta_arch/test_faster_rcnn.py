@@ -166,6 +166,17 @@ def test_eval_boxes_in_original_image(channels_last):
         assert float(b[:, 2].max()) > 128 or float(b[:, 3].max()) > 96
 
 
+def test_pooler_scales_do_not_depend_on_the_first_batch():
+    """A tiny first image (40 px, padded to 64) must not make the pooler guess p2's scale as 1/2."""
+    model = build_model(small_cfg()).eval()
+    pooler = model.roi_heads.box_roi_pool
+    assert pooler.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    assert (pooler.map_levels.k_min, pooler.map_levels.k_max) == (2, 5)
+    with torch.no_grad():
+        model([make_input(40, 40, boxes=(), classes=())])
+    assert pooler.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+
+
 def test_eval_rescale_is_exact():
     """postprocess maps boxes from the resized size to the original size by per-axis scaling and clips."""
     det = [{"boxes": torch.tensor([[10.0, 20.0, 50.0, 40.0], [0.0, 0.0, 100.0, 50.0]]),
