@@ -240,6 +240,7 @@ def test_sigkill_mid_write_keeps_previous_checkpoint(tmp_path):
     assert not any(".tmp" in f for f in os.listdir(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_while_saving_in_a_loop(tmp_path):
     rng = np.random.default_rng(0)
     survived = 0
