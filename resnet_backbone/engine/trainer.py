@@ -275,10 +275,17 @@ class Trainer:
                 self.run_step()
                 self._after_step(pbar)
             self.iter = self.max_iter
+        except BaseException as e:
+            logger.error("Training stopped at iteration %d: %s: %s", self.iter, type(e).__name__, e)
+            self._flush_writers()
+            for w in self.writers:
+                w.close()
+            raise
         finally:
             if pbar is not None:
                 pbar.close()
-            self._flush_writers()
+            self._data_iter = None  # lets DataLoader workers exit
+        self._flush_writers()
         if self.start_iter < self.max_iter or not self.checkpointer.has_checkpoint():
             self._save("model_final", self.max_iter - 1)
         results = {}
