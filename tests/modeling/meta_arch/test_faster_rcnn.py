@@ -226,12 +226,13 @@ def _coco_ap50(json_file, inputs, outputs, contiguous_to_dataset_id):
 
 @pytest.mark.slow
 def test_overfit_four_synthetic_images(tmp_path):
-    """R18-FPN (GN) learns 4 synthetic shapes images to AP50 >= 0.9 on those images (~50-75 AdamW steps).
+    """R18-FPN learns 4 synthetic shapes images to AP50 >= 0.9 on those images (about 30 AdamW steps).
 
-    CPU settings that learn fast (found by trying; see the report): 128 px images, ResNet-18 with GN and
-    FREEZE_AT 0 (no pretrained weights), FPN 64 channels, 2 x 256 fc, anchors 16..256, few proposals,
+    CPU settings that learn fast (found by trying; see the report): 128 px images, ResNet-18 with BN (batch of
+    4) and FREEZE_AT 0 (no pretrained weights), FPN 64 channels, 2 x 256 fc, anchors 16..256, few proposals,
     AdamW lr 1e-3 with a 20-step linear warmup, all 4 images in every batch, no augmentation.
-    SGD momentum 0.9 at lr 0.02 diverges (NaN) from scratch here.
+    Measured AP50 by step: BN + AdamW 0.53 @20, 0.93 @30, 1.0 @50; GN + AdamW 0.52 @25, 0.94 @50, 1.0 @75;
+    GN + SGD(momentum 0.9) lr 0.005: 0.65 @50, 0.90 @75, 1.0 @100; SGD lr 0.01 and 0.02 diverge (NaN).
     """
     from resnet_backbone.data.coco import load_coco_json
     from resnet_backbone.data.dataset_mapper import DatasetMapper
@@ -245,7 +246,7 @@ def test_overfit_four_synthetic_images(tmp_path):
     with open(json_file) as f:
         dataset_ids = sorted(c["id"] for c in json.load(f)["categories"])
 
-    cfg = small_cfg(**{"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.FC_DIM": 256,
+    cfg = small_cfg(**{"MODEL.RESNETS.NORM": "BN", "MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.FC_DIM": 256,
                        "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 500, "MODEL.RPN.PRE_NMS_TOPK_TEST": 300,
                        "MODEL.RPN.POST_NMS_TOPK_TRAIN": 100, "MODEL.RPN.POST_NMS_TOPK_TEST": 50,
                        "MODEL.RPN.BATCH_SIZE_PER_IMAGE": 128, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 64})
@@ -270,7 +271,7 @@ def test_overfit_four_synthetic_images(tmp_path):
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
-        if it % 25 == 0:
+        if it % 10 == 0:
             history.append((it, ap50()))
             if history[-1][1] >= 0.9:
                 break
