@@ -36,7 +36,11 @@ torchvision's heads behave differently from detectron2's with the same keys:
 
 Module names: `backbone` (our FPN), `rpn.head.conv.0.0`, `rpn.head.cls_logits`, `rpn.head.bbox_pred`,
 `roi_heads.box_head.fc6/fc7`, `roi_heads.box_predictor.cls_score/bbox_pred` (torchvision's names, so a
-torchvision Faster R-CNN checkpoint's heads map by name; background is class 0 in both).
+torchvision Faster R-CNN checkpoint's heads map by name; background is class 0 in both). A detectron2
+checkpoint's heads need renaming (proposal_generator.rpn_head.objectness_logits -> rpn.head.cls_logits, ...)
+and its box predictor rows moving: detectron2 puts background LAST (index K) and has K (not K+1) box deltas.
+
+Fast paths: MODEL.CHANNELS_LAST (channels-last memory format for the whole model and the input batch).
 """
 from __future__ import annotations
 
