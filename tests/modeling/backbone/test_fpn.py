@@ -189,3 +189,29 @@ def test_bad_in_features_are_named():
 def test_builders_registered():
     assert BACKBONE_REGISTRY.get("build_resnet_fpn_backbone") is not None
     assert BACKBONE_REGISTRY.get("build_retinanet_resnet_fpn_backbone") is not None
+
+
+@pytest.mark.parametrize("name,levels", [("build_resnet_fpn_backbone", ["p2", "p3", "p4", "p5", "p6"]),
+                                         ("build_retinanet_resnet_fpn_backbone", ["p3", "p4", "p5", "p6", "p7"])])
+def test_builders_from_config(name, levels):
+    from resnet_backbone.config import get_cfg
+    from resnet_backbone.modeling.backbone import build_backbone
+
+    cfg = get_cfg()
+    in_features = ["res2", "res3", "res4", "res5"] if levels[0] == "p2" else ["res3", "res4", "res5"]
+    cfg.merge_from_list(["MODEL.BACKBONE.NAME", name, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+                         "MODEL.RESNETS.NORM", "BN", "MODEL.RESNETS.OUT_FEATURES", in_features,
+                         "MODEL.FPN.IN_FEATURES", in_features, "MODEL.FPN.OUT_CHANNELS", 32,
+                         "MODEL.FPN.NORM", "GN", "MODEL.FPN.FUSE_TYPE", "avg"])
+    fpn = build_backbone(cfg)
+    assert isinstance(fpn, FPN) and fpn._fuse_type == "avg"
+    assert isinstance(fpn.fpn_output3.norm, nn.GroupNorm)
+    shapes = fpn.output_shape()
+    assert list(shapes) == levels
+    assert all(shapes[k].stride == 2 ** int(k[1:]) and shapes[k].channels == 32 for k in levels)
+    if name.startswith("build_retinanet"):
+        assert fpn.top_block.in_feature == "res5" and fpn.top_block.p6.in_channels == 512
+    out = fpn(torch.randn(1, 3, 128, 128))
+    assert list(out) == levels
+    for k in levels:
+        assert out[k].shape == (1, 32, 128 // shapes[k].stride, 128 // shapes[k].stride), k
