@@ -256,8 +256,8 @@ class Trainer:
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             import os
 
-            self.writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), window=cfg.LOG_PERIOD),
-                            TensorboardWriter(cfg.OUTPUT_DIR, window=cfg.LOG_PERIOD)]
+            self.writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.LOG_PERIOD, self.start_iter),
+                            TensorboardWriter(cfg.OUTPUT_DIR, cfg.LOG_PERIOD, self.start_iter)]
         pbar = None
         if comm.is_main_process():
             from tqdm import tqdm

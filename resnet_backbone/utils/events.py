@@ -86,15 +86,42 @@ def _finite_or_str(v: float):
     return v if math.isfinite(v) else str(v)
 
 
+def _end_partial_line(path: str) -> None:
+    try:
+        with open(path, "rb+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
 class JSONWriter:
     """Appends one JSON object per (call, iteration) to `path` (metrics.json), with the scalars put since
     the previous call (each scalar is written once per iteration it was put at)."""
 
-    def __init__(self, path: str, window: int = 20):
+    def __init__(self, path: str, window: int = 20, start_iter: int = 0):
         self.path = path
         self.window = window
         self._last_written: dict[str, int] = {}
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.exists(path):
+            self._truncate(start_iter)
+
+    def _truncate(self, start_iter: int) -> None:
+        """A resumed run repeats iterations >= start_iter: drop their old records (and a half-written line)."""
+        keep = [m for m in read_metrics(self.path) if int(m.get("iteration", -1)) < start_iter]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for m in keep:
+                f.write(json.dumps(m, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _end_partial_line(self.path)  # (the rewrite above already drops a half-written last line)
 
     def write(self, storage: EventStorage) -> None:
         by_iter: dict[int, dict] = defaultdict(dict)
@@ -117,11 +144,12 @@ class JSONWriter:
 class TensorboardWriter:
     """Scalars to TensorBoard event files in `log_dir`."""
 
-    def __init__(self, log_dir: str, window: int = 20):
+    def __init__(self, log_dir: str, window: int = 20, start_iter: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
         self.window = window
-        self._writer = SummaryWriter(log_dir)
+        # purge_step: TensorBoard hides events >= start_iter left by an interrupted run
+        self._writer = SummaryWriter(log_dir, purge_step=start_iter if start_iter > 0 else None)
         self._last_written: dict[str, int] = {}
 
     def write(self, storage: EventStorage) -> None:

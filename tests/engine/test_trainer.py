@@ -40,6 +40,9 @@ def test_resume_is_bit_exact(tmp_path):
     os.remove(c / "model_final.pth")
     resumed2 = _run(tiny_cfg(c, max_iter=8), resume=True)
     assert resumed2.start_iter == 4
+    # metrics.json holds each iteration once: the repeated iteration 4 replaced the interrupted run's record
+    iters = [m["iteration"] for m in read_metrics(c / "metrics.json") if "loss_a" in m]
+    assert iters == list(range(8))
     for k, v in resumed2.unwrapped_model.state_dict().items():
         assert torch.equal(v, sa[k]), k
 
