@@ -177,3 +177,16 @@ def test_real_full_filesystem_when_a_tmpfs_can_be_mounted(tmp_path):
             ckmod.check_output_dir(str(d), required_bytes=ckmod.estimate_checkpoint_bytes(big))
     finally:
         subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def test_metrics_json_after_a_crash_mid_line_keeps_every_new_record(tmp_path):
+    """A run killed while appending to metrics.json leaves half a line; the resumed run's first record must not
+    be glued to it (it would be lost)."""
+    from resnet_backbone.utils.events import EventStorage, JSONWriter, read_metrics
+
+    path = tmp_path / "metrics.json"
+    path.write_text('{"iteration": 3, "total_loss": 1.0}\n{"iteration": 4, "total_lo')
+    st = EventStorage(5)
+    st.put_scalar("total_loss", 0.5)
+    JSONWriter(str(path), window=1).write(st)
+    assert [m["iteration"] for m in read_metrics(path)] == [3, 5]
