@@ -164,6 +164,11 @@ def build_resumable_train_loader(cfg, seed: int, start_iter: int = 0, mapper=Non
     total = int(cfg.SOLVER.IMS_PER_BATCH)
     if total <= 0 or total % world:
         raise ValueError(f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the world size ({world})")
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ValueError(f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported "
+                         "(only 'TrainingSampler')")
+    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        logger.info("DATALOADER.ASPECT_RATIO_GROUPING is not applied by the resumable loader (batches are padded)")
     policy = cfg.DATALOADER.ON_BAD_SAMPLE
     if records is None:
         records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, policy)
