@@ -5,10 +5,12 @@
 Each rank is its own interpreter joined through env:// (as under torchrun or on several machines): no parent
 process watches the ranks, so a surviving rank must notice a dead peer by itself.
 MODE "die": rank 1 calls os._exit(7) right after iteration 2 (no exception, no cleanup: like a SIGKILL/OOM kill).
+MODE "hang": rank 1 stops itself (SIGSTOP) after iteration 2: alive, holding its sockets open, never answering.
 MODE "nan": rank 1's batch of iteration 2 has a NaN loss; every rank writes the error it stopped with.
 Rank 0 writes rank0_done.txt with how it ended.
 """
 import os
+import signal
 import sys
 import time
 
@@ -34,6 +36,8 @@ def main(mode, out_dir):
             super()._after_step(pbar)
             if mode == "die" and rank == 1 and self.iter == 2:
                 os._exit(7)
+            if mode == "hang" and rank == 1 and self.iter == 2:
+                os.kill(os.getpid(), signal.SIGSTOP)  # alive but stuck: only the collective timeout can tell
 
     cfg = tiny_cfg(os.path.join(out_dir, "run"), max_iter=400, **{"SOLVER.CHECKPOINT_PERIOD": 0, "LOG_PERIOD": 0})
     t = T(cfg)

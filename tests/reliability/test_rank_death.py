@@ -73,3 +73,22 @@ def test_spawned_rank_exiting_without_exception_fails_the_launch(tmp_path):
     with pytest.raises(RuntimeError, match="distributed run failed"):
         launch(_rank_child.main, 2, args=("die", str(tmp_path)))
     assert time.time() - t0 < 180
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_ended_by_the_collective_timeout(tmp_path):
+    """Rank 1 stops (SIGSTOP) with its connections open: rank 0 raises once RB_DIST_TIMEOUT_S (15 s) passes."""
+    procs = _start_ranks("hang", tmp_path, timeout_s=15)
+    try:
+        t0 = time.time()
+        while procs[0].poll() is None and time.time() - t0 < 300:
+            time.sleep(0.5)
+        assert procs[0].poll() not in (0, None), "rank 0 still running (or claimed success) with a hung peer"
+        secs, outcome = (tmp_path / "rank0_done.txt").read_text().splitlines()[:2]
+        print(f"\nrank 0 with a hung peer stopped {secs} s after its training started: {outcome[:200]}")
+        assert 10 < float(secs) < 120
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
