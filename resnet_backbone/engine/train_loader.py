@@ -144,9 +144,11 @@ class ResumableTrainLoader:
         self.dataset = _PositionDataset(records, mapper, seed, on_bad_sample)
         self.num_workers = num_workers
         self.num_skipped = 0
+        g = torch.Generator()  # DataLoader draws its worker base seed from this, not from the global RNG
+        g.manual_seed(derive_seed(seed, start_iter, rank, _DATA_TAG))
         self._loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=num_workers,
                                   collate_fn=_collate, pin_memory=torch.cuda.is_available(),
-                                  persistent_workers=False)
+                                  persistent_workers=False, generator=g)
 
     def __iter__(self):
         for batch in self._loader:
