@@ -188,5 +188,6 @@ def test_metrics_json_after_a_crash_mid_line_keeps_every_new_record(tmp_path):
     path.write_text('{"iteration": 3, "total_loss": 1.0}\n{"iteration": 4, "total_lo')
     st = EventStorage(5)
     st.put_scalar("total_loss", 0.5)
-    JSONWriter(str(path), window=1).write(st)
+    JSONWriter(str(path), window=1, start_iter=5).write(st)  # resumed at iteration 5
     assert [m["iteration"] for m in read_metrics(path)] == [3, 5]
+    assert path.read_text().count("\n") == 2  # the half line is gone, every line is whole
