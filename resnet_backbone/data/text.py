@@ -232,6 +232,9 @@ def load_text_json(json_file, image_root, dataset_name: str | None = None,
                                    file=json_file, record=rec_name, field="segmentation")
             if all(isinstance(v, (int, float)) for v in segm):  # a single flat polygon without the outer list
                 segm = [segm]
+            elif all(isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(c, (int, float)) for c in v)
+                     for v in segm):  # one polygon as [[x, y], ...] point pairs
+                segm = [segm]
             polys = [clean_polygon(p, (rec["height"], rec["width"]), file=json_file, record=rec_name)
                      for p in segm]
         except DatasetError as err:

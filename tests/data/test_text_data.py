@@ -78,6 +78,7 @@ def test_load_text_json_dont_care_flags_and_records(tmp_path):
         {"id": 5, "image_id": 2, "category_id": 5, "segmentation": [[1, 1, 20, 1, 20, 9, 1, 9]],
          "transcription": "###"},
         {"id": 6, "image_id": 2, "category_id": 5, "segmentation": [[-5, 1, 20, 1, 20, 9, -5, 9]]},
+        {"id": 7, "image_id": 2, "category_id": 5, "segmentation": [[30, 30], [50, 30], [50, 40], [30, 40]]},
     ]
     path = _write(tmp_path, {"images": [_img(1), _img(2)], "annotations": anns,
                              "categories": [{"id": 5, "name": "text"}]})
@@ -92,6 +93,7 @@ def test_load_text_json_dont_care_flags_and_records(tmp_path):
         b = recs[1]["annotations"]
         assert b[0]["ignore"] is True
         assert min(b[1]["segmentation"][0][0::2]) == 0.0  # clipped to the image
+        assert b[2]["segmentation"] == [[30.0, 30.0, 50.0, 30.0, 50.0, 40.0, 30.0, 40.0]]  # point pairs accepted
         assert recs[0]["file_name"] == str(tmp_path / "1.png") and recs[0]["height"] == 80
         assert MetadataCatalog.get("test_text_json_flags").thing_classes == ["text"]
     finally:

@@ -147,17 +147,21 @@ def make_db_targets(
         dilated = offset_polygon(poly, distance)
         if not dilated or distance <= 0:
             continue
-        region = np.zeros((h, w), np.uint8)
-        fill_polygons(region, dilated, 1)
-        rows, cols = np.nonzero(region)
-        if rows.size == 0:
+        # Work in the dilated polygon's bounding box (clipped to the canvas), not the whole image.
+        pts = np.concatenate(dilated, axis=0)
+        c0, r0 = np.maximum(np.floor(pts.min(axis=0)).astype(int) - 1, 0)
+        c1, r1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 2, [w, h])
+        if c1 <= c0 or r1 <= r0:
             continue
-        thresh_mask[rows, cols] = 1.0
-        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        region = np.zeros((r1 - r0, c1 - c0), np.uint8)
+        fill_polygons(region, [d - [c0, r0] for d in dilated], 1)
+        inside = region.astype(bool)
+        if not inside.any():
+            continue
+        thresh_mask[r0:r1, c0:c1][inside] = 1.0
         ys = (np.arange(r0, r1, dtype=np.float64) + 0.5)[:, None]
         xs = (np.arange(c0, c1, dtype=np.float64) + 0.5)[None, :]
         closeness = 1.0 - np.clip(_distance_to_border(poly, xs, ys) / distance, 0.0, 1.0)
-        inside = region[r0:r1, c0:c1].astype(bool)
         crop = thresh_canvas[r0:r1, c0:c1]
         np.maximum(crop, np.where(inside, closeness, 0.0), out=crop)
 
