@@ -141,3 +141,14 @@ def test_eval_results_and_best_checkpoint(tmp_path):
     assert [(m["iteration"], m["bbox/AP"]) for m in evals] == [(1, 1.0), (3, 2.0)]
     assert torch.load(tmp_path / "model_best.pth", weights_only=True)["best_metric"] == 2.0
     json.dumps(res)
+
+
+def test_resume_of_a_finished_run_trains_nothing_more(tmp_path):
+    first = _run(tiny_cfg(tmp_path, max_iter=4))
+    w = {k: v.clone() for k, v in first.unwrapped_model.state_dict().items()}
+    mtime = os.path.getmtime(tmp_path / "model_final.pth")
+    again = _run(tiny_cfg(tmp_path, max_iter=4), resume=True)
+    assert again.start_iter == 4
+    assert os.path.getmtime(tmp_path / "model_final.pth") == mtime
+    for k, v in again.unwrapped_model.state_dict().items():
+        assert torch.equal(v, w[k]), k
