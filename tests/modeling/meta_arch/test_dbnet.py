@@ -127,7 +127,8 @@ def test_configs_load(name):
 def test_overfit_few_synthetic_text_images_to_hmean_090(tmp_path):
     """Train from scratch on 4 synthetic 128 px images (14 words) until hmean >= 0.9 on them.
 
-    Measured on the shared 2-core CPU: hmean 0.78 at 125 iterations, 0.92 at 150, 0.96 at 175 (~1.5 s/iter).
+    Measured on the shared, overloaded 2-core CPU (one thread): one run reached hmean 0.78 / 0.92 / 0.96 at
+    125 / 150 / 175 iterations; another 0.38 / 0.82 / 1.00 at 150 / 175 / 200 (4.5 min). Bounded at 300.
     """
     from resnet_backbone.data.catalog import DatasetCatalog, MetadataCatalog
     from resnet_backbone.data.dataset_mapper import DatasetMapper
