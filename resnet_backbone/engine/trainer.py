@@ -91,6 +91,21 @@ def _fmt(v) -> str:
         return f"{v!s:>7}"
 
 
+def _revert_sync_batchnorm(module: nn.Module) -> int:
+    """Replace every nn.SyncBatchNorm in `module` by an nn.BatchNorm2d with the same state; returns how many."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            bn.load_state_dict(child.state_dict())
+            bn.train(child.training)
+            setattr(module, name, bn)
+            count += 1
+        else:
+            count += _revert_sync_batchnorm(child)
+    return count
+
+
 class Trainer:
     """Builds everything from cfg and runs the loop (see the module docstring). Subclass and override the
     `build_*` methods to change a part (detectron2's DefaultTrainer pattern)."""
@@ -220,8 +235,11 @@ class Trainer:
     def _wrap_ddp(self, cfg, model):
         if self.world_size <= 1:
             return model
-        if cfg.MODEL.RESNETS.NORM == "SyncBN":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.device.type == "cuda":
+            if cfg.MODEL.RESNETS.NORM == "SyncBN":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif _revert_sync_batchnorm(model):
+            logger.warning("SyncBN needs CUDA devices; on CPU each process normalizes its own batch (plain BN)")
         kwargs = {"find_unused_parameters": self.ddp_find_unused_parameters}
         if self.device.type == "cuda":
             kwargs["device_ids"] = [comm.get_local_rank()]

@@ -152,3 +152,14 @@ def test_resume_of_a_finished_run_trains_nothing_more(tmp_path):
     assert os.path.getmtime(tmp_path / "model_final.pth") == mtime
     for k, v in again.unwrapped_model.state_dict().items():
         assert torch.equal(v, w[k]), k
+
+
+def test_syncbn_reverted_to_bn_for_cpu_ddp():
+    from torch import nn
+
+    from resnet_backbone.engine.trainer import _revert_sync_batchnorm
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.SyncBatchNorm(4)))
+    m[1][0].running_mean.fill_(2.0)
+    assert _revert_sync_batchnorm(m) == 1
+    assert type(m[1][0]) is nn.BatchNorm2d and m[1][0].running_mean[0] == 2.0
