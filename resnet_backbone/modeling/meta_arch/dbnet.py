@@ -123,12 +123,17 @@ class DBNet(nn.Module):
                 raise ValueError(f"{_describe(x, i)}: field 'instances.gt_polygons'[{j}] has non-finite points")
         return polys, ignore
 
-    def targets(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
-        """Stacked (N, H, W) target maps for the padded batch (padding is masked out)."""
+    def targets(self, batched_inputs: list[dict], images: ImageList, gt: list | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Stacked (N, H, W) target maps for the padded batch (padding is masked out).
+
+        `gt`: per image (polygons, ignore flags) as returned by `_polygons_of` (read from the inputs if None).
+        """
+        if gt is None:
+            gt = [self._polygons_of(x, i) for i, x in enumerate(batched_inputs)]
         h, w = images.tensor.shape[-2:]
         per_image = []
-        for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            polys, ignore = self._polygons_of(x, i)
+        for (polys, ignore), size in zip(gt, images.image_sizes):
             per_image.append(make_db_targets(polys, ignore, (h, w), valid_size=size, **self.target_args))
         return {k: torch.from_numpy(np.stack([t[k] for t in per_image])).to(self.device)
                 for k in per_image[0]}
@@ -139,10 +144,12 @@ class DBNet(nn.Module):
         if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
             raise ValueError("DBNet takes a non-empty list of dicts with an 'image' tensor each")
         images = self.preprocess_image(batched_inputs)
+        # read (and check) the ground truth before the expensive part, so a bad input fails fast
+        gt = [self._polygons_of(x, i) for i, x in enumerate(batched_inputs)] if self.training else None
         features = self.backbone(images.tensor)
         preds = self.head(features)
         if self.training:
-            return self.loss(preds, self.targets(batched_inputs, images))
+            return self.loss(preds, self.targets(batched_inputs, images, gt))
         return self.postprocess(preds["prob"], batched_inputs, images.image_sizes)
 
     def postprocess(self, prob: torch.Tensor, batched_inputs: list[dict], image_sizes) -> list[dict]:
