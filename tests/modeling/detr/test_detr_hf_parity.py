@@ -1,0 +1,117 @@
+"""Parity with a reference DETR: Hugging Face transformers' DetrForObjectDetection, same random weights.
+
+transformers is not a project dependency: this test is skipped unless it is importable (it was run with
+transformers 5.23.0 on a path outside the venv: outputs and losses equal to 0.0 / 1e-8).
+HF's `auxiliary_loss=True` feeds the *normed* output of each decoder layer into the next (the official DETR
+norms only the copy it returns), so the comparison uses auxiliary_loss=False: final outputs and losses.
+"""
+import re
+
+import pytest
+import torch
+
+from resnet_backbone.config import get_cfg
+from resnet_backbone.modeling.meta_arch import build_model
+from resnet_backbone.structures import Instances
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("timm")
+
+D = 64
+
+
+def _cfg():
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "DETR"
+    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 18, 64
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]
+    cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]
+    d = cfg.MODEL.DETR
+    d.NUM_CLASSES, d.NUM_OBJECT_QUERIES, d.HIDDEN_DIM, d.NHEADS = 3, 10, D, 4
+    d.ENC_LAYERS, d.DEC_LAYERS, d.DIM_FEEDFORWARD, d.DROPOUT = 2, 3, 128, 0.0
+    return cfg
+
+
+def _tv_name(ours: str) -> str:  # our ResNet name -> torchvision/timm name
+    k = ours.replace("stem.conv1.norm.", "bn1.").replace("stem.conv1.", "conv1.")
+    k = re.sub(r"^res(\d)\.", lambda m: f"layer{int(m.group(1)) - 1}.", k)
+    k = re.sub(r"conv(\d)\.norm\.", r"bn\1.", k)
+    return k.replace("shortcut.norm.", "downsample.1.").replace("shortcut.", "downsample.0.")
+
+
+def _to_hf(key: str, value: torch.Tensor) -> dict:
+    if key.startswith("backbone."):
+        return {"model.backbone.model." + _tv_name(key[len("backbone."):]): value}
+    renames = {"input_proj.": "model.input_projection.", "query_embed.": "model.query_position_embeddings.",
+               "class_embed.": "class_labels_classifier.", "bbox_embed.": "bbox_predictor.",
+               "transformer.decoder.norm.": "model.decoder.layernorm."}
+    for a, b in renames.items():
+        if key.startswith(a):
+            return {b + key[len(a):]: value}
+    part, n, rest = re.match(r"transformer\.(encoder|decoder)\.layers\.(\d+)\.(.+)", key).groups()
+    pre = f"model.{part}.layers.{n}."
+    module, _, tail = rest.partition(".")
+    attn = {"self_attn": "self_attn", "multihead_attn": "encoder_attn"}
+    if module in attn:
+        if tail.startswith("in_proj_"):
+            q, k, v = value.split(D, 0)
+            kind = tail[len("in_proj_"):]
+            return {f"{pre}{attn[module]}.{p}_proj.{kind}": t for p, t in zip("qkv", (q, k, v))}
+        return {f"{pre}{attn[module]}.o_proj.{tail.split('.')[-1]}": value}
+    norms = {"norm1": "self_attn_layer_norm", "norm2": "final_layer_norm" if part == "encoder"
+             else "encoder_attn_layer_norm", "norm3": "final_layer_norm"}
+    if module in norms:
+        return {f"{pre}{norms[module]}.{tail}": value}
+    return {f"{pre}mlp.{ {'linear1': 'fc1', 'linear2': 'fc2'}[module] }.{tail}": value}
+
+
+def test_outputs_and_losses_equal_huggingface_detr():
+    torch.manual_seed(0)
+    ours = build_model(_cfg()).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if not name.startswith("backbone."):
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        for name, b in ours.named_buffers():
+            if "running_var" in name:
+                b.copy_(torch.rand(b.shape, generator=g) * 0.2 + 0.9)
+            elif "running_mean" in name or name.endswith("norm.bias"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.05)
+    hf = transformers.DetrForObjectDetection(transformers.DetrConfig(
+        use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False, d_model=D, encoder_layers=2,
+        decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+        decoder_ffn_dim=128, num_queries=10, num_labels=3, dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, auxiliary_loss=False)).eval()
+    state = {}
+    for k, v in ours.state_dict().items():
+        state.update(_to_hf(k, v))
+    result = hf.load_state_dict(state, strict=False)
+    assert not result.missing_keys and not result.unexpected_keys
+
+    inputs = [
+        {"image": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8),
+         "instances": Instances((64, 96), gt_boxes=torch.tensor([[10.0, 8.0, 50.0, 40.0], [60.0, 20.0, 90.0, 60.0]]),
+                                gt_classes=torch.tensor([0, 2]))},
+        {"image": torch.randint(0, 256, (3, 80, 48), dtype=torch.uint8),
+         "instances": Instances((80, 48), gt_boxes=torch.tensor([[5.0, 5.0, 30.0, 70.0]]),
+                                gt_classes=torch.tensor([1]))},
+    ]
+    with torch.no_grad():
+        images = ours.preprocess_image(inputs)
+        assert images.mask.any()  # the batch is padded
+        a = ours.forward_outputs(images)
+        b = hf(pixel_values=images.tensor, pixel_mask=(~images.mask).long())
+        torch.testing.assert_close(a["pred_logits"], b.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a["pred_boxes"], b.pred_boxes, atol=1e-5, rtol=1e-5)
+
+        targets = ours.prepare_targets(inputs, images)
+        ours.train()
+        hf.train()  # dropout is 0: train mode only turns the losses on
+        losses = ours(inputs)
+        out = hf(pixel_values=images.tensor, pixel_mask=(~images.mask).long(),
+                 labels=[{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets])
+    for name, weight in [("loss_ce", 1.0), ("loss_bbox", 5.0), ("loss_giou", 2.0)]:
+        assert losses[name].item() / weight == pytest.approx(out.loss_dict[name].item(), rel=1e-5, abs=1e-6), name
