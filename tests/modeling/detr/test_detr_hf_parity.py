@@ -107,6 +107,21 @@ def test_outputs_and_losses_equal_huggingface_detr():
         torch.testing.assert_close(a["pred_logits"], b.logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(a["pred_boxes"], b.pred_boxes, atol=1e-5, rtol=1e-5)
 
+        # post-processing: HF's post_process_object_detection (threshold 0) vs ours, in ORIGINAL coordinates
+        for inp, (h, w) in zip(inputs, [(128, 192), (160, 96)]):
+            inp["height"], inp["width"] = h, w
+        preds = ours.postprocess(a, inputs, images)
+        processor = transformers.DetrImageProcessor()
+        ref = processor.post_process_object_detection(b, threshold=0.0, target_sizes=[(128, 192), (160, 96)])
+        for p, r, (h, w) in zip(preds, ref, [(128, 192), (160, 96)]):
+            order = r["scores"].argsort(descending=True)
+            torch.testing.assert_close(p["scores"], r["scores"][order], atol=1e-6, rtol=1e-5)
+            assert torch.equal(p["labels"], r["labels"][order])
+            boxes = r["boxes"][order].clone()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)  # we also clip to the image
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            torch.testing.assert_close(p["boxes"], boxes, atol=1e-4, rtol=1e-5)
+
         targets = ours.prepare_targets(inputs, images)
         ours.train()
         hf.train()  # dropout is 0: train mode only turns the losses on
