@@ -248,6 +248,10 @@ def test_paper_config_optimizer_groups():
     cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "COCO-Detection",
                                      "detr_R_50_500ep.yaml"))
     assert cfg.SOLVER.MAX_ITER == 500 * (118287 // 64) and cfg.SOLVER.STEPS == (400 * (118287 // 64),)
+    dc5 = get_cfg()
+    dc5.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "COCO-Detection",
+                                     "detr_R_50_DC5_500ep.yaml"))
+    assert dc5.MODEL.RESNETS.RES5_DILATION == 2 and dc5.SOLVER.MAX_ITER == cfg.SOLVER.MAX_ITER
     # the small model keeps the test fast; the optimizer rules are the same
     cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 18, 64
     cfg.MODEL.DETR.ENC_LAYERS = cfg.MODEL.DETR.DEC_LAYERS = 1
