@@ -299,3 +299,19 @@ def test_train_net_trains_and_evaluates_detr(tmp_path, monkeypatch):
     assert [m["iteration"] for m in train_lines] == [0, 1]
     assert {"loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_giou_0"} <= set(train_lines[-1])
     assert os.path.exists(out / "model_final.pth")
+
+
+def test_torchvision_imagenet_weights_initialize_the_backbone(tmp_path):
+    """The paper config's MODEL.WEIGHTS is a torchvision ResNet state dict: it lands in DETR's `backbone.`."""
+    import torchvision
+
+    from resnet_backbone.checkpoint.checkpointer import Checkpointer
+
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), tmp_path / "resnet18.pth")
+    m = build_model(small_cfg(dec_layers=1))
+    query_before = m.query_embed.weight.detach().clone()
+    Checkpointer(m, save_to_disk=False).load_weights(str(tmp_path / "resnet18.pth"))
+    assert torch.equal(m.backbone.res3[0].conv1.weight, tv.layer2[0].conv1.weight)
+    assert torch.equal(m.backbone.stem.conv1.norm.running_var, tv.bn1.running_var)
+    assert torch.equal(m.query_embed.weight, query_before)  # the DETR head keeps its initialization
