@@ -252,9 +252,10 @@ def generate_text_dataset(output_dir, split: str, num_images: int, image_size: i
 
         iterator = tqdm(iterator, desc=f"synthetic text ({split})", unit="img")
     for i in iterator:
-        kind = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
-        if kind == "document" and len(kinds) > 1 and rng.random() < 0.4:
-            kind = "scene"  # about 30% documents when both kinds are asked for
+        if set(kinds) == {"scene", "document"}:
+            kind = "document" if rng.random() < 0.3 else "scene"  # mostly scene text, some pages
+        else:
+            kind = kinds[0] if len(kinds) == 1 else kinds[int(rng.integers(len(kinds)))]
         canvas, words = render_text_image(rng, image_size, kind, words_per_image)
         file_name = f"{i:06d}.png"
         Image.fromarray(canvas).save(os.path.join(image_dir, file_name))
