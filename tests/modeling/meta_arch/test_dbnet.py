@@ -185,7 +185,7 @@ def test_mapper_with_rotation_feeds_dbnet_polygons_and_dont_care(tmp_path, model
     from resnet_backbone.data.synthetic.text import generate_text_dataset
     from resnet_backbone.data.text import load_text_json
 
-    json_path = generate_text_dataset(tmp_path, "m", 2, image_size=96, seed=3)  # 8 words, 2 don't care
+    json_path = generate_text_dataset(tmp_path, "m", 2, image_size=96, seed=7)  # 12 words, 2 don't care
     records = load_text_json(json_path, tmp_path / "m")
     cfg = tiny_cfg()
     cfg.INPUT.MIN_SIZE_TRAIN = (128,)
