@@ -543,7 +543,7 @@ def to_markdown(result: dict) -> str:
         f"{result['args']['repeats']} interleaved repeats after {result['args']['warmup']} warm-up calls"
         f"{' (QUICK: tiny inputs, not meaningful)' if result['args']['quick'] else ''}.",
         "",
-        "| row | entry | median ms (IQR) | min-max ms | ms/img | img/s | peak mem MiB | ratio | target |",
+        "| row | entry | median ms (IQR) | min-max ms | ms/img | img/s | peak MiB RSS / tensors | ratio | target |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
@@ -565,7 +565,8 @@ def to_markdown(result: dict) -> str:
                     target = f">= {row['target']:g} {'met' if row['target_met'] else 'MISSED'}"
             lines.append(f"| {row['name'] if first else ''} | {label} | {_fmt(e['median_ms'])}{iqr} | "
                          f"{_fmt(e.get('min_ms'))}-{_fmt(e.get('max_ms'))} | {_fmt(e.get('ms_per_item'), '.2f')} | "
-                         f"{_fmt(e.get('items_per_s'), '.2f')} | {_fmt(e.get('peak_mem_mb'))} | {ratio} | {target} |")
+                         f"{_fmt(e.get('items_per_s'), '.2f')} | "
+                         f"{_fmt(e.get('peak_mem_mb'))} / {_fmt(e.get('peak_tensor_mb'))} | {ratio} | {target} |")
             first = False
     notes = []
     for row in result["rows"]:
