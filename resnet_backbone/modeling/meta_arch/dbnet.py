@@ -125,7 +125,11 @@ class DBNet(nn.Module):
 
     def targets(self, batched_inputs: list[dict], images: ImageList, gt: list | None = None
                 ) -> dict[str, torch.Tensor]:
-        """Stacked (N, H, W) target maps for the padded batch (padding is masked out).
+        """Stacked (N, H, W) target maps for the padded batch.
+
+        Padding counts as background (a supervised negative), not as ignored: a model that never sees its
+        output next to the canvas border in training fires false positives along the image edges at test
+        time, where an unpadded image ends right at the convolutions' zero padding.
 
         `gt`: per image (polygons, ignore flags) as returned by `_polygons_of` (read from the inputs if None).
         """
@@ -133,8 +137,8 @@ class DBNet(nn.Module):
             gt = [self._polygons_of(x, i) for i, x in enumerate(batched_inputs)]
         h, w = images.tensor.shape[-2:]
         per_image = []
-        for (polys, ignore), size in zip(gt, images.image_sizes):
-            per_image.append(make_db_targets(polys, ignore, (h, w), valid_size=size, **self.target_args))
+        for polys, ignore in gt:
+            per_image.append(make_db_targets(polys, ignore, (h, w), **self.target_args))
         return {k: torch.from_numpy(np.stack([t[k] for t in per_image])).to(self.device)
                 for k in per_image[0]}
 

@@ -64,7 +64,7 @@ def test_training_step_finite_losses_and_gradients(model):
     assert model.head.thresh_head[-1].weight.grad.abs().sum() > 0
 
 
-def test_targets_mask_dont_care_and_padding(model):
+def test_targets_mask_dont_care_and_treat_padding_as_background(model):
     batch = [_input(64, 96), _input(40, 60, ignore=(False,))]
     images = model.preprocess_image(batch)
     t = model.targets(batch, images)
@@ -72,8 +72,9 @@ def test_targets_mask_dont_care_and_padding(model):
     # image 0: the second polygon is don't care -> zero in both masks
     assert t["prob_mask"][0, 42:54, 12:48].max() == 0 and t["thresh_mask"][0, 42:54, 12:48].max() == 0
     assert t["prob_map"][0, 18, 34] == 1
-    # image 1 is 40 x 60 inside a 64 x 96 canvas: padding excluded from the losses
-    assert t["prob_mask"][1, 40:].max() == 0 and t["prob_mask"][1, :, 60:].max() == 0
+    # image 1 is 40 x 60 inside a 64 x 96 canvas: the padding is supervised background (mask 1, no text)
+    assert t["prob_mask"][1, 40:].min() == 1 and t["prob_mask"][1, :, 60:].min() == 1
+    assert t["prob_map"][1, 40:].max() == 0 and t["prob_map"][1, :, 60:].max() == 0
 
 
 def test_eval_output_format_in_original_coordinates(model, monkeypatch):
