@@ -1,6 +1,10 @@
+"""Backbones. Importing a backbone module registers its builders in BACKBONE_REGISTRY."""
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
+from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone
+from .resnet import ResNet, build_resnet_backbone
 
-# Importing a backbone module registers its builders. One line per module:
-from . import fpn  # noqa: F401,E402
-from .resnet import ResNet, build_resnet_backbone  # noqa: F401,E402
+__all__ = [
+    "Backbone", "BACKBONE_REGISTRY", "build_backbone", "ResNet", "build_resnet_backbone", "FPN",
+    "LastLevelMaxPool", "LastLevelP6P7", "build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone",
+]

@@ -1,6 +1,8 @@
+"""Detectors. Importing a detector module registers it in META_ARCH_REGISTRY."""
+from . import dbnet, detr, faster_rcnn  # noqa: F401  (registration)
 from .build import META_ARCH_REGISTRY, build_model
+from .dbnet import DBNet
+from .detr import DETR
+from .faster_rcnn import FasterRCNN
 
-# Importing a detector module registers it. One line per module:
-from . import faster_rcnn  # noqa: F401,E402
-from . import detr  # noqa: F401,E402
-from . import dbnet  # noqa: F401,E402
+__all__ = ["META_ARCH_REGISTRY", "build_model", "FasterRCNN", "DETR", "DBNet"]

@@ -25,6 +25,7 @@ from ..detr.matcher import HungarianMatcher
 from ..detr.position_encoding import PositionEmbeddingSine
 from ..detr.transformer import Transformer
 from .build import META_ARCH_REGISTRY
+from .image_input import ImageInputMixin, describe_input
 
 __all__ = ["DETR", "MLP"]
 
@@ -46,13 +47,10 @@ class MLP(nn.Module):
         return x
 
 
-def _describe(inp: dict, i: int) -> str:
-    name = inp.get("file_name", inp.get("image_id", None))
-    return f"image {i}" + (f" ({name})" if name is not None else "")
 
 
 @META_ARCH_REGISTRY.register()
-class DETR(nn.Module):
+class DETR(ImageInputMixin, nn.Module):
     def __init__(self, *, backbone: Backbone, transformer: Transformer, num_classes: int, num_queries: int,
                  criterion: SetCriterion, pixel_mean, pixel_std, in_feature: str = "res5", aux_loss: bool = True,
                  max_detections_per_image: int = 100, position_embedding: nn.Module | None = None):
@@ -75,10 +73,7 @@ class DETR(nn.Module):
         self.criterion = criterion
         self.aux_loss = aux_loss
         self.max_detections_per_image = max_detections_per_image
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(f"DETR: PIXEL_MEAN {list(pixel_mean)} and PIXEL_STD {list(pixel_std)} differ in length")
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_pixel_stats(pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg) -> DETR:
@@ -95,23 +90,6 @@ class DETR(nn.Module):
                    num_queries=d.NUM_OBJECT_QUERIES, criterion=criterion, pixel_mean=cfg.MODEL.PIXEL_MEAN,
                    pixel_std=cfg.MODEL.PIXEL_STD, aux_loss=d.DEEP_SUPERVISION,
                    max_detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
-        images = []
-        for i, inp in enumerate(batched_inputs):
-            img = inp.get("image")
-            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
-                shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-                raise ValueError(f"DETR: {_describe(inp, i)}: 'image' must be a ({self.pixel_mean.shape[0]}, H, W) "
-                                 f"tensor, got {shape}")
-            images.append((img.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std)
-        # padding is 0 after normalization; the mask tells every later stage where it is
-        return ImageList.from_tensors(images, padding_constraints=self.backbone.padding_constraints,
-                                      size_divisibility=self.backbone.size_divisibility)
 
     def forward_outputs(self, images: ImageList) -> dict:
         """The raw DETR outputs for a padded batch: {"pred_logits" (B, Q, C+1), "pred_boxes" (B, Q, 4)
@@ -135,17 +113,17 @@ class DETR(nn.Module):
         for i, (inp, (h, w)) in enumerate(zip(batched_inputs, images.image_sizes)):
             inst = inp.get("instances")
             if inst is None:
-                raise ValueError(f"DETR: {_describe(inp, i)} has no 'instances'; training needs ground truth")
+                raise ValueError(f"DETR: {describe_input(inp, i)} has no 'instances'; training needs ground truth")
             for field in ("gt_boxes", "gt_classes"):
                 if len(inst) and not inst.has(field):
-                    raise ValueError(f"DETR: {_describe(inp, i)}: instances have no field '{field}'")
+                    raise ValueError(f"DETR: {describe_input(inp, i)}: instances have no field '{field}'")
             boxes = inst.gt_boxes if inst.has("gt_boxes") else torch.zeros(0, 4)
             boxes = boxes.tensor if hasattr(boxes, "tensor") else boxes
             boxes = torch.as_tensor(boxes, dtype=torch.float32, device=self.device).reshape(-1, 4)
             classes = inst.gt_classes if inst.has("gt_classes") else []
             classes = torch.as_tensor(classes, dtype=torch.int64, device=self.device).reshape(-1)
             if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
-                raise ValueError(f"DETR: {_describe(inp, i)}: field 'gt_classes' has ids outside "
+                raise ValueError(f"DETR: {describe_input(inp, i)}: field 'gt_classes' has ids outside "
                                  f"[0, {self.num_classes}): {sorted(set(classes.tolist()))}")
             scale = boxes.new_tensor([w, h, w, h])
             targets.append({"labels": classes, "boxes": box_xyxy_to_cxcywh(boxes / scale)})

@@ -58,9 +58,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
 from ...layers import ShapeSpec
-from ...structures import ImageList
 from ..backbone import Backbone, build_backbone
 from .build import META_ARCH_REGISTRY
+from .image_input import ImageInputMixin, describe_input
 
 __all__ = ["FasterRCNN", "StrideAnchorGenerator", "build_rpn", "build_roi_heads"]
 
@@ -228,7 +228,7 @@ def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
 
 
 @META_ARCH_REGISTRY.register()
-class FasterRCNN(nn.Module):
+class FasterRCNN(ImageInputMixin, nn.Module):
     """Two-stage detector: backbone (+FPN) -> RPN -> RoI heads. See the module docstring for details.
 
     Args:
@@ -249,10 +249,7 @@ class FasterRCNN(nn.Module):
         self.roi_heads = roi_heads
         self.input_format = input_format
         self.channels_last = channels_last
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(f"MODEL.PIXEL_MEAN has {len(pixel_mean)} values, MODEL.PIXEL_STD {len(pixel_std)}")
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_pixel_stats(pixel_mean, pixel_std)
         self.num_classes = roi_heads.box_predictor.cls_score.out_features - 1
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -275,31 +272,14 @@ class FasterRCNN(nn.Module):
             channels_last=cfg.MODEL.CHANNELS_LAST,
         )
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    # ------------------------------------------------------------------ input side
-    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
-        """Normalize each image and pad the batch to the backbone's size divisibility."""
-        images = []
-        for i, x in enumerate(batched_inputs):
-            img = x.get("image") if isinstance(x, dict) else None
-            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
-                got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-                raise ValueError(f"{_describe(x, i)}: field 'image' must be a ({self.pixel_mean.shape[0]}, H, W) "
-                                 f"tensor in {self.input_format} order, got {got}")
-            images.append((img.to(self.device, torch.float32, non_blocking=True) - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.backbone.size_divisibility,
-                                      padding_constraints=self.backbone.padding_constraints)
-
     def _targets(self, batched_inputs: list[dict]) -> list[dict[str, torch.Tensor]]:
         """torchvision targets from each input's Instances: boxes (N, 4) xyxy float, labels = gt_classes + 1."""
         targets = []
         for i, x in enumerate(batched_inputs):
             inst = x.get("instances")
             if inst is None or not (inst.has("gt_boxes") and inst.has("gt_classes")):
-                raise ValueError(f"{_describe(x, i)}: training needs field 'instances' with gt_boxes and gt_classes")
+                raise ValueError(f"{describe_input(x, i)}: training needs field 'instances' "
+                                 "with gt_boxes and gt_classes")
             boxes = inst.gt_boxes
             boxes = getattr(boxes, "tensor", boxes)  # detectron2's Boxes
             boxes = boxes.to(self.device, torch.float32).reshape(-1, 4)
@@ -308,12 +288,12 @@ class FasterRCNN(nn.Module):
                 bad = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).nonzero().flatten()
                 if bad.numel():
                     j = int(bad[0])
-                    raise ValueError(f"{_describe(x, i)}: field 'instances.gt_boxes'[{j}] = {boxes[j].tolist()} "
+                    raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_boxes'[{j}] = {boxes[j].tolist()} "
                                      "has non-positive width or height (xyxy expected)")
                 bad = ((classes < 0) | (classes >= self.num_classes)).nonzero().flatten()
                 if bad.numel():
                     j = int(bad[0])
-                    raise ValueError(f"{_describe(x, i)}: field 'instances.gt_classes'[{j}] = {int(classes[j])} "
+                    raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_classes'[{j}] = {int(classes[j])} "
                                      f"is outside 0..{self.num_classes - 1} (MODEL.ROI_HEADS.NUM_CLASSES)")
             targets.append({"boxes": boxes, "labels": classes + 1})
         return targets
@@ -351,9 +331,3 @@ class FasterRCNN(nn.Module):
         return results
 
 
-def _describe(x, i: int) -> str:
-    if isinstance(x, dict):
-        parts = [f"{k}={x[k]!r}" for k in ("file_name", "image_id") if k in x]
-        if parts:
-            return f"input {i} ({', '.join(parts)})"
-    return f"input {i}"

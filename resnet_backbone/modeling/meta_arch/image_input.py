@@ -1,0 +1,51 @@
+"""What every detector does to its inputs before the backbone: check, normalize, pad.
+
+Faster R-CNN, DETR and DBNet share it through `ImageInputMixin`, so the Model I/O contract (an "image" tensor
+(C, H, W) on the 0-255 scale in INPUT.FORMAT order, normalized with PIXEL_MEAN/STD, padded to the backbone's
+size divisibility) is written once.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...structures import ImageList
+
+
+def describe_input(x, i: int) -> str:
+    """'input 3 (file_name='a.jpg', image_id=7)': how errors name the sample a detector was given."""
+    if isinstance(x, dict):
+        parts = [f"{k}={x[k]!r}" for k in ("file_name", "image_id") if k in x]
+        if parts:
+            return f"input {i} ({', '.join(parts)})"
+    return f"input {i}"
+
+
+class ImageInputMixin:
+    """For detectors (nn.Module with a `.backbone`): pixel statistics, `device`, and `preprocess_image`."""
+
+    input_format: str = "BGR"
+
+    def register_pixel_stats(self, pixel_mean, pixel_std) -> None:
+        """Keep PIXEL_MEAN/STD as non-persistent (C, 1, 1) buffers: they follow .to(device), not checkpoints."""
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(f"MODEL.PIXEL_MEAN has {len(pixel_mean)} values, MODEL.PIXEL_STD {len(pixel_std)}")
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
+        """Normalize each input's "image" and pad the batch to the backbone's size divisibility."""
+        channels = self.pixel_mean.shape[0]
+        images = []
+        for i, x in enumerate(batched_inputs):
+            img = x.get("image") if isinstance(x, dict) else None
+            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != channels:
+                got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+                raise ValueError(f"{type(self).__name__}: {describe_input(x, i)}: field 'image' must be a "
+                                 f"({channels}, H, W) tensor in {self.input_format} order, got {got}")
+            images.append((img.to(self.device, torch.float32, non_blocking=True) - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.backbone.size_divisibility,
+                                      padding_constraints=self.backbone.padding_constraints)
