@@ -55,7 +55,7 @@ class CfgNode(_FvcoreCfgNode):
                 raise
             raise self._explain(e, cfg_filename) from e
 
-    def merge_from_list(self, cfg_list: list) -> "CfgNode":
+    def merge_from_list(self, cfg_list: list) -> CfgNode:
         try:
             return super().merge_from_list(cfg_list)
         except (KeyError, ValueError, AssertionError) as e:
@@ -63,7 +63,7 @@ class CfgNode(_FvcoreCfgNode):
                 raise
             raise self._explain(e, "command-line override") from e
 
-    def merge_from_other_cfg(self, cfg_other) -> "CfgNode":
+    def merge_from_other_cfg(self, cfg_other) -> CfgNode:
         try:
             return super().merge_from_other_cfg(cfg_other)
         except (KeyError, ValueError, AssertionError) as e:

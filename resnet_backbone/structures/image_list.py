@@ -26,7 +26,7 @@ class ImageList:
     def device(self) -> torch.device:
         return self.tensor.device
 
-    def to(self, *args, **kwargs) -> "ImageList":
+    def to(self, *args, **kwargs) -> ImageList:
         return ImageList(self.tensor.to(*args, **kwargs), self.image_sizes)
 
     @property
@@ -39,7 +39,7 @@ class ImageList:
 
     @staticmethod
     def from_tensors(tensors: list[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0,
-                     padding_constraints: dict | None = None) -> "ImageList":
+                     padding_constraints: dict | None = None) -> ImageList:
         """Pad `tensors` (each (C, H, W)) to a common size that is a multiple of `size_divisibility`."""
         if not tensors:
             raise ValueError("ImageList.from_tensors needs at least one image")

@@ -53,13 +53,13 @@ class Instances:
     def get_fields(self) -> dict[str, Any]:
         return self._fields
 
-    def to(self, *args, **kwargs) -> "Instances":
+    def to(self, *args, **kwargs) -> Instances:
         out = Instances(self._image_size)
         for k, v in self._fields.items():
             out.set(k, v.to(*args, **kwargs) if hasattr(v, "to") else v)
         return out
 
-    def __getitem__(self, item) -> "Instances":
+    def __getitem__(self, item) -> Instances:
         if isinstance(item, int):
             item = slice(item, item + 1) if item != -1 else slice(-1, None)
         out = Instances(self._image_size)
