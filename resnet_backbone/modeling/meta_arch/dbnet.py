@@ -24,20 +24,15 @@ from ..text.losses import DBLoss
 from ..text.postprocess import db_postprocess
 from ..text.targets import make_db_targets
 from .build import META_ARCH_REGISTRY
+from .image_input import ImageInputMixin, describe_input
 
 __all__ = ["DBNet"]
 
 
-def _describe(x, i: int) -> str:
-    if isinstance(x, dict):
-        parts = [f"{k}={x[k]!r}" for k in ("file_name", "image_id") if k in x]
-        if parts:
-            return f"input {i} ({', '.join(parts)})"
-    return f"input {i}"
 
 
 @META_ARCH_REGISTRY.register()
-class DBNet(nn.Module):
+class DBNet(ImageInputMixin, nn.Module):
     """Text detector: backbone (at `.backbone`) + DB head + DB losses + polygon post-processing.
 
     Args:
@@ -60,10 +55,7 @@ class DBNet(nn.Module):
         self.head = head
         self.loss = loss
         self.input_format = input_format
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(f"MODEL.PIXEL_MEAN has {len(pixel_mean)} values, MODEL.PIXEL_STD {len(pixel_std)}")
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_pixel_stats(pixel_mean, pixel_std)
         self.target_args = dict(shrink_ratio=shrink_ratio, thresh_min=thresh_min, thresh_max=thresh_max,
                                 min_text_size=min_text_size)
         self.postprocess_args = dict(binarize_thresh=binarize_thresh, box_thresh=box_thresh,
@@ -82,28 +74,11 @@ class DBNet(nn.Module):
                    binarize_thresh=c.BINARIZE_THRESH, box_thresh=c.BOX_THRESH, unclip_ratio=c.UNCLIP_RATIO,
                    max_candidates=c.MAX_CANDIDATES, min_size=c.MIN_SIZE)
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    # ------------------------------------------------------------------ input side
-    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
-        images = []
-        for i, x in enumerate(batched_inputs):
-            img = x.get("image") if isinstance(x, dict) else None
-            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
-                got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-                raise ValueError(f"{_describe(x, i)}: field 'image' must be a ({self.pixel_mean.shape[0]}, H, W) "
-                                 f"tensor in {self.input_format} order, got {got}")
-            images.append((img.to(self.device, torch.float32, non_blocking=True) - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.backbone.size_divisibility,
-                                      padding_constraints=self.backbone.padding_constraints)
-
     @staticmethod
     def _polygons_of(x: dict, i: int) -> tuple[list[np.ndarray], list[bool]]:
         inst = x.get("instances")
         if inst is None:
-            raise ValueError(f"{_describe(x, i)}: training needs field 'instances' with gt_polygons (or gt_boxes)")
+            raise ValueError(f"{describe_input(x, i)}: training needs field 'instances' with gt_polygons (or gt_boxes)")
         if inst.has("gt_polygons"):
             polys = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in inst.gt_polygons]
         elif inst.has("gt_boxes"):
@@ -111,16 +86,16 @@ class DBNet(nn.Module):
             polys = [np.array([[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]], dtype=np.float64)
                      for b in boxes.detach().cpu().reshape(-1, 4).tolist()]
         else:
-            raise ValueError(f"{_describe(x, i)}: field 'instances' has neither gt_polygons nor gt_boxes")
+            raise ValueError(f"{describe_input(x, i)}: field 'instances' has neither gt_polygons nor gt_boxes")
         if inst.has("gt_ignore"):
             ignore = [bool(v) for v in torch.as_tensor(inst.gt_ignore).reshape(-1).tolist()]
         else:
             ignore = [False] * len(polys)
         if len(ignore) != len(polys):
-            raise ValueError(f"{_describe(x, i)}: {len(polys)} gt_polygons but {len(ignore)} gt_ignore flags")
+            raise ValueError(f"{describe_input(x, i)}: {len(polys)} gt_polygons but {len(ignore)} gt_ignore flags")
         for j, p in enumerate(polys):
             if not np.isfinite(p).all():
-                raise ValueError(f"{_describe(x, i)}: field 'instances.gt_polygons'[{j}] has non-finite points")
+                raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_polygons'[{j}] has non-finite points")
         return polys, ignore
 
     def targets(self, batched_inputs: list[dict], images: ImageList, gt: list | None = None
