@@ -69,6 +69,7 @@ class Predictor:
     def __init__(self, cfg, weights: str = ""):
         from resnet_backbone.checkpoint.checkpointer import Checkpointer
         from resnet_backbone.data.transforms import apply_augmentations, build_augmentation
+        from resnet_backbone.modeling.fast_paths import optimize_for_inference
         from resnet_backbone.modeling.meta_arch import build_model
 
         self.cfg = cfg
@@ -78,7 +79,7 @@ class Predictor:
             Checkpointer(self.model, "", save_to_disk=False).load_weights(weights)
         else:
             logger.warning("no weights given: the model is randomly initialised")
-        self.model.eval()
+        self.model = optimize_for_inference(self.model, cfg)  # eval mode + the fast paths the config asks for
         self.augs = build_augmentation(cfg, is_train=False)
         self._apply = apply_augmentations
 

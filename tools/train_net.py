@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resnet_backbone.checkpoint.checkpointer import Checkpointer  # noqa: E402
 from resnet_backbone.engine import Trainer, default_argument_parser, default_setup, launch, setup_cfg  # noqa: E402
+from resnet_backbone.modeling.fast_paths import optimize_for_inference  # noqa: E402
 from resnet_backbone.utils import comm  # noqa: E402
 
 
@@ -33,6 +34,8 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # MODEL.FUSE_FROZEN_BN / CHANNELS_LAST / COMPILE: the inference fast paths, once the weights are in
+        model = optimize_for_inference(model, cfg)
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)
