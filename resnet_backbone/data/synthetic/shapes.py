@@ -11,12 +11,12 @@ portrait). Deterministic for a seed.
 """
 from __future__ import annotations
 
-import json
 import os
-import zlib
 
 import cv2
 import numpy as np
+
+from .common import start_split, write_coco_json
 
 __all__ = ["generate_shapes_dataset", "SHAPE_CATEGORIES"]
 
@@ -88,21 +88,10 @@ def _visible_annotation(mask: np.ndarray):
 def generate_shapes_dataset(output_dir, split: str, num_images: int, image_size: int = 256, seed: int = 0,
                             progress: bool = False) -> str:
     """Write `output_dir/<split>.json` and `output_dir/<split>/*.png`; return the json path."""
-    if num_images <= 0:
-        raise ValueError(f"num_images must be positive, got {num_images}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32, got {image_size}")
-    output_dir = os.fspath(output_dir)
-    img_dir = os.path.join(output_dir, split)
-    os.makedirs(img_dir, exist_ok=True)
-    rng = np.random.default_rng([int(seed), zlib.crc32(split.encode())])
+    output_dir, img_dir, rng, it = start_split(output_dir, split, num_images, image_size, seed, progress,
+                                               desc=f"shapes/{split}")
     images, annotations = [], []
     ann_id = 1
-    it = range(num_images)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc=f"shapes/{split}", unit="img")
     for i in it:
         short = image_size if rng.random() < 0.5 else int(round(image_size * 0.75))
         h, w = (short, image_size) if rng.random() < 0.5 else (image_size, short)
@@ -140,12 +129,7 @@ def generate_shapes_dataset(output_dir, split: str, num_images: int, image_size:
                      "contributor": "resnet_backbone", "date_created": "2026-01-01"},
             "licenses": [{"id": 1, "name": "CC0", "url": ""}],
             "images": images, "annotations": annotations, "categories": SHAPE_CATEGORIES}
-    json_path = os.path.join(output_dir, f"{split}.json")
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, json_path)
-    return json_path
+    return write_coco_json(output_dir, split, data)
 
 
 def _visible(masks: list[np.ndarray]) -> list[np.ndarray]:

@@ -18,15 +18,15 @@ The same (split, num_images, image_size, seed) always produces the same files.
 from __future__ import annotations
 
 import glob
-import json
 import os
-import zlib
 from functools import lru_cache
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry import Polygon
+
+from .common import start_split, write_coco_json
 
 __all__ = ["generate_text_dataset", "render_text_image", "available_fonts"]
 
@@ -237,20 +237,9 @@ def generate_text_dataset(output_dir, split: str, num_images: int, image_size: i
                           words_per_image: tuple[int, int] = (2, 7), kinds: tuple[str, ...] = ("scene", "document"),
                           progress: bool = False) -> str:
     """Write `num_images` synthetic text images and `<output_dir>/<split>.json`; returns the json path."""
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32, got {image_size}")
-    output_dir = os.fspath(output_dir)
-    image_dir = os.path.join(output_dir, split)
-    os.makedirs(image_dir, exist_ok=True)
-    rng = np.random.default_rng([int(seed), zlib.crc32(split.encode())])
+    output_dir, image_dir, rng, iterator = start_split(output_dir, split, num_images, image_size, seed, progress,
+                                                       desc=f"synthetic text ({split})")
     images, annotations = [], []
-    iterator = range(num_images)
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(iterator, desc=f"synthetic text ({split})", unit="img")
     for i in iterator:
         if set(kinds) == {"scene", "document"}:
             kind = "document" if rng.random() < 0.3 else "scene"  # mostly scene text, some pages
@@ -271,11 +260,6 @@ def generate_text_dataset(output_dir, split: str, num_images: int, image_size: i
                 "area": round(float(Polygon(quad).area), 2), "iscrowd": 0,
                 "transcription": "###" if dont_care else word, "ignore": bool(dont_care),
             })
-    json_path = os.path.join(output_dir, f"{split}.json")
     data = {"info": {"description": "resnet_backbone synthetic text", "seed": int(seed), "split": split},
             "images": images, "annotations": annotations, "categories": [{"id": 1, "name": "text"}]}
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, json_path)
-    return json_path
+    return write_coco_json(output_dir, split, data)
