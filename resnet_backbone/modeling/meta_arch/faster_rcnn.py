@@ -104,6 +104,18 @@ def _require(ok: bool, key: str, value, why: str) -> None:
         raise ValueError(f"{key} = {value!r} is not supported by FasterRCNN: {why}")
 
 
+def _shared_channels(input_shape: dict[str, ShapeSpec], in_features: list[str], key: str, user: str) -> int:
+    """The channel count of `in_features`, which must all be backbone outputs of one width (`user` shares weights)."""
+    missing = [f for f in in_features if f not in input_shape]
+    if missing:
+        raise ValueError(f"{key}: {missing} not produced by the backbone ({list(input_shape)})")
+    channels = {input_shape[f].channels for f in in_features}
+    if len(channels) != 1:
+        widths = {f: input_shape[f].channels for f in in_features}
+        raise ValueError(f"{key}: {user} needs equal channels, got {widths}")
+    return channels.pop()
+
+
 def build_rpn(cfg, input_shape: dict[str, ShapeSpec]) -> RegionProposalNetwork:
     """torchvision RPN configured from MODEL.ANCHOR_GENERATOR / MODEL.RPN / MODEL.PROPOSAL_GENERATOR."""
     rpn_cfg, ag = cfg.MODEL.RPN, cfg.MODEL.ANCHOR_GENERATOR
@@ -125,13 +137,7 @@ def build_rpn(cfg, input_shape: dict[str, ShapeSpec]) -> RegionProposalNetwork:
              rpn_cfg.BBOX_REG_LOSS_TYPE, "torchvision's RPN uses smooth_l1")
 
     in_features = list(rpn_cfg.IN_FEATURES)
-    missing = [f for f in in_features if f not in input_shape]
-    if missing:
-        raise ValueError(f"MODEL.RPN.IN_FEATURES: {missing} not produced by the backbone ({list(input_shape)})")
-    channels = {input_shape[f].channels for f in in_features}
-    if len(channels) != 1:
-        raise ValueError(f"MODEL.RPN.IN_FEATURES: the shared RPN head needs equal channels, got "
-                         f"{ {f: input_shape[f].channels for f in in_features} }")
+    channels = _shared_channels(input_shape, in_features, "MODEL.RPN.IN_FEATURES", "the shared RPN head")
     sizes = _per_level(ag.SIZES, len(in_features), "MODEL.ANCHOR_GENERATOR.SIZES")
     ratios = _per_level(ag.ASPECT_RATIOS, len(in_features), "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")
     anchor_generator = StrideAnchorGenerator(tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in ratios),
@@ -140,7 +146,7 @@ def build_rpn(cfg, input_shape: dict[str, ShapeSpec]) -> RegionProposalNetwork:
     if len(num_anchors) != 1:
         raise ValueError("MODEL.ANCHOR_GENERATOR: every level needs the same number of anchors per location "
                          f"(the RPN head is shared), got {anchor_generator.num_anchors_per_location()}")
-    head = RPNHead(channels.pop(), num_anchors.pop())
+    head = RPNHead(channels, num_anchors.pop())
     bg_thresh, fg_thresh = rpn_cfg.IOU_THRESHOLDS
     rpn = RegionProposalNetwork(
         anchor_generator,
@@ -184,12 +190,7 @@ def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
         raise ValueError(f"MODEL.ROI_HEADS.NUM_CLASSES must be >= 1, got {rh.NUM_CLASSES}")
 
     in_features = list(rh.IN_FEATURES)
-    missing = [f for f in in_features if f not in input_shape]
-    if missing:
-        raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES: {missing} not produced by the backbone ({list(input_shape)})")
-    channels = {input_shape[f].channels for f in in_features}
-    if len(channels) != 1:
-        raise ValueError("MODEL.ROI_HEADS.IN_FEATURES: pooled levels need equal channels")
+    channels = _shared_channels(input_shape, in_features, "MODEL.ROI_HEADS.IN_FEATURES", "the RoI pooler")
     strides = [input_shape[f].stride for f in in_features]
     if any(b != 2 * a for a, b in zip(strides, strides[1:])):
         raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES: levels must be finest first with doubling strides, "
@@ -201,7 +202,7 @@ def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
     pooler.scales = [1.0 / s for s in strides]
     pooler.map_levels = LevelMapper(int(math.log2(strides[0])), int(math.log2(strides[-1])),
                                     canonical_scale=224, canonical_level=4)
-    box_head = TwoMLPHead(channels.pop() * resolution * resolution, bh.FC_DIM)
+    box_head = TwoMLPHead(channels * resolution * resolution, bh.FC_DIM)
     predictor = FastRCNNPredictor(bh.FC_DIM, rh.NUM_CLASSES + 1)  # + background at index 0
     for fc in (box_head.fc6, box_head.fc7):
         nn.init.kaiming_uniform_(fc.weight, a=1)

@@ -1,6 +1,7 @@
 """FasterRCNN: config wiring, training losses and gradients, eval boxes in original coordinates, overfit."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -330,3 +331,18 @@ def test_parity_with_torchvision_faster_rcnn():
     assert set(losses) == set(ref_losses)
     for k in losses:
         torch.testing.assert_close(losses[k], ref_losses[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_head_builders_name_the_key_for_missing_or_unequal_levels():
+    from resnet_backbone.layers import ShapeSpec
+    from resnet_backbone.modeling.meta_arch.faster_rcnn import build_roi_heads, build_rpn
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[3] / "configs" / "Base-RCNN-FPN.yaml"))
+    shapes = {f"p{i}": ShapeSpec(channels=256, stride=2 ** i) for i in range(2, 7)}
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p9"]
+    with pytest.raises(ValueError, match=r"MODEL\.RPN\.IN_FEATURES: \['p9'\] not produced"):
+        build_rpn(cfg, shapes)
+    narrow = dict(shapes, p3=ShapeSpec(channels=128, stride=8))
+    with pytest.raises(ValueError, match=r"MODEL\.ROI_HEADS\.IN_FEATURES: the RoI pooler needs equal channels"):
+        build_roi_heads(cfg, narrow)
