@@ -13,6 +13,15 @@ from ..utils import comm
 __all__ = ["TrainingSampler", "RepeatFactorTrainingSampler", "InferenceSampler", "AspectRatioGroupedDataset"]
 
 
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's (rank, world size), from torch.distributed unless given; checked."""
+    rank = comm.get_rank() if rank is None else int(rank)
+    world = comm.get_world_size() if world_size is None else int(world_size)
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, {world})")
+    return rank, world
+
+
 class TrainingSampler(Sampler):
     """Yields dataset indices forever: a new permutation each pass (or 0..N-1 repeated without shuffle).
 
@@ -27,10 +36,7 @@ class TrainingSampler(Sampler):
         self._size = int(size)
         self._shuffle = shuffle
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank = comm.get_rank() if rank is None else int(rank)
-        self._world_size = comm.get_world_size() if world_size is None else int(world_size)
-        if not 0 <= self._rank < self._world_size:
-            raise ValueError(f"rank {self._rank} is not in [0, {self._world_size})")
+        self._rank, self._world_size = _rank_and_world(rank, world_size)
 
     def __iter__(self):
         return itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
@@ -45,7 +51,7 @@ class TrainingSampler(Sampler):
                 yield from range(self._size)
 
 
-class RepeatFactorTrainingSampler(Sampler):
+class RepeatFactorTrainingSampler(TrainingSampler):
     """Like TrainingSampler, but image i appears `repeat_factors[i]` times per pass on average (LVIS-style
     repeat-factor sampling, detectron2's DATALOADER.SAMPLER_TRAIN="RepeatFactorTrainingSampler"). A fractional
     factor is rounded stochastically each pass (2.3 -> 2, or 3 with probability 0.3)."""
@@ -55,14 +61,11 @@ class RepeatFactorTrainingSampler(Sampler):
         rf = torch.as_tensor(repeat_factors, dtype=torch.float64)
         if rf.numel() == 0 or bool((rf < 0).any()) or not bool(torch.isfinite(rf).all()):
             raise ValueError("repeat factors must be a non-empty list of finite numbers >= 0")
+        if not bool((rf > 0).any()):
+            raise ValueError("repeat factors are all 0: no image would ever be drawn")
+        super().__init__(rf.numel(), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
         self._int = torch.floor(rf)
         self._frac = rf - self._int
-        self._shuffle = shuffle
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank = comm.get_rank() if rank is None else int(rank)
-        self._world_size = comm.get_world_size() if world_size is None else int(world_size)
-        if not 0 <= self._rank < self._world_size:
-            raise ValueError(f"rank {self._rank} is not in [0, {self._world_size})")
 
     @staticmethod
     def repeat_factors_from_category_frequency(dataset_dicts: list[dict], repeat_thresh: float) -> torch.Tensor:
@@ -75,9 +78,6 @@ class RepeatFactorTrainingSampler(Sampler):
         cat_rf = {c: max(1.0, math.sqrt(repeat_thresh / (k / n))) for c, k in counts.items()}
         return torch.tensor([max([cat_rf[a["category_id"]] for a in d.get("annotations", [])], default=1.0)
                              for d in dataset_dicts], dtype=torch.float64)
-
-    def __iter__(self):
-        return itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
 
     def _infinite_indices(self):
         g = torch.Generator()
@@ -97,10 +97,7 @@ class InferenceSampler(Sampler):
 
     def __init__(self, size: int, rank: int | None = None, world_size: int | None = None):
         self._size = int(size)
-        rank = comm.get_rank() if rank is None else int(rank)
-        world = comm.get_world_size() if world_size is None else int(world_size)
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is not in [0, {world})")
+        rank, world = _rank_and_world(rank, world_size)
         per, extra = divmod(self._size, world)
         start = rank * per + min(rank, extra)
         end = start + per + (1 if rank < extra else 0)

@@ -73,3 +73,7 @@ def test_repeat_factor_sampler_oversamples_rare_classes():
     assert merged == idx  # ranks take alternating positions of one shared stream
     with pytest.raises(ValueError):
         RepeatFactorTrainingSampler([], seed=0)
+    with pytest.raises(ValueError, match="all 0"):  # would otherwise loop forever drawing empty passes
+        RepeatFactorTrainingSampler([0.0, 0.0], seed=0)
+    with pytest.raises(ValueError, match="rank 2"):
+        RepeatFactorTrainingSampler(rf, seed=0, rank=2, world_size=2)
