@@ -163,9 +163,11 @@ class MkldnnConv2d(nn.Module):
 
     forward(x) = act(conv(x)); forward(x, other) = act(conv(x) + other) with act in {None, "relu"}.
     The dense weight and bias stay as buffers (so `state_dict()` still holds them); the packed copies are
-    built once per dtype and reused. When autograd is recording, or for non-CPU tensors, it computes the same
+    built once per (dtype, input shape) and reused, at most `max_packed` of them (least recently used dropped). When autograd is recording, or for non-CPU tensors, it computes the same
     thing with `F.conv2d`.
     """
+
+    max_packed = 4
 
     def __init__(self, conv: nn.Conv2d, activation: str | None = None):
         super().__init__()
@@ -179,7 +181,7 @@ class MkldnnConv2d(nn.Module):
         self.activation = activation
         self.register_buffer("weight", conv.weight.detach().clone())
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-        self._packed: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._packed: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -191,16 +193,27 @@ class MkldnnConv2d(nn.Module):
         return super()._apply(fn, recurse)
 
     @torch.no_grad()
-    def _pack(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if dtype not in self._packed:
+    def _pack(self, dtype: torch.dtype, input_size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight reordered into the blocked layout oneDNN picks for this input shape (and the bias).
+
+        oneDNN chooses the weight's blocking from the whole problem (batch, spatial size, channels); a weight packed
+        for one input shape and used with another is reordered again inside every call, and that blocked-to-blocked
+        reorder is slower than eager PyTorch's plain-to-blocked one. So packed copies are kept per (dtype, input
+        shape), the most recent `max_packed` of them.
+        """
+        key = (dtype, input_size)
+        hit = self._packed.pop(key, None)
+        if hit is None:
             w = self.weight.to(dtype).contiguous()
-            # a representative input size for oneDNN's choice of weight layout; other sizes reuse it
-            size = [1, self.in_channels, 64, 64]
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                w.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups, size)
+                w.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
+                list(input_size))
             bias = None if self.bias is None else self.bias.to(dtype).contiguous()
-            self._packed[dtype] = (packed, bias)
-        return self._packed[dtype]
+            hit = (packed, bias)
+            while len(self._packed) >= self.max_packed:
+                self._packed.pop(next(iter(self._packed)))  # least recently used
+        self._packed[key] = hit  # (re)inserted last: most recently used
+        return hit
 
     def _reference(self, x: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
         w = self.weight.to(x.dtype)
@@ -217,7 +230,7 @@ class MkldnnConv2d(nn.Module):
             x = x.to(torch.bfloat16)
         if not fast or x.dtype not in (torch.float32, torch.bfloat16):
             return self._reference(x, other)
-        packed, bias = self._pack(x.dtype)
+        packed, bias = self._pack(x.dtype, tuple(x.shape))
         args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         if other is None:
             return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *args, self.activation or "none", [], "")

@@ -1,5 +1,9 @@
 """Every inference fast path must give the same outputs as the plain model (fp32 to float rounding, bf16 to ~1%)."""
 import copy
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -210,6 +214,47 @@ def test_mkldnn_conv_falls_back_when_autograd_records():
     torch.testing.assert_close(y, conv(x).relu())
     y.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@needs_mkldnn
+def test_mkldnn_conv_packs_per_input_shape_and_keeps_the_latest():
+    """oneDNN picks the weight blocking per problem shape: one packed copy per input shape, at most max_packed."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 1)
+    fast = MkldnnConv2d(conv, None)
+    shapes = [(1, 16, 9, 9), (2, 16, 9, 9), (1, 16, 5, 7), (1, 16, 30, 30), (3, 16, 4, 4), (1, 16, 9, 9)]
+    with torch.no_grad():
+        for s in shapes:
+            x = torch.randn(s)
+            torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
+    keys = list(fast._packed)
+    assert len(keys) == fast.max_packed == 4
+    assert keys[-1] == (torch.float32, (1, 16, 9, 9))  # reused entry moved to most recent
+    assert (torch.float32, (2, 16, 9, 9)) not in keys  # least recently used dropped
+
+
+@needs_mkldnn
+def test_mkldnn_conv_does_not_reorder_its_weight_on_every_call():
+    """The case that used to re-reorder the weight inside each call (1024x256 1x1 at 14x14, batch 8, packed for a
+    64x64 input): after the first call, oneDNN's verbose log must show no weight reorder at all."""
+    code = textwrap.dedent("""
+        import torch
+        from torch import nn
+        from resnet_backbone.modeling.fast_paths import MkldnnConv2d
+        fast = MkldnnConv2d(nn.Conv2d(256, 1024, 1), "relu")
+        x = torch.randn(8, 256, 14, 14).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            fast(x)
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                for _ in range(3):
+                    fast(x)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))).stdout
+    convs = [line for line in out.splitlines() if ",exec," in line and ",convolution," in line]
+    reorders = [line for line in out.splitlines() if ",exec," in line and ",reorder," in line]
+    assert len(convs) == 3, out[-2000:]
+    assert reorders == []
 
 
 def test_mkldnn_conv_rejects_unknown_activation():
