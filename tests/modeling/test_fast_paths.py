@@ -151,7 +151,14 @@ def test_prepack_basic_blocks_and_fpn_parity():
         ref = _run(model, x)
         fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=True, mkldnn=True)
         assert not any(type(m) in (nn.Conv2d, Conv2d) for m in fast.modules())
+        # the swapped-in convs are the ones that run (a model holding its convs in a plain list would still
+        # call the old ones: the FPN once did)
+        packed = [m for m in fast.modules() if isinstance(m, MkldnnConv2d)]
+        called = set()
+        for m in packed:
+            m.register_forward_hook(lambda mod, args, out: called.add(id(mod)))
         out = _run(fast, x)
+        assert len(called) == len(packed) > 0
         assert set(out) == set(ref)
         for k in ref:
             assert _rel_err(out[k], ref[k]) < 1e-5, k
@@ -222,13 +229,14 @@ def test_mkldnn_conv_packs_per_input_shape_and_keeps_the_latest():
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 32, 1)
     fast = MkldnnConv2d(conv, None)
-    shapes = [(1, 16, 9, 9), (2, 16, 9, 9), (1, 16, 5, 7), (1, 16, 30, 30), (3, 16, 4, 4), (1, 16, 9, 9)]
+    n = fast.max_packed
+    shapes = [(1, 16, 9, 9), (2, 16, 9, 9)] + [(1, 16, 4 + k, 5) for k in range(n - 1)] + [(1, 16, 9, 9)]
     with torch.no_grad():
         for s in shapes:
             x = torch.randn(s)
             torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
     keys = list(fast._packed)
-    assert len(keys) == fast.max_packed == 4
+    assert len(keys) == n  # n + 1 shapes seen
     assert keys[-1] == (torch.float32, (1, 16, 9, 9))  # reused entry moved to most recent
     assert (torch.float32, (2, 16, 9, 9)) not in keys  # least recently used dropped
 

@@ -127,7 +127,7 @@ class FPN(Backbone):
         self._square_pad = square_pad
         use_bias = norm in ("", "none", None)
 
-        lateral_convs, output_convs = [], []
+        stages = []
         for in_ch, stride in zip(channels, strides):
             stage = int(math.log2(stride))
             lateral = Conv2d(in_ch, out_channels, kernel_size=1, bias=use_bias, norm=get_norm(norm, out_channels))
@@ -137,11 +137,10 @@ class FPN(Backbone):
             xavier_fill_like_c2(output)
             self.add_module(f"fpn_lateral{stage}", lateral)
             self.add_module(f"fpn_output{stage}", output)
-            lateral_convs.append(lateral)
-            output_convs.append(output)
-        # Kept coarsest first, the order the top-down pass visits them (plain lists: not registered twice).
-        self._lateral_convs = lateral_convs[::-1]
-        self._output_convs = output_convs[::-1]
+            stages.append(stage)
+        # Stages coarsest first, the order the top-down pass visits them. forward() looks the convs up by name
+        # every time, so a conv swapped for another module (e.g. fast_paths.prepack_mkldnn) is the one that runs.
+        self._stages = tuple(stages[::-1])
 
         self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
         if top_block is not None:
@@ -171,9 +170,11 @@ class FPN(Backbone):
         """x: (N, C, H, W) image batch -> {"p2": ..., "p5": ... (+ top block levels)}, finest first."""
         bottom_up_features = self.bottom_up(x)
         feats = [bottom_up_features[f] for f in self.in_features[::-1]]  # coarsest first
-        prev = self._lateral_convs[0](feats[0])
-        results = [self._output_convs[0](prev)]
-        for feat, lateral_conv, output_conv in zip(feats[1:], self._lateral_convs[1:], self._output_convs[1:]):
+        lateral_convs = [getattr(self, f"fpn_lateral{s}") for s in self._stages]
+        output_convs = [getattr(self, f"fpn_output{s}") for s in self._stages]
+        prev = lateral_convs[0](feats[0])
+        results = [output_convs[0](prev)]
+        for feat, lateral_conv, output_conv in zip(feats[1:], lateral_convs[1:], output_convs[1:]):
             lateral = lateral_conv(feat)
             top_down = F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
             prev = lateral + top_down
