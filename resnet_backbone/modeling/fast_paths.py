@@ -164,8 +164,8 @@ class MkldnnConv2d(nn.Module):
     forward(x) = act(conv(x)); forward(x, other) = act(conv(x) + other) with act in {None, "relu"}.
     The dense weight and bias stay as buffers (so `state_dict()` still holds them); the packed copies are
     built once per (dtype, input shape) and reused, at most `max_packed` of them (least recently used dropped;
-    6 covers an RPN head shared by five FPN levels). When autograd is recording, or for non-CPU tensors, it computes the same
-    thing with `F.conv2d`.
+    6 covers an RPN head shared by five FPN levels). When autograd is recording, or for non-CPU tensors, it
+    computes the same thing with `F.conv2d`.
     """
 
     max_packed = 6
