@@ -156,7 +156,7 @@ def test_prepack_basic_blocks_and_fpn_parity():
         packed = [m for m in fast.modules() if isinstance(m, MkldnnConv2d)]
         called = set()
         for m in packed:
-            m.register_forward_hook(lambda mod, args, out: called.add(id(mod)))
+            m.register_forward_hook(lambda mod, args, out, seen=called: seen.add(id(mod)))
         out = _run(fast, x)
         assert len(called) == len(packed) > 0
         assert set(out) == set(ref)
