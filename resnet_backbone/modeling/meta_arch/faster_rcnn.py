@@ -54,10 +54,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.image_list import ImageList as TVImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
-from ...layers import ShapeSpec
+from ...layers import ShapeSpec, ThreadedMultiScaleRoIAlign
 from ..backbone import Backbone, build_backbone
 from .build import META_ARCH_REGISTRY
 from .image_input import ImageInputMixin, describe_input
@@ -196,7 +195,9 @@ def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
         raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES: levels must be finest first with doubling strides, "
                          f"got {dict(zip(in_features, strides))}")
     resolution = bh.POOLER_RESOLUTION
-    pooler = MultiScaleRoIAlign(in_features, output_size=resolution, sampling_ratio=bh.POOLER_SAMPLING_RATIO)
+    # torchvision's pooler; at CPU inference it shares the RoIs out over the intra-op threads (same results)
+    pooler = ThreadedMultiScaleRoIAlign(in_features, output_size=resolution,
+                                        sampling_ratio=bh.POOLER_SAMPLING_RATIO)
     # The scales are known: set them instead of letting the pooler guess them once, from the first batch, as
     # 2 ** round(log2(feature_size / image_size)), which is wrong for small images padded a lot (40 px -> 64).
     pooler.scales = [1.0 / s for s in strides]
