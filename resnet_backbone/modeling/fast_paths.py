@@ -169,6 +169,7 @@ class MkldnnConv2d(nn.Module):
     """
 
     max_packed = 6
+    fuses_add = True  # forward(x, other) adds `other` inside the conv (FPN's top-down merge uses it)
 
     def __init__(self, conv: nn.Conv2d, activation: str | None = None):
         super().__init__()

@@ -175,9 +175,12 @@ class FPN(Backbone):
         prev = lateral_convs[0](feats[0])
         results = [output_convs[0](prev)]
         for feat, lateral_conv, output_conv in zip(feats[1:], lateral_convs[1:], output_convs[1:]):
-            lateral = lateral_conv(feat)
-            top_down = F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
-            prev = lateral + top_down
+            # the lateral conv is 1x1 / stride 1: its output has the bottom-up feature's size
+            top_down = F.interpolate(prev, size=feat.shape[-2:], mode="nearest")
+            if getattr(lateral_conv, "fuses_add", False):
+                prev = lateral_conv(feat, top_down)  # conv + add in one call (fast_paths.MkldnnConv2d)
+            else:
+                prev = lateral_conv(feat) + top_down
             if self._fuse_type == "avg":
                 prev = prev / 2
             results.insert(0, output_conv(prev))
