@@ -98,21 +98,21 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
             return out
 
         inference = torch.is_inference_mode_enabled()
+        # every RoI belongs to exactly one level, so every row gets written: no need to zero the result
+        result = torch.empty((num_rois, feats[0].shape[1], *self.output_size), dtype=out_dtype)
 
-        def share(lo: int, hi: int) -> list[tuple[Tensor, Tensor]]:
-            # grad / inference mode are thread-local: run as the caller does
+        def share(lo: int, hi: int) -> None:
+            # grad / inference mode are thread-local: run as the caller does. Each share writes its own rows
+            # (disjoint), so the copies into `result` also run in parallel.
             with torch.inference_mode(inference), torch.no_grad():
-                return [(idx, roi_align(feats[level], rois[idx], output_size=self.output_size,
-                                        spatial_scale=self.scales[level], sampling_ratio=self.sampling_ratio))
-                        for level, idx in segments(lo, hi)]
+                for level, idx in segments(lo, hi):
+                    pooled = roi_align(feats[level], rois[idx], output_size=self.output_size,
+                                       spatial_scale=self.scales[level], sampling_ratio=self.sampling_ratio)
+                    result[idx] = pooled.to(out_dtype)
 
         pool = _executor(threads)
         futures = [pool.submit(share, cuts[t], cuts[t + 1]) for t in range(1, threads)]
-        pieces = share(cuts[0], cuts[1])  # the calling thread takes the first share
+        share(cuts[0], cuts[1])  # the calling thread takes the first share
         for f in futures:
-            pieces.extend(f.result())
-        # every RoI belongs to exactly one level, so every row is written: no need to zero the result
-        result = torch.empty((num_rois, feats[0].shape[1], *self.output_size), dtype=out_dtype)
-        for idx, pooled in pieces:
-            result[idx] = pooled.to(out_dtype)
+            f.result()
         return result
