@@ -544,6 +544,7 @@ def to_markdown(result: dict) -> str:
         f"{m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}; {m['date']}; "
         f"load average at start {', '.join(f'{x:.1f}' for x in m.get('load_average_at_start', []))}; "
         f"{result['args']['repeats']} interleaved repeats after {result['args']['warmup']} warm-up calls"
+        f"{'; denormals flushed (FTZ/DAZ) for both sides' if m.get('flush_denormal') else ''}"
         f"{' (QUICK: tiny inputs, not meaningful)' if result['args']['quick'] else ''}.",
         "",
         "| row | entry | median ms (IQR) | min-max ms | ms/img | img/s | peak MiB RSS / tensors | ratio | target |",
@@ -627,7 +628,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--output-dir", default="output/benchmark")
     ap.add_argument("--update-docs", default="", help="also write the table into this Markdown file")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--keep-denormals", action="store_true",
+                    help="do not set flush-denormal (FTZ/DAZ) at start; it applies to ours and the reference alike")
     args = ap.parse_args(argv)
+    if not args.keep_denormals:
+        # before any parallel op, so every intra-op thread inherits it (engine.flush_denormal). The training row
+        # otherwise measures denormal arithmetic: after a few SGD steps the box head's matmuls run 3-50x slower,
+        # in ours and the reference alike, and the step time swings from 4 s to 25 s.
+        from resnet_backbone.engine import flush_denormal
+
+        flush_denormal()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
     args.repeats = args.repeats or (3 if args.quick else 10)
@@ -638,6 +648,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     rows = parse_rows(args.rows)
     result = {"machine": machine_info(args.device), "args": vars(args), "rows": []}
+    result["machine"]["flush_denormal"] = not args.keep_denormals
     for name in rows:
         logger.info("row %s", name)
         t0 = time.perf_counter()

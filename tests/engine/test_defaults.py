@@ -47,3 +47,45 @@ def test_default_setup_unwritable_output(tmp_path):
     cfg.OUTPUT_DIR = os.path.join(str(f), "out")
     with pytest.raises(CheckpointError, match="cannot be created"):
         default_setup(cfg, None)
+
+
+_DENORMAL_MM = """
+import sys, torch
+if sys.argv[1] == "early":
+    from resnet_backbone.engine import flush_denormal
+    assert flush_denormal()
+torch.set_num_threads(2)
+tiny = torch.full((64, 4096), 1e-40)       # denormal float32
+big = torch.full((4096, 64), 1e30)
+out = tiny @ big                           # 4096 * 1e-40 * 1e30 = 4.1e-7 unless inputs are flushed to zero
+print(int((out != 0).sum()))
+"""
+
+
+@pytest.mark.parametrize("when", ["early", "never"])
+def test_flush_denormal_reaches_every_intra_op_thread(when):
+    """Set before the first parallel op, FTZ/DAZ holds in all threads of a 2-thread matmul: every output is 0
+    (denormal inputs read as zero). Without it every output is the small nonzero product."""
+    import subprocess
+    import sys
+
+    if not __import__("torch").set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-denormal mode")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", _DENORMAL_MM, when], capture_output=True, text=True, check=True,
+                         cwd=root).stdout
+    nonzero = int(out.strip().splitlines()[-1])
+    assert nonzero == (0 if when == "early" else 64 * 64)
+
+
+def test_default_setup_flushes_denormals(tmp_path):
+    import torch
+
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    try:
+        default_setup(cfg)
+        tiny = torch.tensor([1e-40])
+        assert float(tiny * 1.0) == 0.0  # this thread now flushes
+    finally:
+        torch.set_flush_denormal(False)
