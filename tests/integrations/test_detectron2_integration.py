@@ -223,7 +223,8 @@ def _check_parity(reference, ours, what):
               f"max |feature| {scale:.1f}")
     assert figures["unit"][0] < 1e-4, figures  # the bar: within 1e-4
     assert figures["pixels"][0] / figures["pixels"][1] < 1e-5, figures  # raw-pixel scale: fp32 rounding only
-    assert figures["pixels_grad_path"][0] < 1e-4, figures  # same arithmetic as ours: measured 0.0
+    # detectron2 scales the conv's output, ours the conv's weight (layers.Conv2d folds FrozenBN): rounding only
+    assert figures["pixels_grad_path"][0] / figures["pixels_grad_path"][1] < 1e-5, figures
     return figures
 
 
