@@ -88,24 +88,51 @@ def test_bf16_autocast_matches_torchvision():
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_training_gradients_equal_torchvision(channels_last, monkeypatch):
+    """With autograd recording, the forward is threaded too and the backward is shared out over the threads:
+    same output, same feature gradients (to float rounding: the per-thread gradients are summed)."""
+    used = []
+    real = roi_align_module._executor
+    monkeypatch.setattr(roi_align_module, "_executor", lambda n: used.append(n) or real(n))
+    ref_pool, ours = _poolers()
+    feats, boxes, shapes = _inputs(channels_last=channels_last)
+    grads = []
+    with num_threads(2):
+        for pool in (ref_pool, ours):
+            leaf = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
+            out = pool(leaf, boxes, shapes)
+            g = torch.Generator().manual_seed(3)
+            out.backward(torch.randn(out.shape, generator=g))
+            grads.append((out.detach(), {k: v.grad for k, v in leaf.items()}))
+    assert used == [2, 2]  # threaded forward and backward
+    (ref_out, ref_grad), (out, grad) = grads
+    assert torch.equal(out, ref_out)
+    assert grad["p6"] is None and ref_grad["p6"] is None  # not pooled: no gradient
+    for k in NAMES:
+        assert grad[k].shape == ref_grad[k].shape
+        torch.testing.assert_close(grad[k], ref_grad[k], rtol=1e-5, atol=1e-5)
+        assert ref_grad[k].abs().sum() > 0, k
+
+
 def test_serial_paths(monkeypatch):
-    """Autograd recording, one thread, or too few RoIs: torchvision's own forward (and gradients flow)."""
+    """One thread, too few RoIs, or mixed-precision training: torchvision's own forward."""
     def fail(n):
         raise AssertionError("threaded path taken")
 
     monkeypatch.setattr(roi_align_module, "_executor", fail)
     ref_pool, ours = _poolers()
     feats, boxes, shapes = _inputs()
-    leaf = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
-    with num_threads(2):
-        out = ours(leaf, boxes, shapes)
-        out.sum().backward()
-        assert leaf["p2"].grad is not None and leaf["p2"].grad.abs().sum() > 0
     with num_threads(1), torch.inference_mode():
         assert torch.equal(ours(feats, boxes, shapes), ref_pool(feats, boxes, shapes))
     few = [b[:5] for b in boxes]
     with num_threads(2), torch.inference_mode():
         assert torch.equal(ours(feats, few, shapes), ref_pool(feats, few, shapes))
+    low = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in feats.items()}
+    with num_threads(2), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(low, boxes, shapes)
+    out.float().sum().backward()
+    assert low["p2"].grad is not None and low["p2"].grad.abs().sum() > 0
 
 
 def test_no_rois():
