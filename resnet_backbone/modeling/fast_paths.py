@@ -225,7 +225,10 @@ class MkldnnConv2d(nn.Module):
             y = y + other
         return F.relu(y) if self.activation == "relu" else y
 
-    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None, *, accumulate: bool = False) -> torch.Tensor:
+        """act(conv(x) [+ other]). accumulate=True allows writing the result into `other` (oneDNN's sum post-op:
+        no new output buffer, `other` read once); it is done only when `other` already has the output's dtype
+        and layout, and the caller promises nothing else reads `other` afterwards."""
         fast = x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or (
             other is not None and other.requires_grad)))
         if _cpu_autocast_bf16() and x.dtype == torch.float32:
@@ -236,10 +239,14 @@ class MkldnnConv2d(nn.Module):
         args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         if other is None:
             return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *args, self.activation or "none", [], "")
+        fmt = _memory_format(x)
+        if accumulate and other.dtype == x.dtype and other.is_contiguous(memory_format=fmt) \
+                and not other.requires_grad:
+            return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, packed, bias, *args, "add", 1.0,
+                                                                   self.activation, [], "")
         other = other.to(x.dtype)
-        if other.is_contiguous(memory_format=torch.channels_last) != x.is_contiguous(
-                memory_format=torch.channels_last):
-            other = other.contiguous(memory_format=_memory_format(x))
+        if not other.is_contiguous(memory_format=fmt):
+            other = other.contiguous(memory_format=fmt)
         return torch.ops.mkldnn._convolution_pointwise.binary(x, other, packed, bias, *args, "add", 1.0,
                                                        self.activation, [], "")
 
@@ -280,13 +287,17 @@ class _FusedResidualBlock(nn.Module):
         setattr(self, self.last, MkldnnConv2d(getattr(block, self.last), "relu"))
         self.shortcut = None if block.shortcut is None else MkldnnConv2d(block.shortcut, None)
         self.in_channels, self.out_channels, self.stride = block.in_channels, block.out_channels, block.stride
+        # True when this block's input is read by nothing but this block (set by prepack_mkldnn for the 2nd and
+        # later blocks of a stage): then the residual sum may be written into it
+        self.input_private = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
         out = self.conv1(x)
         if self.last == "conv3":
             out = self.conv2(out)
-        return getattr(self, self.last)(out, identity)
+        # a projection shortcut's output is ours alone: accumulate into it, as into a private input
+        return getattr(self, self.last)(out, identity, accumulate=self.shortcut is not None or self.input_private)
 
 
 def _fusable_block(module: nn.Module) -> str | None:
@@ -311,8 +322,11 @@ def prepack_mkldnn(model: nn.Module) -> nn.Module:
 
     Our ResNet's stem and blocks (exact types BasicStem / BasicBlock / BottleneckBlock whose convs carry no
     norm any more, i.e. after `fuse_conv_frozen_bn`) become fused versions: conv+ReLU and conv+add+ReLU in one
-    oneDNN call each. Every other conv without a norm (`layers.Conv2d` or `nn.Conv2d`, fp32, zero padding) is
-    swapped one for one, keeping a ReLU activation fused. Convs that still carry a norm, deformable convs and
+    oneDNN call each. The residual sum is written in place into the projection shortcut's output, or, from the
+    second block of a stage on, into the block's input (the previous block's output, which only this block
+    reads): no new buffer per block. So do not keep references to (or hook) the outputs of blocks other than
+    the last of a stage; the stage outputs (res2..res5) are never overwritten. Every other conv without a norm
+    (`layers.Conv2d` or `nn.Conv2d`, fp32, zero padding) is swapped one for one, keeping a ReLU activation fused. Convs that still carry a norm, deformable convs and
     transposed convs are left alone. No-op (with a warning) when this torch has no oneDNN.
     """
     if not mkldnn_available():
@@ -344,6 +358,12 @@ def prepack_mkldnn(model: nn.Module) -> nn.Module:
                     setattr(parent, name, MkldnnConv2d(child, "relu"))
             else:
                 visit(child)
+        if isinstance(parent, nn.Sequential):
+            blocks = list(parent.children())
+            if len(blocks) > 1 and all(isinstance(b, _FusedResidualBlock) for b in blocks):
+                # inside a stage, block i's input is block i-1's output and nothing else reads it
+                for b in blocks[1:]:
+                    b.input_private = True
 
     visit(model)
     return model

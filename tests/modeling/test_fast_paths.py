@@ -41,13 +41,14 @@ def _randomize_norms(model: nn.Module) -> nn.Module:
     return model
 
 
-def _resnet(depth=50, norm="FrozenBN", fpn=False, freeze_at=2):
+def _resnet(depth=50, norm="FrozenBN", fpn=False, freeze_at=2, stem=False):
     cfg = get_cfg()
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.NORM = norm
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    # thin but complete: every block type, shortcut and stride of the real net, 1/16 of the weights
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["stem"] * stem + ["res2", "res3", "res4", "res5"]
+    # thin but complete: every block type, shortcut and stride of the real net, 1/16 of the weights (with
+    # stem=True, R18/34's res2 keeps the stem's width, so its first block has an identity shortcut as in the real net)
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 64 if stem and depth < 50 else 16
     cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 16
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.FPN.OUT_CHANNELS = 32
@@ -163,6 +164,38 @@ def test_prepack_basic_blocks_and_fpn_parity():
         for k in ref:
             assert _rel_err(out[k], ref[k]) < 1e-5, k
 
+
+
+@needs_mkldnn
+@pytest.mark.parametrize("depth", [18, 50])
+def test_residual_sum_written_in_place_but_never_into_a_returned_feature(depth, monkeypatch):
+    """The last conv of a block accumulates into the projection shortcut's output or, from a stage's 2nd block
+    on, into the block's input; R18's first res2 block (identity shortcut, input = the stem output) must not,
+    so a requested "stem" feature and every stage output stay equal to the plain model's."""
+    torch.manual_seed(0)
+    model = _resnet(depth, stem=True)  # also return the stem output: the tensor an in-place add would corrupt
+    x = torch.randn(1, 3, 64, 64)
+    ref = _run(model, x)
+    fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=True, mkldnn=True)
+    calls = []
+    real = MkldnnConv2d.forward
+
+    def spy(self, inp, other=None, *, accumulate=False):
+        out = real(self, inp, other, accumulate=accumulate)
+        if other is not None:
+            calls.append((accumulate, out is other))
+        return out
+
+    monkeypatch.setattr(MkldnnConv2d, "forward", spy)
+    out = _run(fast, x)
+    for k in ref:
+        assert _rel_err(out[k], ref[k]) < 1e-5, k
+    blocks = sum(len(list(s.children())) for s in fast.stages)
+    assert len(calls) == blocks
+    in_place = sum(acc and same for acc, same in calls)
+    assert all(acc == same for acc, same in calls)  # accumulate requested -> done in place
+    # R50: every block has a projection or a private input; R18: res2's first block has neither
+    assert in_place == (blocks if depth == 50 else blocks - 1)
 
 @needs_mkldnn
 def test_prepack_fuses_conv_relu_pairs_in_sequential():

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -16,6 +17,14 @@ def _load(name):
 
 
 bench = _load("benchmark")
+
+
+@pytest.fixture(autouse=True)
+def _restore_denormals():
+    """benchmark.main() sets flush-denormal (for both sides); give the test process its default back."""
+    yield
+    torch.set_flush_denormal(False)
+
 ENTRY_FIELDS = {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "ms_per_item", "items_per_s", "peak_mem_mb",
                 "peak_tensor_mb", "repeats"}
 
@@ -41,6 +50,8 @@ def test_quick_backbone_gemm_coco_rows(tmp_path):
     result = bench.main(["--quick", "--rows", "1,2,gemm,coco_eval", "--repeats", "2", "--warmup", "0",
                          "--output-dir", str(tmp_path), "--no-progress", "--update-docs", str(docs)])
     md = _check_common(result, tmp_path)
+    assert result["machine"]["flush_denormal"] is True and "denormals flushed (FTZ/DAZ) for both sides" in md
+    assert float(torch.tensor([1e-40]) * 1.0) == 0.0  # in effect in this (the calling) thread
     rows = {r["name"]: r for r in result["rows"]}
     assert set(rows) == {"backbone_fp32", "backbone_bf16", "gemm", "coco_eval"}
 
