@@ -326,8 +326,9 @@ def prepack_mkldnn(model: nn.Module) -> nn.Module:
     second block of a stage on, into the block's input (the previous block's output, which only this block
     reads): no new buffer per block. So do not keep references to (or hook) the outputs of blocks other than
     the last of a stage; the stage outputs (res2..res5) are never overwritten. Every other conv without a norm
-    (`layers.Conv2d` or `nn.Conv2d`, fp32, zero padding) is swapped one for one, keeping a ReLU activation fused. Convs that still carry a norm, deformable convs and
-    transposed convs are left alone. No-op (with a warning) when this torch has no oneDNN.
+    (`layers.Conv2d` or `nn.Conv2d`, fp32, zero padding) is swapped one for one, keeping a ReLU activation
+    fused. Convs that still carry a norm, deformable convs and transposed convs are left alone. No-op (with a
+    warning) when this torch has no oneDNN.
     """
     if not mkldnn_available():
         logger.warning("prepack_mkldnn: this torch build has no oneDNN fused conv ops; model left unchanged")
