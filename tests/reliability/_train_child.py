@@ -85,7 +85,8 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s):
     rng = random.Random(seed)
     t_start = time.time()
     kills, finished, at_kill, lifetimes = 0, 0, [], []
-    life = 1.0  # kill window in seconds (grows while kills land before any new checkpoint)
+    life = 0.3  # kill window in seconds (grows while kills land before any new checkpoint)
+    target = max(4, max_iter // (2 * n_kills))  # iterations of progress wanted between kills
     while kills < n_kills and time.time() - t_start < budget_s:
         delay = rng.uniform(0.0, life)
         pid = os.fork()
@@ -112,8 +113,10 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s):
             reached = last_iteration(out_dir)
             if at_kill and reached <= at_kill[-1]:
                 life *= 1.4  # killed before any new checkpoint: allow more time next round
-            elif at_kill and reached - at_kill[-1] > 4:
-                life = max(0.3, 0.6 * life)  # many iterations per round: kill sooner, more kills fit in the run
+            elif at_kill and reached - at_kill[-1] > target:
+                # many iterations per round: kill sooner, in proportion, so that n_kills fit in the run however
+                # fast training is on this machine
+                life = max(0.02, life * max(0.5, target / (reached - at_kill[-1])))
             at_kill.append(reached)
         else:
             lifetimes.append(time.time() - t0)
