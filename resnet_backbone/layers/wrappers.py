@@ -26,9 +26,8 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.norm, FrozenBatchNorm2d):
-            scale, shift = self.norm.scale_and_shift()
-            weight = self.weight * scale.to(self.weight.dtype).reshape(-1, 1, 1, 1)
-            shift = shift.to(self.weight.dtype)
+            scale, shift = (t.to(self.weight.dtype) for t in self.norm.scale_and_shift())
+            weight = self.weight * scale.reshape(-1, 1, 1, 1)
             bias = shift if self.bias is None else self.bias * scale + shift
             x = self._conv_forward(x, weight, bias)
         else:
