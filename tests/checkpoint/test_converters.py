@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from _tools import load_tool
 from torch import nn
 
 from resnet_backbone.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint_file
@@ -259,13 +260,7 @@ def test_load_checkpoint_file_is_reexported():
 
 
 def test_convert_weights_cli(tmp_path, capsys):
-    import importlib.util
-    import os
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("tool_convert", os.path.join(root, "tools", "convert_weights.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("convert_weights")
     src, dst = tmp_path / "r18.pth", tmp_path / "out" / "r18_ours.pth"
     torch.save(torchvision.models.resnet18().state_dict(), str(src))
     assert tool.main([str(src), str(dst), "--source", "timm"]) == 0

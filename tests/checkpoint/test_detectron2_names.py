@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from _tools import load_tool
 
 from resnet_backbone.checkpoint import CheckpointError
 from resnet_backbone.checkpoint.detectron2_names import (
@@ -215,13 +216,8 @@ def test_convert_to_detectron2_keeps_fpn_and_drops_our_heads(fpn, tmp_path):
 
 
 def test_convert_weights_tool_to_detectron2(fpn, tmp_path, capsys):
-    import importlib.util
-    import os
 
-    tool = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "convert_weights.py")
-    spec = importlib.util.spec_from_file_location("convert_weights_tool", tool)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("convert_weights")
     torch.manual_seed(0)
     src = str(tmp_path / "resnet18_tv.pth")
     torch.save(torchvision.models.resnet18().state_dict(), src)

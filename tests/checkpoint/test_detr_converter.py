@@ -1,11 +1,10 @@
 import argparse
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from _tools import load_tool
 
 from resnet_backbone.checkpoint import CheckpointError
 from resnet_backbone.checkpoint.checkpointer import Checkpointer
@@ -165,10 +164,7 @@ def test_ddp_prefixed_checkpoint(tmp_path):
 
 
 def test_convert_weights_tool_source_detr(models, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "convert_weights_tool", Path(__file__).resolve().parents[2] / "tools" / "convert_weights.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("convert_weights")
     _, source = models
     official = {ours_to_official(k): v for k, v in source.state_dict().items()}
     src, dst = tmp_path / "detr.pth", tmp_path / "out" / "detr_ours.pth"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _tools import load_tool
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -85,15 +86,11 @@ def test_command_line_tool(tmp_path):
 
 def test_command_line_tool_text_kind(tmp_path):
     """The --kind text branch calls the text generator (in-process: the tool's main())."""
-    import importlib.util
 
     import pytest
 
     pytest.importorskip("resnet_backbone.data.synthetic.text")
-    spec = importlib.util.spec_from_file_location("make_synthetic_dataset",
-                                                  ROOT / "tools" / "make_synthetic_dataset.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("make_synthetic_dataset")
     out = tmp_path / "text"
     assert tool.main(["--kind", "text", "--output", str(out), "--num-train", "2", "--num-val", "0",
                       "--image-size", "64", "--seed", "0"]) == 0

@@ -1,18 +1,14 @@
 """tools/analyze_model.py: parameters and FLOPs per stage."""
-import importlib.util
 import json
 import os
 
 import pytest
+from _tools import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_tool = load_tool
 
 
 @pytest.fixture(scope="module")

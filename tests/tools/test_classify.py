@@ -1,11 +1,11 @@
 """tools/classify.py: top-5 ImageNet classes, equal to torchvision's own classifier on the same pixels."""
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from _tools import load_tool
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
@@ -14,10 +14,7 @@ R18 = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("tool_classify", os.path.join(ROOT, "tools", "classify.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("classify")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """tools/demo.py, tools/plot_metrics.py and tools/run_demo.py (the `make demo` driver) on tiny settings."""
-import importlib.util
 import json
 import os
 import sys
@@ -7,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _tools import load_tool
 from PIL import Image
 from torch import nn
 
@@ -14,15 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-demo = _load_tool("demo")
-plot_metrics = _load_tool("plot_metrics")
+demo = load_tool("demo")
+plot_metrics = load_tool("plot_metrics")
 
 
 class _PolygonModel(nn.Module):
@@ -101,7 +94,7 @@ def test_plot_metrics_writes_png(tmp_path):
 
 def test_run_demo_end_to_end_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("RB_DATASETS", str(tmp_path / "datasets"))
-    run_demo = _load_tool("run_demo")
+    run_demo = load_tool("run_demo")
     tiny = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
             "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "100",
             "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.RPN.PRE_NMS_TOPK_TEST", "100",

@@ -1,10 +1,10 @@
 """tools/train_net.py end to end on CPU: the real Faster R-CNN (R18-FPN, tiny), the real data pipeline and
 COCO evaluation on a few 64 px synthetic shapes images."""
-import importlib.util
 import os
 
 import pytest
 import torch
+from _tools import load_tool
 
 from resnet_backbone.config import ConfigError
 from resnet_backbone.utils.events import read_metrics
@@ -12,14 +12,7 @@ from resnet_backbone.utils.events import read_metrics
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train_net = _load_tool("train_net")
+train_net = load_tool("train_net")
 
 TINY = [
     "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "BN",

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from _tools import load_tool
 from torch import nn
 
 from resnet_backbone.config import get_cfg
@@ -271,7 +272,6 @@ def test_paper_config_optimizer_groups():
 
 def test_train_net_trains_and_evaluates_detr(tmp_path, monkeypatch):
     """The quickstart config through tools/train_net.py (engine, data pipeline, COCOEvaluator), shrunk."""
-    import importlib.util
     import os
 
     from resnet_backbone.data.synthetic.shapes import generate_shapes_dataset
@@ -281,9 +281,7 @@ def test_train_net_trains_and_evaluates_detr(tmp_path, monkeypatch):
     generate_shapes_dataset(str(tmp_path / "data" / "synthetic_shapes"), "train", 4, image_size=64, seed=0)
     generate_shapes_dataset(str(tmp_path / "data" / "synthetic_shapes"), "val", 2, image_size=64, seed=1)
     monkeypatch.setenv("RB_DATASETS", str(tmp_path / "data"))
-    spec = importlib.util.spec_from_file_location("_detr_train_net", os.path.join(root, "tools", "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_tool("train_net")
     out = tmp_path / "out"
     argv = ["--config-file", os.path.join(root, "configs", "quickstart", "detr_R_50_synthetic.yaml"),
             "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
