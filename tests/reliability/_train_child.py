@@ -81,23 +81,34 @@ def last_iteration(out_dir):
     return int(name[len("model_"):-len(".pth")])
 
 
+def fork_training(out_dir, max_iter, resume):
+    """Fork a child that runs train_net.main (output to /dev/null) and exits 0, or 3 on any exception."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            sys.stdout = sys.stderr = open(os.devnull, "w")
+            train_net.main(argv_for(out_dir, max_iter, resume=resume))
+        except BaseException:
+            code = 3
+        os._exit(code)
+    return pid
+
+
+def check_exit(status):
+    if os.WEXITSTATUS(status) != 0:
+        raise SystemExit(f"training child failed with exit code {os.WEXITSTATUS(status)}")
+
+
 def loop(out_dir, max_iter, n_kills, seed, budget_s):
     rng = random.Random(seed)
     t_start = time.time()
-    kills, finished, at_kill, lifetimes = 0, 0, [], []
+    kills, finished, at_kill = 0, 0, []
     life = 0.3  # kill window in seconds (grows while kills land before any new checkpoint)
     target = max(4, max_iter // (2 * n_kills))  # iterations of progress wanted between kills
     while kills < n_kills and time.time() - t_start < budget_s:
         delay = rng.uniform(0.0, life)
-        pid = os.fork()
-        if pid == 0:  # the training process
-            code = 0
-            try:
-                sys.stdout = sys.stderr = open(os.devnull, "w")
-                train_net.main(argv_for(out_dir, max_iter, resume=True))
-            except BaseException:
-                code = 3
-            os._exit(code)
+        pid = fork_training(out_dir, max_iter, resume=True)
         t0 = time.time()
         while time.time() - t0 < delay:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -119,9 +130,7 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s):
                 life = max(0.02, life * max(0.5, target / (reached - at_kill[-1])))
             at_kill.append(reached)
         else:
-            lifetimes.append(time.time() - t0)
-            if os.WEXITSTATUS(status) != 0:
-                raise SystemExit(f"training child failed with exit code {os.WEXITSTATUS(status)}")
+            check_exit(status)
             finished += 1
             break  # training reached MAX_ITER before the next kill
     return {"kills": kills, "finished_rounds": finished, "iterations_at_kill": at_kill,
@@ -130,18 +139,8 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s):
 
 def run_forked(out_dir, max_iter, resume):
     """One uninterrupted train_net.main in a forked child (same isolation as the killed ones)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            sys.stdout = sys.stderr = open(os.devnull, "w")
-            train_net.main(argv_for(out_dir, max_iter, resume=resume))
-        except BaseException:
-            code = 3
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.WEXITSTATUS(status) != 0:
-        raise SystemExit(f"training child failed with exit code {os.WEXITSTATUS(status)}")
+    _, status = os.waitpid(fork_training(out_dir, max_iter, resume), 0)
+    check_exit(status)
 
 
 if __name__ == "__main__":
