@@ -42,6 +42,7 @@ import logging
 import os
 import platform
 import re
+import resource
 import statistics
 import sys
 import time
@@ -121,7 +122,8 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> dict:
 
     CUDA: {"peak_mem_mb": max_memory_allocated above the pre-call allocation}. CPU: {"peak_mem_mb": the RSS
     high-water mark above the pre-call RSS (0 when the allocator reuses memory it already holds),
-    "peak_tensor_mb": the peak of live tensor bytes allocated during the call (torch profiler memory events)}.
+    "peak_tensor_mb": the peak of live tensor bytes allocated during the call (torch profiler memory events),
+    "page_faults": minor page faults during that call (first touches of fresh memory)}.
     """
     gc.collect()
     if device == "cuda":
@@ -131,10 +133,12 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> dict:
         fn()
         torch.cuda.synchronize()
         return {"peak_mem_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
-    out = {"peak_mem_mb": None, "peak_tensor_mb": None}
+    out = {"peak_mem_mb": None, "peak_tensor_mb": None, "page_faults": None}
     base = _proc_status_kb("VmRSS")
     if base is not None and _reset_rss_peak():
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         fn()
+        out["page_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         peak = _proc_status_kb("VmHWM")
         out["peak_mem_mb"] = None if peak is None else max(0.0, (peak - base) / 1024)
     out["peak_tensor_mb"] = _peak_tensor_mb(fn)
@@ -222,6 +226,24 @@ def run_pair(name: str, fns: dict, items: int, args, ours: str = "ours", ref: st
         row["target"] = target
         row["target_met"] = bool(row["ratio"] >= target)
     return row
+
+
+def stage_times_ms(model: nn.Module, stages: list[str], fn: Callable[[], object], calls: int) -> dict:
+    """Median milliseconds spent in each named child of `model` (forward hooks) over `calls` calls of `fn`."""
+    spent: dict[str, list[float]] = {n: [] for n in stages}
+    handles = []
+    for n in stages:
+        mod = getattr(model, n)
+        handles.append(mod.register_forward_pre_hook(lambda m, a: setattr(m, "_bench_t0", time.perf_counter())))
+        handles.append(mod.register_forward_hook(
+            lambda m, a, o, n=n: spent[n].append(time.perf_counter() - m._bench_t0)))
+    try:
+        for _ in range(calls):
+            fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: statistics.median(v) * 1e3 for n, v in spent.items() if v}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -385,7 +407,13 @@ def row_frcnn_infer(args) -> list[dict]:
                               "nms": 0.5, "detections_per_image": 100, "classes_with_background": 91}}
         fns = {"ours": _inference(lambda i=ours_in: ours(i), device=dev),
                "reference": _inference(lambda i=tv_in: tv(i), device=dev)}
-        rows.append(run_pair(f"frcnn_infer_{h}x{w}", fns, 1, args, extra=extra))
+        row = run_pair(f"frcnn_infer_{h}x{w}", fns, 1, args, extra=extra)
+        # where the time goes, per stage (sequential calls after the timed ones; same stage names in both)
+        stages = ["backbone", "rpn", "roi_heads"]
+        per = {k: stage_times_ms(m, stages, fns[k], max(1, min(3, args.repeats)))
+               for k, m in (("ours", ours), ("reference", tv))}
+        row["stages_ms"] = "; ".join(f"{k} " + " / ".join(f"{n} {v:.0f}" for n, v in per[k].items()) for k in per)
+        rows.append(row)
     return rows
 
 
@@ -581,6 +609,9 @@ def to_markdown(result: dict) -> str:
                              "paired_ratio_min", "paired_ratio_max", "settings")]
         if "paired_ratio_min" in row:
             bits.append(f"paired ratio range {row['paired_ratio_min']:.2f}-{row['paired_ratio_max']:.2f}")
+        faults = {n: e["page_faults"] for n, e in row["entries"].items() if e.get("page_faults") is not None}
+        if faults:
+            bits.append("page faults per call " + ", ".join(f"{n} {v}" for n, v in faults.items()))
         notes.append(f"- {row['name']}: " + "; ".join(bits))
     return "\n".join(lines + ["", "Row details:", ""] + notes) + "\n"
 

@@ -1,22 +1,16 @@
 """tools/benchmark.py: a --quick run writes the JSON and Markdown with every expected field (no timing asserts)."""
-import importlib.util
 import json
 import os
+import re
 
 import pytest
 import torch
+from _tools import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load("benchmark")
+bench = load_tool("benchmark")
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +20,7 @@ def _restore_denormals():
     torch.set_flush_denormal(False)
 
 ENTRY_FIELDS = {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "ms_per_item", "items_per_s", "peak_mem_mb",
-                "peak_tensor_mb", "repeats"}
+                "peak_tensor_mb", "page_faults", "repeats"}
 
 
 def _check_common(result, out_dir):
@@ -59,6 +53,8 @@ def test_quick_backbone_gemm_coco_rows(tmp_path):
     assert set(fp32["entries"]) == {"ours", "reference", "ours_no_fast_paths"}
     for e in fp32["entries"].values():
         assert ENTRY_FIELDS <= set(e) and e["repeats"] == 2 and e["min_ms"] <= e["median_ms"] <= e["max_ms"]
+        assert e["page_faults"] is None or e["page_faults"] >= 0
+    assert "page faults per call ours " in md or fp32["entries"]["ours"]["page_faults"] is None
     for key in ("ratio", "paired_ratio_median", "target", "target_met"):
         assert key in fp32
     assert fp32["c5_rel_diff_ours_fast_vs_torchvision"] < 1e-4  # same weights -> same features
@@ -91,6 +87,10 @@ def test_quick_detector_rows(tmp_path):
     infer = rows["frcnn_infer_128x128"]
     assert infer["tv_transform_size"] == [128, 128]  # torchvision did not resize
     assert "ratio" in infer and "detections_ours" in infer
+    # per-stage breakdown of both detectors: "ours backbone 12 / rpn 3 / roi_heads 4; reference backbone ..."
+    assert re.fullmatch(r"ours backbone \d+ / rpn \d+ / roi_heads \d+; reference backbone \d+ / rpn \d+ / "
+                        r"roi_heads \d+", infer["stages_ms"]), infer["stages_ms"]
+    assert "stages_ms=ours backbone" in open(os.path.join(tmp_path, "benchmark.md")).read()
     train = rows["frcnn_train"]
     assert train["trainable_params_ours"] == train["trainable_params_reference"]
     for name in ("detr_infer_128x128", "dbnet_infer_128x128"):
