@@ -6,12 +6,17 @@ came from and, for a typo, the nearest valid key.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg"]
+__all__ = ["CfgNode", "ConfigError", "get_cfg", "WORD_OR_BOOL_KEYS"]
+
+# Keys whose detectron2 meaning is a bool, to which we add words: the merge accepts either (fvcore would
+# refuse a str where the default is a bool) and refuses any other word, naming the key.
+WORD_OR_BOOL_KEYS = {"SOLVER.AMP.ENABLED": ("auto", "force")}
 
 
 class ConfigError(ValueError):
@@ -30,8 +35,45 @@ def _all_keys(node, prefix=""):
             yield from _all_keys(v, full + ".")
 
 
+def _node_and_leaf(node, key: str):
+    *path, leaf = key.split(".")
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return None, leaf
+    return (node, leaf) if leaf in node else (None, leaf)
+
+
 class CfgNode(_FvcoreCfgNode):
     """fvcore CfgNode whose merge errors name the key and suggest the nearest valid one."""
+
+    @contextlib.contextmanager
+    def _words_or_bools(self, source: str):
+        """Let WORD_OR_BOOL_KEYS take a bool or one of their words during a merge (the type check accepts
+        anything over a None), then put back the old value where nothing was merged and check the new one."""
+        saved = []
+        for key in WORD_OR_BOOL_KEYS:
+            node, leaf = _node_and_leaf(self, key)
+            if node is not None:
+                saved.append((key, node, leaf, node[leaf]))
+                dict.__setitem__(node, leaf, None)
+        try:
+            yield
+        finally:
+            for _key, node, leaf, old in saved:
+                if node[leaf] is None:
+                    dict.__setitem__(node, leaf, old)
+        for key, node, leaf, old in saved:
+            value, words = node[leaf], WORD_OR_BOOL_KEYS[key]
+            word = value.strip().lower() if isinstance(value, str) else None
+            if word in words:
+                dict.__setitem__(node, leaf, word)
+            elif word in ("true", "false"):  # YAML reads these as bools; the command line leaves them words
+                dict.__setitem__(node, leaf, word == "true")
+            elif not isinstance(value, bool):
+                dict.__setitem__(node, leaf, old)  # a refused value leaves the config as it was
+                raise ConfigError(f"{source}: bad value for config key '{key}': expected True, False or one of "
+                                  f"{', '.join(repr(w) for w in words)}, got {value!r}")
 
     def _explain(self, err: Exception, source: str) -> ConfigError:
         msg = str(err).strip("'\"")
@@ -57,7 +99,8 @@ class CfgNode(_FvcoreCfgNode):
 
     def merge_from_list(self, cfg_list: list) -> CfgNode:
         try:
-            return super().merge_from_list(cfg_list)
+            with self._words_or_bools("command-line override"):
+                return super().merge_from_list(cfg_list)
         except (KeyError, ValueError, AssertionError) as e:
             if isinstance(e, ConfigError):
                 raise
@@ -65,7 +108,8 @@ class CfgNode(_FvcoreCfgNode):
 
     def merge_from_other_cfg(self, cfg_other) -> CfgNode:
         try:
-            return super().merge_from_other_cfg(cfg_other)
+            with self._words_or_bools("config"):
+                return super().merge_from_other_cfg(cfg_other)
         except (KeyError, ValueError, AssertionError) as e:
             if isinstance(e, ConfigError):
                 raise

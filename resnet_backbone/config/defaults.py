@@ -227,8 +227,11 @@ _C.SOLVER.CLIP_GRADIENTS = CN({"ENABLED": False})
 _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
 _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+# detectron2: a bool. Ours adds two words (utils/precision.py): "auto" = DTYPE where this device runs it natively
+# (bf16 on a CPU with AMX / AVX512-BF16, fp16 or bf16 on CUDA), float32 elsewhere; "force" = DTYPE even where it
+# is only emulated (CPU). True on a device without native DTYPE is refused before the model is built.
 _C.SOLVER.AMP = CN({"ENABLED": False})
-# ours: "float16" or "bfloat16" on CUDA; CPU autocast always uses bfloat16
+# ours: the autocast dtype, "bfloat16" or "float16", on CPU and CUDA alike (fp16 on CUDA adds a GradScaler)
 _C.SOLVER.AMP.DTYPE = "bfloat16"
 # ours: a non-finite loss or gradient "error"s (naming iteration and loss term) or "skip"s the step
 _C.SOLVER.NONFINITE_POLICY = "error"

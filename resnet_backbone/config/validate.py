@@ -9,7 +9,9 @@ looks at the finished config as a whole and reports every problem at once, each 
   - consistency: MODEL.FPN.IN_FEATURES produced by the ResNet (MODEL.RESNETS.OUT_FEATURES), RPN / ROI_HEADS /
     DBNET in-features produced by the backbone, DETR reading res5, anchor sizes per level, NUM_CLASSES >= 1,
     SOLVER.IMS_PER_BATCH divisible by the world size, PIXEL_MEAN/STD length matching INPUT.FORMAT,
-    MODEL.DEVICE available.
+    MODEL.DEVICE available;
+  - precision: SOLVER.AMP.ENABLED / DTYPE against what MODEL.DEVICE runs natively (utils/precision.py): True
+    with a dtype the device lacks is refused here, before the model is built.
 
 Feature checks are done without building a model (the strides of ResNet stages and FPN levels are known),
 for the builders this package registers; a backbone registered by someone else is not second-guessed.
@@ -24,7 +26,7 @@ import logging
 import math
 from collections.abc import Sequence
 
-from .config import CfgNode, ConfigError
+from .config import WORD_OR_BOOL_KEYS, CfgNode, ConfigError
 
 __all__ = ["validate_cfg", "find_cfg_problems"]
 
@@ -59,7 +61,7 @@ def _type_problems(node, default, prefix: str, out: list[str]) -> None:
             continue
         ok = True
         if isinstance(d, bool):
-            ok = isinstance(v, bool)
+            ok = isinstance(v, bool) or (isinstance(v, str) and v.lower() in WORD_OR_BOOL_KEYS.get(key, ()))
         elif isinstance(d, int):
             ok = isinstance(v, int) and not isinstance(v, bool)
         elif isinstance(d, float):
@@ -281,6 +283,7 @@ def _check_solver(c: _Checker, world_size: int) -> None:
     c.choice("SOLVER.WARMUP_METHOD", ("linear", "constant"))
     c.choice("SOLVER.NONFINITE_POLICY", ("error", "skip"))
     c.choice("SOLVER.AMP.DTYPE", ("float16", "bfloat16"))
+    _check_precision(c)
     c.choice("SOLVER.BEST_CHECKPOINT_MODE", ("max", "min"))
     if s.CLIP_GRADIENTS.ENABLED:
         c.choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", ("value", "norm", "full_model"))
@@ -293,6 +296,27 @@ def _check_solver(c: _Checker, world_size: int) -> None:
     elif isinstance(s.MAX_ITER, int) and steps and steps[-1] > s.MAX_ITER \
             and s.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
         logger.warning("SOLVER.STEPS %s: step(s) after SOLVER.MAX_ITER=%d never happen", steps, s.MAX_ITER)
+
+
+def _check_precision(c: _Checker) -> None:
+    from ..utils.precision import PrecisionError, resolve_amp
+
+    amp = c.cfg.SOLVER.AMP
+    try:
+        resolve_amp(amp.ENABLED, amp.DTYPE, _device(c.cfg))
+    except PrecisionError as e:
+        c.problems.append(str(e))  # the message starts with the key it is about
+    except (RuntimeError, ValueError):  # MODEL.DEVICE itself is reported by the model checks
+        pass
+
+
+def _device(cfg) -> str:
+    import torch
+
+    dev = str(cfg.MODEL.DEVICE or "cpu")
+    if torch.device(dev).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(dev)
+    return dev
 
 
 def _check_data(c: _Checker) -> None:

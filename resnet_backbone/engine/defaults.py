@@ -11,6 +11,7 @@ import torch
 from ..checkpoint.checkpointer import _atomic_write, check_output_dir
 from ..utils import comm
 from ..utils.logger import setup_logger
+from ..utils.machine import machine
 from .train_loader import derive_seed, seed_all_rng
 
 __all__ = ["default_argument_parser", "default_setup", "setup_cfg", "flush_denormal"]
@@ -93,6 +94,7 @@ def default_setup(cfg, args=None) -> None:
     logger.info("Rank %d of world size %d", rank, comm.get_world_size())
     logger.info("Environment: python %s, torch %s, CUDA available: %s, threads %d", sys.version.split()[0],
                 torch.__version__, torch.cuda.is_available(), torch.get_num_threads())
+    logger.info("Machine: %s", machine().describe())
     if args is not None:
         logger.info("Command line arguments: %s", args)
         if getattr(args, "config_file", ""):

@@ -6,9 +6,9 @@
 
 Per iteration: a batch from the resumable loader (engine/train_loader.py), the model's RNG streams
 re-seeded from (SEED, iteration, rank) — so that a resumed run repeats the uninterrupted one exactly
-and every rank draws differently — forward (under autocast when SOLVER.AMP.ENABLED: bf16 on CPU,
-SOLVER.AMP.DTYPE on CUDA with a GradScaler for float16), a check that every loss term is finite
-(all ranks agree), backward, optional gradient clipping, a check that the gradients are finite,
+and every rank draws differently — forward (under autocast in SOLVER.AMP.DTYPE when SOLVER.AMP.ENABLED
+says so for this device, see utils/precision.py; a GradScaler for float16 on CUDA), a check that every loss
+term is finite (all ranks agree), backward, optional gradient clipping, a check that the gradients are finite,
 optimizer and scheduler step.
 
 Non-finite loss or gradients (SOLVER.NONFINITE_POLICY):
@@ -23,7 +23,6 @@ written to metrics.json and, with SOLVER.BEST_CHECKPOINT_METRIC, kept as model_b
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import warnings
@@ -219,16 +218,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup_amp(self, cfg):
-        amp = cfg.SOLVER.AMP
-        self.amp_enabled = bool(amp.ENABLED)
-        if self.device.type == "cuda":
-            dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(amp.DTYPE)
-            if dtype is None:
-                raise ValueError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got {amp.DTYPE!r}")
-        else:
-            dtype = torch.bfloat16  # CPU autocast runs bf16
-        self.amp_dtype = dtype
-        use_scaler = self.amp_enabled and self.device.type == "cuda" and dtype == torch.float16
+        """SOLVER.AMP.ENABLED (False / True / "auto" / "force") and DTYPE against this device (utils/precision.py);
+        the choice and its reason are logged once. validate_cfg has already refused what cannot run."""
+        from ..utils.precision import resolve_amp
+
+        decision = resolve_amp(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, self.device)
+        (logger.warning if decision.emulated else logger.info)("Training precision: %s", decision.reason)
+        self.amp = decision
+        self.amp_enabled, self.amp_dtype = decision.enabled, decision.dtype
+        use_scaler = decision.enabled and self.device.type == "cuda" and decision.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type if self.device.type == "cuda" else "cpu",
                                            enabled=use_scaler)
 
@@ -314,9 +312,7 @@ class Trainer:
         return results
 
     def _autocast(self):
-        if not self.amp_enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return self.amp.autocast()
 
     def run_step(self) -> None:
         it = self.iter

@@ -71,3 +71,35 @@ def test_imagenet_configs_build_the_classifier():
         assert cfg.MODEL.RESNETS.NUM_CLASSES == 1000
         shapes = build_backbone(cfg).output_shape()
         assert shapes["res5"].stride == 32 and shapes["linear"].channels == 1000
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("false", False), ("auto", "auto"), ("FORCE", "force")])
+def test_amp_enabled_takes_a_bool_or_a_word(tmp_path, text, value):
+    f = tmp_path / "amp.yaml"
+    f.write_text(f"SOLVER:\n  AMP:\n    ENABLED: {text}\n")
+    cfg = get_cfg()
+    cfg.merge_from_file(str(f))
+    assert cfg.SOLVER.AMP.ENABLED == value and type(cfg.SOLVER.AMP.ENABLED) is type(value)
+    again = get_cfg()
+    again.merge_from_other_cfg(cfg.load_cfg(cfg.dump()))  # config.yaml written by a run reads back the same
+    assert again.SOLVER.AMP.ENABLED == value
+    cli = get_cfg()
+    cli.merge_from_list(["SOLVER.AMP.ENABLED", text])
+    assert cli.SOLVER.AMP.ENABLED == value
+    other = get_cfg()
+    other.merge_from_list(["SOLVER.BASE_LR", "0.5"])  # merging other keys leaves it at its default
+    assert other.SOLVER.AMP.ENABLED is False
+
+
+def test_amp_enabled_refuses_other_words_and_keeps_the_old_value(tmp_path):
+    cfg = get_cfg()
+    cfg.merge_from_list(["SOLVER.AMP.ENABLED", "auto"])
+    with pytest.raises(ConfigError, match=r"command-line override: bad value for config key 'SOLVER.AMP.ENABLED': "
+                                          r"expected True, False or one of 'auto', 'force', got 'sometimes'"):
+        cfg.merge_from_list(["SOLVER.AMP.ENABLED", "sometimes"])
+    assert cfg.SOLVER.AMP.ENABLED == "auto"
+    f = tmp_path / "bad.yaml"
+    f.write_text("SOLVER:\n  AMP:\n    ENABLED: 3\n")
+    with pytest.raises(ConfigError, match="SOLVER.AMP.ENABLED"):
+        cfg.merge_from_file(str(f))
+    assert cfg.SOLVER.AMP.ENABLED == "auto"

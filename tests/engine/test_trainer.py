@@ -101,9 +101,39 @@ def test_unwritable_output_dir_fails_before_training(tmp_path):
 
 
 def test_bf16_autocast_on_cpu_and_metrics(tmp_path):
-    t = _run(tiny_cfg(tmp_path, max_iter=3, **{"SOLVER.AMP.ENABLED": True}))
+    # "force": bf16 on any CPU (emulated where it is not native), so this runs the autocast path everywhere
+    t = _run(tiny_cfg(tmp_path, max_iter=3, **{"SOLVER.AMP.ENABLED": "force"}))
+    assert t.amp_dtype == torch.bfloat16
     assert torch.bfloat16 in t.unwrapped_model.seen_dtypes
     assert all(isinstance(m["total_loss"], float) for m in read_metrics(tmp_path / "metrics.json"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_cpu_and_is_logged_once(tmp_path, native, caplog):
+    import logging
+
+    from resnet_backbone.utils.machine import override_machine
+
+    with override_machine(cpu_bf16_native=native), caplog.at_level(logging.INFO, "resnet_backbone.engine.trainer"):
+        t = _run(tiny_cfg(tmp_path, max_iter=2, **{"SOLVER.AMP.ENABLED": "auto"}))
+    assert t.amp_dtype == (torch.bfloat16 if native else torch.float32)
+    assert (torch.bfloat16 in t.unwrapped_model.seen_dtypes) == native
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Training precision")]
+    assert len(lines) == 1
+    assert ("bfloat16 autocast, native" in lines[0]) if native else ("float32, since CPU" in lines[0])
+
+
+def test_explicit_bf16_on_a_cpu_without_it_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    from resnet_backbone.config import ConfigError
+    from resnet_backbone.utils.machine import override_machine
+
+    built = []
+    monkeypatch.setattr(TinyTrainer, "build_model", classmethod(lambda cls, cfg: built.append(1)))
+    with override_machine(cpu_bf16_native=False), \
+            pytest.raises(ConfigError, match=r"SOLVER.AMP.ENABLED True asks for bfloat16 .* no native bfloat16 .*"
+                                             r"SOLVER.AMP.ENABLED force"):
+        TinyTrainer(tiny_cfg(tmp_path, **{"SOLVER.AMP.ENABLED": True}))
+    assert built == []
 
 
 def test_eval_results_and_best_checkpoint(tmp_path):

@@ -66,7 +66,7 @@ def test_nan_gradient_caught_with_clipping_enabled(tmp_path, clip_type):
 
 
 def test_nan_loss_under_bf16_autocast(tmp_path):
-    cfg = tiny_trainer_cfg(tmp_path, max_iter=4, **{"SOLVER.AMP.ENABLED": True})
+    cfg = tiny_trainer_cfg(tmp_path, max_iter=4, **{"SOLVER.AMP.ENABLED": "force"})  # bf16 on any CPU
     with pytest.raises(NonFiniteLossError, match=r"iteration 3: loss term\(s\) not finite: loss_b=nan"):
         _run(cfg, {3: "poison_loss"})
 

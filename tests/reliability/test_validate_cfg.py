@@ -151,3 +151,40 @@ def test_train_net_setup_refuses_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="SOLVER.STEPS: must be increasing"):
         default_setup(cfg)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("dtype, missing", [("bfloat16", "cpu_bf16_native"), ("float16", "cpu_fp16_native")])
+def test_precision_the_cpu_lacks_is_refused_before_writing(tmp_path, dtype, missing):
+    from resnet_backbone.engine import default_setup
+    from resnet_backbone.utils.machine import override_machine
+
+    out = tmp_path / "out"
+    cfg = _fpn_cfg()
+    cfg.OUTPUT_DIR = str(out)
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.DTYPE = dtype
+    with override_machine(**{missing: False}):
+        with pytest.raises(ConfigError, match=rf"SOLVER.AMP.ENABLED True asks for {dtype} autocast .*CPU .* no native "
+                                              rf"{dtype}.*SOLVER.AMP.ENABLED auto"):
+            default_setup(cfg)
+        assert not out.exists()
+        cfg.SOLVER.AMP.ENABLED = "auto"  # the same request as "where native" passes
+        assert find_cfg_problems(cfg, world_size=1) == []
+
+
+def test_train_net_on_an_avx2_cpu_refuses_explicit_bf16_with_the_way_out(tmp_path):
+    """The whole tool, as a user on an AVX2-only CPU runs it (emulated with RB_MACHINE): a clear error, nothing
+    written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
+           os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_R_50_FPN_synthetic.yaml"),
+           "SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(out)]
+    env = {**os.environ, "RB_MACHINE": "cpu_bf16_native=0,cpu_amx=0"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode != 0
+    assert "SOLVER.AMP.ENABLED True asks for bfloat16 autocast" in r.stderr
+    assert "SOLVER.AMP.ENABLED force" in r.stderr and "overridden: cpu_amx, cpu_bf16_native" in r.stderr
+    assert not out.exists()
