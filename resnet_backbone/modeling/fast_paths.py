@@ -10,8 +10,10 @@ Each switch keeps the model's outputs (tests/modeling/test_fast_paths.py checks 
 - `prepack_mkldnn(model)` (CPU): every conv becomes an `MkldnnConv2d` holding its weight pre-reordered in
   oneDNN's blocked layout (eager PyTorch re-reorders the weight on every call), with ReLU and, inside our
   ResNet blocks, the residual add + ReLU fused into the conv as oneDNN post-ops. Under CPU bf16 autocast it
-  runs bf16 kernels (AMX / avx512_bf16 where the CPU has them) with a bf16 copy of the packed weight.
-- `inference_autocast(device, dtype)`: bf16 autocast on CPU, fp16 / bf16 on CUDA, as one context manager.
+  runs bf16 kernels (AMX / avx512_bf16 where the CPU has them) with a bf16 copy of the packed weight; where
+  oneDNN has no bf16 kernels (AVX2-only CPUs) it computes through `F.conv2d` instead of failing.
+- `inference_autocast(device, dtype="auto")`: mixed precision where this machine runs it natively (bf16 on
+  AMX / AVX512-BF16 CPUs, fp16 / bf16 on CUDA), float32 elsewhere; see utils/precision.py.
 - `optimize_for_inference(model, cfg)`: applies MODEL.FUSE_FROZEN_BN, MODEL.CHANNELS_LAST and MODEL.COMPILE
   (on CPU, FUSE_FROZEN_BN also prepacks the convs with fused post-ops) and puts the model in eval mode.
 
@@ -130,20 +132,42 @@ def autocast_dtype(dtype) -> torch.dtype:
         raise ValueError(f"unknown autocast dtype {dtype!r}; use 'bfloat16', 'float16' or 'float32'") from None
 
 
-def inference_autocast(device="cpu", dtype="bfloat16"):
-    """Mixed-precision context for inference: bf16 on CPU, fp16 or bf16 on CUDA; float32 -> no-op context.
+def inference_autocast(device="cpu", dtype="auto", *, force: bool = False):
+    """Mixed-precision context for inference, chosen with this machine's native support (utils/precision.py).
 
-    CPU autocast has no fp16 kernels worth using, so asking for float16 on CPU is an error, not a silent change.
+    - dtype "auto" (default): bf16 on a CPU with AMX / AVX512-BF16, float32 (a no-op context) on a CPU without
+      native bf16 (where bf16 runs 15-25x slower); on CUDA bf16 where the GPU has it, else fp16.
+    - dtype "bfloat16" / "float16": that dtype; a device without it natively raises `PrecisionError` (a
+      ValueError) saying what it supports, unless `force=True` (CPU: run it emulated, with a warning).
+    - dtype "float32" / None: a no-op context.
     """
+    from ..utils.machine import machine
+    from ..utils.precision import resolve_amp
+
     device_type = torch.device(device).type
-    dt = autocast_dtype(dtype)
-    if dt == torch.float32:
-        return contextlib.nullcontext()
-    if device_type == "cpu" and dt != torch.bfloat16:
-        raise ValueError(f"CPU autocast supports bfloat16 only, got {dtype!r}")
     if device_type not in ("cpu", "cuda"):
         raise ValueError(f"inference_autocast: unsupported device {device!r} (cpu or cuda)")
-    return torch.autocast(device_type=device_type, dtype=dt)
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        dev = machine().cuda_device(torch.device(device).index) if device_type == "cuda" else None
+        request, dt = "auto", ("float16" if dev is not None and not dev.bf16 else "bfloat16")
+    else:
+        dt = autocast_dtype(dtype)
+        if dt == torch.float32:
+            return contextlib.nullcontext()
+        request = "force" if force else True
+    decision = resolve_amp(request, dt, device, key="inference autocast")
+    if decision.emulated or not decision.enabled:
+        _log_once(logging.WARNING if decision.emulated else logging.INFO, decision.reason)
+    return decision.autocast()
+
+
+_logged: set[str] = set()
+
+
+def _log_once(level: int, msg: str) -> None:
+    if msg not in _logged:
+        _logged.add(msg)
+        logger.log(level, msg)
 
 
 # ------------------------------------------------------------------------------------------ oneDNN prepack
@@ -156,6 +180,13 @@ def mkldnn_available() -> bool:
 
 def _cpu_autocast_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _bf16_kernels() -> bool:
+    """oneDNN has bf16 conv kernels here (without them its bf16 weight reorder raises: AVX2-only CPUs)."""
+    from ..utils.machine import machine
+
+    return machine().cpu_bf16_kernels
 
 
 class MkldnnConv2d(nn.Module):
@@ -233,7 +264,8 @@ class MkldnnConv2d(nn.Module):
             other is not None and other.requires_grad)))
         if _cpu_autocast_bf16() and x.dtype == torch.float32:
             x = x.to(torch.bfloat16)
-        if not fast or x.dtype not in (torch.float32, torch.bfloat16):
+        if not fast or x.dtype not in (torch.float32, torch.bfloat16) or (
+                x.dtype == torch.bfloat16 and not _bf16_kernels()):
             return self._reference(x, other)
         packed, bias = self._pack(x.dtype, tuple(x.shape))
         args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)

@@ -23,6 +23,8 @@ from resnet_backbone.modeling.fast_paths import (
     prepack_mkldnn,
     to_channels_last,
 )
+from resnet_backbone.utils.machine import override_machine, probe_machine
+from resnet_backbone.utils.precision import PrecisionError
 
 needs_mkldnn = pytest.mark.skipif(not mkldnn_available(), reason="torch built without oneDNN")
 
@@ -303,17 +305,47 @@ def test_mkldnn_conv_rejects_unknown_activation():
         MkldnnConv2d(nn.Conv2d(3, 4, 3), "gelu")
 
 
-@needs_mkldnn
-def test_bf16_autocast_parity(r50_and_ref):
-    model, x, ref = r50_and_ref
+needs_bf16_kernels = pytest.mark.skipif(not probe_machine().cpu_bf16_kernels,
+                                        reason="this CPU has no oneDNN bf16 kernels (AVX2 only): the packed bf16 "
+                                               "path cannot run here; the fallback is tested on every CPU")
+
+
+def _bf16_parity(model, x, ref):
     fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=True, mkldnn=True)
-    with torch.inference_mode(), inference_autocast("cpu", "bfloat16"):
+    # force: bf16 even where it is only emulated, so the numerics are checked on every CPU
+    with torch.inference_mode(), inference_autocast("cpu", "bfloat16", force=True):
         out = fast(x)
         plain = model(x)
     for k in ref:
         assert out[k].dtype == torch.bfloat16
         assert _rel_err(out[k], ref[k]) < 3e-2, k
         assert _rel_err(plain[k], ref[k]) < 3e-2, k
+    return fast
+
+
+@needs_mkldnn
+@needs_bf16_kernels
+def test_bf16_autocast_parity_packed_kernels(r50_and_ref, monkeypatch):
+    packed = []
+    orig = MkldnnConv2d._pack
+    monkeypatch.setattr(MkldnnConv2d, "_pack", lambda self, dt, size: packed.append(dt) or orig(self, dt, size))
+    _bf16_parity(*r50_and_ref)
+    assert packed and set(packed) == {torch.bfloat16}
+
+
+@needs_mkldnn
+def test_bf16_autocast_without_onednn_bf16_kernels_falls_back_instead_of_failing(r50_and_ref, monkeypatch):
+    """An AVX2-only CPU: oneDNN's bf16 weight reorder would raise; the prepacked convs compute through F.conv2d."""
+    def no_reorder(*a, **k):
+        raise AssertionError("mkldnn_reorder_conv2d_weight called for bf16 on a CPU without bf16 kernels")
+
+    with override_machine(cpu_bf16_kernels=False, cpu_bf16_native=False, cpu_amx=False):
+        fast = optimize_for_inference(copy.deepcopy(r50_and_ref[0]), fuse_bn=True, channels_last=True, mkldnn=True)
+        monkeypatch.setattr(MkldnnConv2d, "_pack", no_reorder)
+        _bf16_parity(fast, *r50_and_ref[1:])
+        with torch.inference_mode():  # float32 still takes the packed path
+            monkeypatch.undo()
+            torch.testing.assert_close(fast(r50_and_ref[1])["res5"], r50_and_ref[2]["res5"], rtol=1e-3, atol=1e-3)
 
 
 def test_inference_autocast_choices():
@@ -321,15 +353,28 @@ def test_inference_autocast_choices():
     assert autocast_dtype("float16") is torch.float16
     with pytest.raises(ValueError, match="autocast dtype"):
         autocast_dtype("int8")
-    with pytest.raises(ValueError, match="bfloat16 only"):
-        inference_autocast("cpu", "float16")
     with inference_autocast("cpu", "float32"):
         assert not torch.is_autocast_enabled("cpu")
-    with inference_autocast("cpu", "bfloat16"):
-        assert torch.is_autocast_enabled("cpu")
-        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-        y = nn.Linear(4, 4)(torch.randn(2, 4))
-    assert y.dtype == torch.bfloat16
+    with override_machine(cpu_bf16_native=True, cpu_fp16_native=True):
+        for request in ("auto", "bfloat16"):
+            with inference_autocast("cpu", request):
+                assert torch.is_autocast_enabled("cpu")
+                assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+                y = nn.Linear(4, 4)(torch.randn(2, 4))
+            assert y.dtype == torch.bfloat16
+        with inference_autocast("cpu", "float16"):
+            assert torch.get_autocast_dtype("cpu") == torch.float16
+
+
+def test_inference_autocast_on_a_cpu_without_native_bf16():
+    with override_machine(cpu_bf16_native=False, cpu_fp16_native=False):
+        with inference_autocast("cpu"):  # auto: float32, not 15-25x slower bf16
+            assert not torch.is_autocast_enabled("cpu")
+        for dtype in ("bfloat16", "float16"):
+            with pytest.raises(PrecisionError, match=rf"no native {dtype} .*force"):
+                inference_autocast("cpu", dtype)
+        with inference_autocast("cpu", "bfloat16", force=True):
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
