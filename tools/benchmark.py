@@ -56,7 +56,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resnet_backbone.config import get_cfg  # noqa: E402
 from resnet_backbone.modeling.backbone import build_backbone  # noqa: E402
-from resnet_backbone.modeling.fast_paths import inference_autocast, optimize_for_inference  # noqa: E402
+from resnet_backbone.modeling.fast_paths import (  # noqa: E402
+    autocast_dtype,
+    inference_autocast,
+    optimize_for_inference,
+)
 
 logger = logging.getLogger("benchmark")
 
@@ -65,24 +69,28 @@ TARGETS = {  # row/entry -> minimum ratio (reference time / our time), from issu
     "backbone_fp32": 1.25, "backbone_bf16": 2.2, "frcnn_infer_512x512": 1.3, "frcnn_infer_800x1333": 1.3,
     "frcnn_train": 1.15, "gemm": 0.75, "coco_eval": 3.0,
 }
-DOC_BEGIN, DOC_END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+DOC_BEGIN, DOC_END = "<!-- benchmark:begin {kind} -->", "<!-- benchmark:end {kind} -->"  # one table per CPU kind
 
 
 # ------------------------------------------------------------------------------------------ machine / memory
 def machine_info(device: str) -> dict:
-    cpu, flags = platform.processor() or "unknown", ""
+    from resnet_backbone.utils.machine import machine
+
+    m = machine()
+    flags = ""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and cpu in ("unknown", "x86_64", ""):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = line.split(":", 1)[1]
+            flags = next((ln.split(":", 1)[1] for ln in f if ln.startswith("flags")), "")
     except OSError:
         pass
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f} " in f" {flags} "]
+    caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+            if os.environ.get(k)}
     info = {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "isa": isa,
+        "cpu": m.cpu_name, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "isa": isa,
+        "cpu_capability": m.cpu_capability, "bf16_native": m.cpu_bf16_native, "amx": m.cpu_amx,
+        "fp16_native": m.cpu_fp16_native, "isa_caps": caps, "cpu_kind": cpu_kind(m, caps),
+        "machine": m.describe(),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
         "mkldnn": torch.backends.mkldnn.is_available(), "device": device,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -95,6 +103,13 @@ def machine_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def cpu_kind(m, caps: dict) -> str:
+    """The CPU kind a table is filed under: ATen's vector level, '+AMX' where AMX runs bf16, and whether the
+    ISA was capped by environment variables (an emulation of a smaller CPU on this one)."""
+    kind = m.cpu_capability + ("+AMX" if m.cpu_amx else "+AVX512-BF16" if m.cpu_bf16_native else "")
+    return kind + (" (emulated: " + " ".join(f"{k}={v}" for k, v in caps.items()) + ")" if caps else "")
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -320,9 +335,10 @@ def copy_torchvision_detector_weights(ours: nn.Module, tv: nn.Module) -> int:
     return len(body) + len(rest)
 
 
-def _inference(fn, amp: str | None = None, device: str = "cpu"):
+def _inference(fn, amp: str | None = None, device: str = "cpu", force: bool = False):
     def run():
-        with torch.inference_mode(), (inference_autocast(device, amp) if amp else contextlib.nullcontext()):
+        with torch.inference_mode(), (inference_autocast(device, amp, force=force) if amp
+                                      else contextlib.nullcontext()):
             return fn()
     return run
 
@@ -347,6 +363,13 @@ def row_backbone(args, bf16: bool) -> dict:
                "ours_no_fast_paths": _inference(lambda: ours_plain(x), device=dev)}
         return run_pair("backbone_fp32", fns, batch, args, extra=extra)
     amp = args.amp_dtype
+    not_native = low_precision_not_native(args)
+    if not_native:
+        # full repeats would take many minutes; one small call of each says what this precision costs here
+        xs = x[:1]
+        fns = {"ours_fp32": _inference(lambda: ours(xs), device=dev),
+               f"ours_{amp}_forced": _inference(lambda: ours(xs), amp, dev, force=True)}
+        return cost_of_not_native("backbone_bf16", fns, not_native, args, extra={**extra, "batch": 1})
     with torch.inference_mode(), inference_autocast(dev, amp):
         low = ours(x)["res5"]
         tv_low = trunk(x)
@@ -356,6 +379,30 @@ def row_backbone(args, bf16: bool) -> dict:
            "reference": _inference(lambda: trunk(x), device=dev),
            "reference_amp": _inference(lambda: trunk(x), amp, dev)}
     return run_pair("backbone_bf16", fns, batch, args, extra=extra)
+
+
+def low_precision_not_native(args) -> str:
+    """Why --amp-dtype does not run natively on this device ("" when it does)."""
+    from resnet_backbone.utils.precision import PrecisionError, resolve_amp
+
+    try:
+        resolve_amp(True, args.amp_dtype, args.device, key="--amp-dtype")
+    except PrecisionError as e:
+        return str(e).split(": it would run")[0]
+    return ""
+
+
+def cost_of_not_native(name: str, fns: dict, reason: str, args, extra: dict | None = None) -> dict:
+    """A row whose precision is not native here: one warm-up and one timed call of each entry (the forced
+    low-precision one and its float32 twin), reported as the cost of forcing it, not as a speed row."""
+    times = time_interleaved(fns, 1, 1, args.device, progress=False)
+    row = {"name": name, "entries": {n: summarize(t, 1) for n, t in times.items()}, **(extra or {}),
+           "not_native": reason}
+    fp32, low = list(times)  # the float32 entry first, the forced one second
+    row["forced_cost_vs_fp32"] = times[low][0] / times[fp32][0]
+    logger.warning("%s: %s; forcing it costs %.1fx float32 here (one call each), so the row is not timed",
+                   name, reason, row["forced_cost_vs_fp32"])
+    return row
 
 
 def _tv_frcnn(min_size: int, max_size: int, train: bool, depth: int = 50):
@@ -506,7 +553,7 @@ def row_gemm(args) -> dict:
     n = 512 if args.quick else 4096
     a = torch.randn(n, n, device=dev)
     b = torch.randn(n, n, device=dev)
-    a16, b16 = a.bfloat16(), b.bfloat16()
+    a16, b16 = a.to(autocast_dtype(args.amp_dtype)), b.to(autocast_dtype(args.amp_dtype))
     batch, size = (2, 64) if args.quick else (8, 224)
     ours_plain, _ = build_backbone_pair(dev, args.depth)
     x = torch.randn(batch, 3, size, size, device=dev)
@@ -515,25 +562,34 @@ def row_gemm(args) -> dict:
     flops.uncalled_modules_warnings(False)
     conv_macs = flops.by_operator().get("conv", 0)
     ours = optimize_for_inference(ours_plain, fuse_bn=True, channels_last=True)
+    not_native = low_precision_not_native(args)
     fns = {"ours": _inference(lambda: ours(x), device=dev),
-           "gemm_fp32": _inference(lambda: torch.mm(a, b), device=dev),
-           "gemm_bf16": _inference(lambda: torch.mm(a16, b16), device=dev),
-           "ours_bf16": _inference(lambda: ours(x), args.amp_dtype, dev)}
+           "gemm_fp32": _inference(lambda: torch.mm(a, b), device=dev)}
+    if not not_native:
+        fns.update(gemm_bf16=_inference(lambda: torch.mm(a16, b16), device=dev),
+                   ours_bf16=_inference(lambda: ours(x), args.amp_dtype, dev))
     row = run_pair("gemm", fns, 1, args, ref=None, extra={"n": n, "batch": batch, "input": [3, size, size]})
     gemm_flop = 2 * n ** 3
     bb_flop = 2 * conv_macs  # fvcore counts one multiply-add as one flop
     e = row["entries"]
-    e["gemm_fp32"]["gflops"] = gemm_flop / e["gemm_fp32"]["median_ms"] * 1e-6
-    e["gemm_bf16"]["gflops"] = gemm_flop / e["gemm_bf16"]["median_ms"] * 1e-6
-    e["ours"]["gflops"] = bb_flop / e["ours"]["median_ms"] * 1e-6
-    e["ours_bf16"]["gflops"] = bb_flop / e["ours_bf16"]["median_ms"] * 1e-6
-    for k in ("ours", "ours_bf16"):
-        e[k]["items"], e[k]["ms_per_item"], e[k]["items_per_s"] = (
-            batch, e[k]["median_ms"] / batch, batch / e[k]["median_ms"] * 1e3)
+    for k in fns:
+        e[k]["gflops"] = (gemm_flop if k.startswith("gemm") else bb_flop) / e[k]["median_ms"] * 1e-6
+        if k.startswith("ours"):
+            e[k]["items"], e[k]["ms_per_item"], e[k]["items_per_s"] = (
+                batch, e[k]["median_ms"] / batch, batch / e[k]["median_ms"] * 1e3)
     row.update(backbone_gflop_per_batch=bb_flop / 1e9, flop_note="fvcore conv multiply-adds x 2",
                ratio=e["ours"]["gflops"] / e["gemm_fp32"]["gflops"],
-               ratio_bf16=e["ours_bf16"]["gflops"] / e["gemm_bf16"]["gflops"],
                ratio_of="backbone fp32 GFLOP/s / GEMM fp32 GFLOP/s")
+    if not not_native:
+        row["ratio_bf16"] = e["ours_bf16"]["gflops"] / e["gemm_bf16"]["gflops"]
+    else:
+        # what a forced low-precision GEMM costs here, on a small one (a 4096 one would take minutes)
+        m_ = 1024 if not args.quick else 256
+        a_s, b_s = a[:m_, :m_].contiguous(), b[:m_, :m_].contiguous()
+        low = autocast_dtype(args.amp_dtype)
+        cost = cost_of_not_native("gemm", {"fp32": lambda: torch.mm(a_s, b_s),
+                                           "low": lambda: torch.mm(a_s.to(low), b_s.to(low))}, not_native, args)
+        row.update(not_native=not_native, forced_gemm_n=m_, forced_gemm_cost_vs_fp32=cost["forced_cost_vs_fp32"])
     row["target"] = TARGETS["gemm"]
     row["target_met"] = bool(row["ratio"] >= row["target"])
     return row
@@ -568,7 +624,8 @@ def to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
-        f"ISA {'/'.join(m['isa']) or '-'}; torch {m['torch']}, torchvision {m['torchvision']}; device "
+        f"CPU kind {m['cpu_kind']} (bf16 {'native' if m['bf16_native'] else 'NOT native'}), "
+        f"cpuinfo flags {'/'.join(m['isa']) or '-'}; torch {m['torch']}, torchvision {m['torchvision']}; device "
         f"{m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}; {m['date']}; "
         f"load average at start {', '.join(f'{x:.1f}' for x in m.get('load_average_at_start', []))}; "
         f"{result['args']['repeats']} interleaved repeats after {result['args']['warmup']} warm-up calls"
@@ -589,7 +646,9 @@ def to_markdown(result: dict) -> str:
             if "gflops" in e:
                 label += f" {e['gflops']:.0f} GFLOP/s"
             ratio = target = ""
-            if first and "ratio" in row:
+            if first and row.get("not_native") and "ratio" not in row:
+                ratio, target = f"forced: **{row['forced_cost_vs_fp32']:.1f}x** the fp32 time", "not native here"
+            elif first and "ratio" in row:
                 ratio = f"**{row['ratio']:.2f}x**"
                 if "paired_ratio_median" in row:
                     ratio += f" (paired {row['paired_ratio_median']:.2f}x)"
@@ -616,13 +675,15 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines + ["", "Row details:", ""] + notes) + "\n"
 
 
-def update_docs(path: str, markdown: str) -> None:
-    """Replace the generated section of `path` (between the benchmark markers), or append one."""
+def update_docs(path: str, markdown: str, kind: str) -> None:
+    """Replace the generated table of this CPU kind in `path` (between its markers), or append one. Tables of
+    other CPU kinds stay."""
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    block = f"{DOC_BEGIN}\n{markdown}{DOC_END}"
-    if DOC_BEGIN in text and DOC_END in text:
-        head, rest = text.split(DOC_BEGIN, 1)
-        text = head + block + rest.split(DOC_END, 1)[1]
+    begin, end = DOC_BEGIN.format(kind=kind), DOC_END.format(kind=kind)
+    block = f"{begin}\n### CPU kind: {kind}\n\n{markdown}{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     with open(path, "w") as f:
@@ -712,7 +773,7 @@ def main(argv=None) -> dict:
     with open(os.path.join(args.output_dir, "benchmark.md"), "w") as f:
         f.write(md)
     if args.update_docs:
-        update_docs(args.update_docs, md)
+        update_docs(args.update_docs, md, result["machine"]["cpu_kind"])
     print(md)
     return result
 

@@ -38,14 +38,19 @@ def _check_common(result, out_dir):
 
 
 def test_quick_backbone_gemm_coco_rows(tmp_path):
+    from resnet_backbone.utils.machine import machine
+
+    kind = bench.cpu_kind(machine(), {})
     docs = tmp_path / "BENCH.md"
-    docs.write_text("# Benchmarks\n\nhand-written notes stay\n\n<!-- benchmark:begin -->\nold\n<!-- benchmark:end -->\n"
-                    "\ntrailing notes stay\n")
+    docs.write_text("# Benchmarks\n\nhand-written notes stay\n\n<!-- benchmark:begin OTHER -->\nother kind\n"
+                    f"<!-- benchmark:end OTHER -->\n\n<!-- benchmark:begin {kind} -->\nold\n"
+                    f"<!-- benchmark:end {kind} -->\n\ntrailing notes stay\n")
     result = bench.main(["--quick", "--rows", "1,2,gemm,coco_eval", "--repeats", "2", "--warmup", "0",
                          "--output-dir", str(tmp_path), "--no-progress", "--update-docs", str(docs)])
     md = _check_common(result, tmp_path)
     assert result["machine"]["flush_denormal"] is True and "denormals flushed (FTZ/DAZ) for both sides" in md
     assert float(torch.tensor([1e-40]) * 1.0) == 0.0  # in effect in this (the calling) thread
+    assert result["machine"]["cpu_kind"] == kind and f"CPU kind {kind}" in md
     rows = {r["name"]: r for r in result["rows"]}
     assert set(rows) == {"backbone_fp32", "backbone_bf16", "gemm", "coco_eval"}
 
@@ -59,22 +64,42 @@ def test_quick_backbone_gemm_coco_rows(tmp_path):
         assert key in fp32
     assert fp32["c5_rel_diff_ours_fast_vs_torchvision"] < 1e-4  # same weights -> same features
 
-    bf16 = rows["backbone_bf16"]
-    assert set(bf16["entries"]) == {"ours", "reference", "reference_amp"}
-    assert 0 < bf16["c5_rel_err_bf16_vs_fp32"] < 0.05
-
-    gemm = rows["gemm"]
-    assert {"gemm_fp32", "gemm_bf16", "ours", "ours_bf16"} <= set(gemm["entries"])
-    assert gemm["entries"]["gemm_fp32"]["gflops"] > 0 and gemm["backbone_gflop_per_batch"] > 0
-    assert gemm["ratio"] == pytest.approx(gemm["entries"]["ours"]["gflops"] / gemm["entries"]["gemm_fp32"]["gflops"])
-
     coco = rows["coco_eval"]
     assert coco["metrics_match"] and coco["max_abs_metric_diff"] <= 1e-4
     assert coco["entries"]["ours"]["backend"] == "faster_coco_eval"
 
     text = docs.read_text()
     assert "hand-written notes stay" in text and "trailing notes stay" in text and "old" not in text
-    assert md.strip() in text
+    assert "other kind" in text  # another CPU kind's table stays
+    assert f"### CPU kind: {kind}\n\n{md.strip()}" in text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_rows_follow_native_support(tmp_path, native):
+    """Both branches on any CPU: native bf16 -> timed rows; not native -> the row says so and reports what one
+    forced call costs, instead of running full repeats for many minutes."""
+    from resnet_backbone.utils.machine import override_machine
+
+    with override_machine(cpu_bf16_native=native, cpu_amx=native and bench.machine_info("cpu")["amx"]):
+        result = bench.main(["--quick", "--rows", "2,gemm", "--repeats", "2", "--warmup", "0",
+                             "--output-dir", str(tmp_path), "--no-progress"])
+    md = _check_common(result, tmp_path)
+    rows = {r["name"]: r for r in result["rows"]}
+    bf16, gemm = rows["backbone_bf16"], rows["gemm"]
+    assert result["machine"]["bf16_native"] is native
+    if native:
+        assert set(bf16["entries"]) == {"ours", "reference", "reference_amp"} and "not_native" not in bf16
+        assert 0 < bf16["c5_rel_err_bf16_vs_fp32"] < 0.05
+        assert {"gemm_fp32", "gemm_bf16", "ours", "ours_bf16"} <= set(gemm["entries"]) and "ratio_bf16" in gemm
+    else:
+        assert set(bf16["entries"]) == {"ours_fp32", "ours_bfloat16_forced"} and bf16["batch"] == 1
+        assert "no native bfloat16" in bf16["not_native"] and bf16["forced_cost_vs_fp32"] > 0
+        assert all(e["repeats"] == 1 for e in bf16["entries"].values())
+        assert "forced: **" in md and "not native here" in md
+        assert set(gemm["entries"]) == {"gemm_fp32", "ours"} and "ratio_bf16" not in gemm
+        assert gemm["forced_gemm_cost_vs_fp32"] > 0 and "no native bfloat16" in gemm["not_native"]
+    assert gemm["entries"]["gemm_fp32"]["gflops"] > 0 and gemm["backbone_gflop_per_batch"] > 0
+    assert gemm["ratio"] == pytest.approx(gemm["entries"]["ours"]["gflops"] / gemm["entries"]["gemm_fp32"]["gflops"])
 
 
 @pytest.mark.slow
