@@ -57,6 +57,8 @@ def main(argv=None) -> dict:
     import train_net
 
     from resnet_backbone.engine import print_results_table
+    from resnet_backbone.utils.machine import machine
+    from resnet_backbone.utils.precision import resolve_amp
 
     targs = train_net.default_argument_parser().parse_args(
         ["--config-file", args.config_file] + (["--resume"] if args.resume else []) + list(args.opts))
@@ -85,6 +87,8 @@ def main(argv=None) -> dict:
     print(f"plot:        {plot}")
     print(f"pictures:    {os.path.dirname(pictures[0]) if pictures else '-'} ({len(pictures)} images)")
     print(f"log:         {os.path.join(out_dir, 'log.txt')}")
+    print(f"machine:     {machine().describe()}")
+    print(f"precision:   {resolve_amp(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE).reason}")
     print(f"wall time:   {time.time() - t0:.0f} s (training + evaluation {t_train:.0f} s)")
     return results
 

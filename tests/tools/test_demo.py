@@ -92,7 +92,7 @@ def test_plot_metrics_writes_png(tmp_path):
     assert img.format == "PNG" and img.size[0] > 500
 
 
-def test_run_demo_end_to_end_tiny(tmp_path, monkeypatch):
+def test_run_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RB_DATASETS", str(tmp_path / "datasets"))
     run_demo = load_tool("run_demo")
     tiny = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
@@ -108,3 +108,5 @@ def test_run_demo_end_to_end_tiny(tmp_path, monkeypatch):
     assert (tmp_path / "datasets" / "synthetic_shapes" / "train.json").exists()
     assert len(os.listdir(tmp_path / "out" / "demo")) == 2
     assert (tmp_path / "out" / "metrics.png").exists()
+    printed = capsys.readouterr().out
+    assert "precision:   SOLVER.AMP.ENABLED is False: float32" in printed and "machine:     CPU " in printed
