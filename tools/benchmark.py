@@ -84,8 +84,7 @@ def machine_info(device: str) -> dict:
     except OSError:
         pass
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f} " in f" {flags} "]
-    caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
-            if os.environ.get(k)}
+    caps = isa_caps()
     info = {
         "cpu": m.cpu_name, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "isa": isa,
         "cpu_capability": m.cpu_capability, "bf16_native": m.cpu_bf16_native, "amx": m.cpu_amx,
@@ -103,6 +102,12 @@ def machine_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def isa_caps() -> dict:
+    """The environment variables that cap the ISA of oneDNN, ATen and MKL (set: an emulated smaller CPU)."""
+    return {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+            if os.environ.get(k)}
 
 
 def cpu_kind(m, caps: dict) -> str:
@@ -383,10 +388,10 @@ def row_backbone(args, bf16: bool) -> dict:
 
 def low_precision_not_native(args) -> str:
     """Why --amp-dtype does not run natively on this device ("" when it does)."""
-    from resnet_backbone.utils.precision import PrecisionError, resolve_amp
+    from resnet_backbone.utils.precision import PrecisionError, inference_words, resolve_amp
 
     try:
-        resolve_amp(True, args.amp_dtype, args.device, key="--amp-dtype")
+        resolve_amp(True, args.amp_dtype, args.device, words=inference_words())
     except PrecisionError as e:
         return str(e).split(": it would run")[0]
     return ""

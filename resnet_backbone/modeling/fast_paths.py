@@ -142,7 +142,7 @@ def inference_autocast(device="cpu", dtype="auto", *, force: bool = False):
     - dtype "float32" / None: a no-op context.
     """
     from ..utils.machine import machine
-    from ..utils.precision import resolve_amp
+    from ..utils.precision import inference_words, resolve_amp
 
     device_type = torch.device(device).type
     if device_type not in ("cpu", "cuda"):
@@ -155,7 +155,7 @@ def inference_autocast(device="cpu", dtype="auto", *, force: bool = False):
         if dt == torch.float32:
             return contextlib.nullcontext()
         request = "force" if force else True
-    decision = resolve_amp(request, dt, device, key="inference autocast")
+    decision = resolve_amp(request, dt, device, words=inference_words())
     if decision.emulated or not decision.enabled:
         _log_once(logging.WARNING if decision.emulated else logging.INFO, decision.reason)
     return decision.autocast()

@@ -18,9 +18,12 @@ Fields and the probe behind each:
 - `cpu_fp16_native`: `torch.ops.mkldnn._is_mkldnn_fp16_supported()` (AVX512-FP16 / AMX-FP16).
 - `cuda`: one `CudaDevice` per visible GPU (name, compute capability, `torch.cuda.is_bf16_supported()`).
 
-`ONEDNN_MAX_CPU_ISA` (e.g. `AVX2`) caps oneDNN's kernels and so the bf16/fp16/AMX probes above, which is how an
-AMX machine emulates an AVX2-only one: `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`. torch's cpuinfo
-probes (`torch.cpu._is_*`) read the hardware and ignore the cap, so the native flags are also capped here.
+Emulating an AVX2-only CPU on an AMX one takes three variables, one per library that picks kernels by CPUID:
+`ONEDNN_MAX_CPU_ISA=AVX2` (oneDNN: convolutions, and the bf16/fp16/AMX probes above),
+`ATEN_CPU_CAPABILITY=avx2` (ATen's own vectorized kernels: elementwise, norms, pooling) and
+`MKL_ENABLE_INSTRUCTIONS=AVX2` (MKL's fp32 GEMM, i.e. the linear layers). torch's cpuinfo probes
+(`torch.cpu._is_*`) read the hardware and ignore the oneDNN cap, so the native flags are capped here too.
+What the emulation cannot change: clock, caches and memory bandwidth stay the Xeon's (docs/MACHINES.md).
 
 Overrides, for tests and for trying the other branch of a decision on any machine:
 

@@ -26,7 +26,8 @@ import torch
 
 from .machine import Machine, machine
 
-__all__ = ["AmpDecision", "PrecisionError", "resolve_amp", "normalize_amp_request", "AMP_REQUESTS"]
+__all__ = ["AmpDecision", "PrecisionError", "resolve_amp", "normalize_amp_request", "AMP_REQUESTS",
+           "config_words", "inference_words"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,32 +88,48 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def config_words(key: str = "SOLVER.AMP") -> dict:
+    """How messages name the request and its values: config keys (default), or `inference_words()`."""
+    return {"request": lambda req, dt: f"{key}.ENABLED {req}", "dtype": f"{key}.DTYPE",
+            "auto": f"{key}.ENABLED auto", "force": f"{key}.ENABLED force", "off": f"{key}.ENABLED False",
+            "fp16": f"{key}.DTYPE float16", "enabled_key": f"{key}.ENABLED", "prefix": key}
+
+
+def inference_words() -> dict:
+    return {"request": lambda req, dt: ("inference_autocast(dtype='auto')" if req == "auto" else
+                                        f"inference_autocast(dtype='{dt}'{', force=True' if req == 'force' else ''})"),
+            "dtype": "dtype", "auto": "dtype='auto'", "force": "force=True", "off": "dtype='float32'",
+            "fp16": "dtype='float16'", "enabled_key": "inference_autocast", "prefix": "inference_autocast"}
+
+
 def resolve_amp(request, dtype="bfloat16", device="cpu", *, key: str = "SOLVER.AMP",
-                info: Machine | None = None) -> AmpDecision:
+                info: Machine | None = None, words: dict | None = None) -> AmpDecision:
     """Decide the autocast dtype for `device` from the request (see the module docstring).
 
-    Raises PrecisionError naming `key` when the request cannot be honoured. `info` defaults to `machine()`.
+    Raises PrecisionError naming `key` (or, with `words=inference_words()`, the inference call) when the request
+    cannot be honoured. `info` defaults to `machine()`.
     """
-    req = normalize_amp_request(request, f"{key}.ENABLED")
+    w = words or config_words(key)
+    req = normalize_amp_request(request, w["enabled_key"])
     device_type = torch.device(device).type
     if req is False:
-        return AmpDecision(device_type, torch.float32, f"{key}.ENABLED is False: float32")
-    dt = _dtype(dtype, f"{key}.DTYPE")
+        return AmpDecision(device_type, torch.float32, f"{w['off']}: float32")
+    dt = _dtype(dtype, w["dtype"])
     m = info or machine()
-    shown = f"{key}.ENABLED {req}" if isinstance(req, str) else f"{key}.ENABLED True"
+    shown = w["request"](req, _name(dt))
     if device_type == "cuda":
         dev = m.cuda_device(torch.device(device).index)
         if dev is None:
-            raise PrecisionError(f"{key}: autocast on {device} asked for, but this machine has no CUDA device")
+            raise PrecisionError(f"{w['prefix']}: autocast on {device} asked for, but this machine has no CUDA device")
         if dt == torch.float16 or dev.bf16:
             return AmpDecision("cuda", dt, f"{shown}: {_name(dt)} autocast on {dev.describe()}")
         if req == "auto":
             return AmpDecision("cuda", torch.float32, f"{shown}: {dev.describe()} has no bfloat16; float32 "
-                                                      f"(set {key}.DTYPE float16 for mixed precision there)")
-        raise PrecisionError(f"{key}.DTYPE bfloat16: {dev.describe()} has no bfloat16 (needs compute capability "
-                             f"8.0+); it supports float16: set {key}.DTYPE float16, or {key}.ENABLED auto / False")
+                                                      f"(set {w['fp16']} for mixed precision there)")
+        raise PrecisionError(f"{w['dtype']} bfloat16: {dev.describe()} has no bfloat16 (needs compute capability "
+                             f"8.0+); it supports float16: set {w['fp16']}, or {w['auto']} / {w['off']}")
     if device_type != "cpu":
-        raise PrecisionError(f"{key}: autocast on device {device!r} is not supported (cpu or cuda)")
+        raise PrecisionError(f"{w['prefix']}: autocast on device {device!r} is not supported (cpu or cuda)")
     native = m.cpu_bf16_native if dt == torch.bfloat16 else m.cpu_fp16_native
     what = "AMX or AVX512-BF16" if dt == torch.bfloat16 else "AVX512-FP16 or AMX-FP16"
     cpu = m.describe_cpu()
@@ -129,7 +146,6 @@ def resolve_amp(request, dtype="bfloat16", device="cpu", *, key: str = "SOLVER.A
     other_native = m.cpu_fp16_native if dt == torch.bfloat16 else m.cpu_bf16_native
     supports = f"it runs float32{' and ' + other + ' natively' if other_native else ' only at full speed'}"
     raise PrecisionError(
-        f"{key}.ENABLED True asks for {_name(dt)} autocast ({key}.DTYPE), but CPU {cpu} has no native "
-        f"{_name(dt)} ({what}): it would run 15-25x slower than float32; {supports}. Set {key}.ENABLED auto "
-        f"({_name(dt)} where native, float32 here) or False; to insist on emulated {_name(dt)}, set "
-        f"{key}.ENABLED force")
+        f"{shown} asks for {_name(dt)} autocast ({w['dtype']}), but CPU {cpu} has no native {_name(dt)} "
+        f"({what}): it would run 15-25x slower than float32; {supports}. Set {w['auto']} ({_name(dt)} where "
+        f"native, float32 here) or {w['off']}; to insist on emulated {_name(dt)}, set {w['force']}")

@@ -371,7 +371,8 @@ def test_inference_autocast_on_a_cpu_without_native_bf16():
         with inference_autocast("cpu"):  # auto: float32, not 15-25x slower bf16
             assert not torch.is_autocast_enabled("cpu")
         for dtype in ("bfloat16", "float16"):
-            with pytest.raises(PrecisionError, match=rf"no native {dtype} .*force"):
+            with pytest.raises(PrecisionError, match=rf"inference_autocast\(dtype='{dtype}'\) .*no native {dtype} .*"
+                                                     r"dtype='auto'.*force=True"):
                 inference_autocast("cpu", dtype)
         with inference_autocast("cpu", "bfloat16", force=True):
             assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16

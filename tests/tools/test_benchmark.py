@@ -40,7 +40,7 @@ def _check_common(result, out_dir):
 def test_quick_backbone_gemm_coco_rows(tmp_path):
     from resnet_backbone.utils.machine import machine
 
-    kind = bench.cpu_kind(machine(), {})
+    kind = bench.cpu_kind(machine(), bench.isa_caps())
     docs = tmp_path / "BENCH.md"
     docs.write_text("# Benchmarks\n\nhand-written notes stay\n\n<!-- benchmark:begin OTHER -->\nother kind\n"
                     f"<!-- benchmark:end OTHER -->\n\n<!-- benchmark:begin {kind} -->\nold\n"

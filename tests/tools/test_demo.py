@@ -109,4 +109,4 @@ def test_run_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     assert len(os.listdir(tmp_path / "out" / "demo")) == 2
     assert (tmp_path / "out" / "metrics.png").exists()
     printed = capsys.readouterr().out
-    assert "precision:   SOLVER.AMP.ENABLED is False: float32" in printed and "machine:     CPU " in printed
+    assert "precision:   SOLVER.AMP.ENABLED False: float32" in printed and "machine:     CPU " in printed
