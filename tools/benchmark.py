@@ -387,14 +387,12 @@ def row_backbone(args, bf16: bool) -> dict:
 
 
 def low_precision_not_native(args) -> str:
-    """Why --amp-dtype does not run natively on this device ("" when it does)."""
-    from resnet_backbone.utils.precision import PrecisionError, inference_words, resolve_amp
+    """Why --amp-dtype does not run natively on this device ("" when it does): the reason of an "auto" request
+    that fell back to float32."""
+    from resnet_backbone.utils.precision import resolve_amp
 
-    try:
-        resolve_amp(True, args.amp_dtype, args.device, words=inference_words())
-    except PrecisionError as e:
-        return str(e).split(": it would run")[0]
-    return ""
+    decision = resolve_amp("auto", args.amp_dtype, args.device, key=None)
+    return "" if decision.enabled else decision.reason
 
 
 def cost_of_not_native(name: str, fns: dict, reason: str, args, extra: dict | None = None) -> dict:

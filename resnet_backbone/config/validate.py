@@ -299,24 +299,22 @@ def _check_solver(c: _Checker, world_size: int) -> None:
 
 
 def _check_precision(c: _Checker) -> None:
-    from ..utils.precision import PrecisionError, resolve_amp
-
-    amp = c.cfg.SOLVER.AMP
-    try:
-        resolve_amp(amp.ENABLED, amp.DTYPE, _device(c.cfg))
-    except PrecisionError as e:
-        c.problems.append(str(e))  # the message starts with the key it is about
-    except (RuntimeError, ValueError):  # MODEL.DEVICE itself is reported by the model checks
-        pass
-
-
-def _device(cfg) -> str:
+    """SOLVER.AMP against what MODEL.DEVICE runs natively. A bad DTYPE or an unavailable device is reported by
+    its own check, once."""
     import torch
 
-    dev = str(cfg.MODEL.DEVICE or "cpu")
-    if torch.device(dev).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(dev)
-    return dev
+    from ..utils.precision import PrecisionError, resolve_amp
+
+    amp, dev = c.cfg.SOLVER.AMP, str(c.cfg.MODEL.DEVICE or "cpu")
+    try:
+        if amp.DTYPE not in ("float16", "bfloat16") or (
+                torch.device(dev).type == "cuda" and not torch.cuda.is_available()):
+            return
+        resolve_amp(amp.ENABLED, amp.DTYPE, dev)
+    except PrecisionError as e:
+        c.problems.append(str(e))  # the message starts with the key it is about
+    except RuntimeError:  # not a device: MODEL.DEVICE's own check says so
+        pass
 
 
 def _check_data(c: _Checker) -> None:

@@ -224,8 +224,7 @@ class Trainer:
 
         decision = resolve_amp(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, self.device)
         (logger.warning if decision.emulated else logger.info)("Training precision: %s", decision.reason)
-        self.amp = decision
-        self.amp_enabled, self.amp_dtype = decision.enabled, decision.dtype
+        self.amp = decision  # .dtype (float32 when off), .enabled, .reason
         use_scaler = decision.enabled and self.device.type == "cuda" and decision.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type if self.device.type == "cuda" else "cpu",
                                            enabled=use_scaler)

@@ -117,19 +117,11 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ autocast
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "": torch.float32,
-           None: torch.float32}
-
-
 def autocast_dtype(dtype) -> torch.dtype:
     """torch dtype from a name ("bfloat16"/"bf16", "float16"/"fp16", "float32"/"fp32") or a torch.dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[dtype.lower() if isinstance(dtype, str) else dtype]
-    except KeyError:
-        raise ValueError(f"unknown autocast dtype {dtype!r}; use 'bfloat16', 'float16' or 'float32'") from None
+    from ..utils.precision import dtype_from_name
+
+    return dtype_from_name(dtype)
 
 
 def inference_autocast(device="cpu", dtype="auto", *, force: bool = False):
@@ -142,7 +134,7 @@ def inference_autocast(device="cpu", dtype="auto", *, force: bool = False):
     - dtype "float32" / None: a no-op context.
     """
     from ..utils.machine import machine
-    from ..utils.precision import inference_words, resolve_amp
+    from ..utils.precision import resolve_amp
 
     device_type = torch.device(device).type
     if device_type not in ("cpu", "cuda"):
@@ -155,7 +147,7 @@ def inference_autocast(device="cpu", dtype="auto", *, force: bool = False):
         if dt == torch.float32:
             return contextlib.nullcontext()
         request = "force" if force else True
-    decision = resolve_amp(request, dt, device, words=inference_words())
+    decision = resolve_amp(request, dt, device, key=None)
     if decision.emulated or not decision.enabled:
         _log_once(logging.WARNING if decision.emulated else logging.INFO, decision.reason)
     return decision.autocast()

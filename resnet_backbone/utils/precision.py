@@ -19,21 +19,27 @@ The request is one of
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from .machine import Machine, machine
 
-__all__ = ["AmpDecision", "PrecisionError", "resolve_amp", "normalize_amp_request", "AMP_REQUESTS",
-           "config_words", "inference_words"]
+__all__ = ["AmpDecision", "PrecisionError", "resolve_amp", "normalize_amp_request", "dtype_from_name"]
 
-logger = logging.getLogger(__name__)
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "": torch.float32,
+           None: torch.float32}
 
-AMP_REQUESTS = (False, True, "auto", "force")
-_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                "fp16": torch.float16, "half": torch.float16}
+
+def dtype_from_name(dtype) -> torch.dtype:
+    """torch dtype from a name ("bfloat16"/"bf16", "float16"/"fp16"/"half", "float32"/"fp32") or a torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower() if isinstance(dtype, str) else dtype]
+    except KeyError:
+        raise ValueError(f"unknown autocast dtype {dtype!r}; use 'bfloat16', 'float16' or 'float32'") from None
 
 
 class PrecisionError(ValueError):
@@ -50,10 +56,6 @@ class AmpDecision:
     @property
     def enabled(self) -> bool:
         return self.dtype != torch.float32
-
-    @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).replace("torch.", "")
 
     def autocast(self):
         """torch.autocast for the decided dtype, or a no-op context for float32."""
@@ -75,61 +77,81 @@ def normalize_amp_request(value, key: str = "SOLVER.AMP.ENABLED"):
     raise PrecisionError(f"{key}: expected True, False, 'auto' or 'force', got {value!r}")
 
 
-def _dtype(dtype, key: str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype in (torch.bfloat16, torch.float16):
-            return dtype
-    elif isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
-        return _DTYPE_NAMES[dtype.lower()]
-    raise PrecisionError(f"{key}: expected 'bfloat16' or 'float16', got {dtype!r}")
+def _low_dtype(dtype, key: str) -> torch.dtype:
+    try:
+        dt = dtype_from_name(dtype)
+    except ValueError:
+        dt = None
+    if dt not in (torch.bfloat16, torch.float16):
+        raise PrecisionError(f"{key}: expected 'bfloat16' or 'float16', got {dtype!r}")
+    return dt
 
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def config_words(key: str = "SOLVER.AMP") -> dict:
-    """How messages name the request and its values: config keys (default), or `inference_words()`."""
-    return {"request": lambda req, dt: f"{key}.ENABLED {req}", "dtype": f"{key}.DTYPE",
-            "auto": f"{key}.ENABLED auto", "force": f"{key}.ENABLED force", "off": f"{key}.ENABLED False",
-            "fp16": f"{key}.DTYPE float16", "enabled_key": f"{key}.ENABLED", "prefix": key}
+@dataclass(frozen=True)
+class _Words:
+    """How messages name the request and its values: the config keys under `key` (SOLVER.AMP), or, with key
+    None, the arguments of `fast_paths.inference_autocast`."""
+
+    key: str | None
+
+    def _k(self, leaf: str, call: str) -> str:
+        return f"{self.key}.{leaf}" if self.key else call
+
+    @property
+    def enabled(self) -> str:
+        return self._k("ENABLED", "inference_autocast")
+
+    @property
+    def dtype(self) -> str:
+        return self._k("DTYPE", "dtype")
+
+    def value(self, v) -> str:
+        """How the user writes request `v` (False / True / "auto" / "force") or a dtype name."""
+        if self.key:
+            return f"{self.key}.DTYPE {v}" if v in ("float16", "bfloat16") else f"{self.key}.ENABLED {v}"
+        return {False: "dtype='float32'", "auto": "dtype='auto'", "force": "force=True"}.get(v, f"dtype='{v}'")
+
+    def request(self, req, dt: str) -> str:
+        if self.key:
+            return f"{self.key}.ENABLED {req}"
+        if req == "auto":
+            return "inference_autocast(dtype='auto')"
+        return f"inference_autocast(dtype='{dt}'{', force=True' if req == 'force' else ''})"
 
 
-def inference_words() -> dict:
-    return {"request": lambda req, dt: ("inference_autocast(dtype='auto')" if req == "auto" else
-                                        f"inference_autocast(dtype='{dt}'{', force=True' if req == 'force' else ''})"),
-            "dtype": "dtype", "auto": "dtype='auto'", "force": "force=True", "off": "dtype='float32'",
-            "fp16": "dtype='float16'", "enabled_key": "inference_autocast", "prefix": "inference_autocast"}
-
-
-def resolve_amp(request, dtype="bfloat16", device="cpu", *, key: str = "SOLVER.AMP",
-                info: Machine | None = None, words: dict | None = None) -> AmpDecision:
+def resolve_amp(request, dtype="bfloat16", device="cpu", *, key: str | None = "SOLVER.AMP",
+                info: Machine | None = None) -> AmpDecision:
     """Decide the autocast dtype for `device` from the request (see the module docstring).
 
-    Raises PrecisionError naming `key` (or, with `words=inference_words()`, the inference call) when the request
-    cannot be honoured. `info` defaults to `machine()`.
+    Raises PrecisionError when the request cannot be honoured, naming the config keys under `key`, or with
+    key=None the arguments of `inference_autocast`. `info` defaults to `machine()`.
     """
-    w = words or config_words(key)
-    req = normalize_amp_request(request, w["enabled_key"])
+    w = _Words(key)
+    req = normalize_amp_request(request, w.enabled)
     device_type = torch.device(device).type
     if req is False:
-        return AmpDecision(device_type, torch.float32, f"{w['off']}: float32")
-    dt = _dtype(dtype, w["dtype"])
+        return AmpDecision(device_type, torch.float32, f"{w.value(False)}: float32")
+    dt = _low_dtype(dtype, w.dtype)
     m = info or machine()
-    shown = w["request"](req, _name(dt))
+    shown = w.request(req, _name(dt))
     if device_type == "cuda":
         dev = m.cuda_device(torch.device(device).index)
         if dev is None:
-            raise PrecisionError(f"{w['prefix']}: autocast on {device} asked for, but this machine has no CUDA device")
+            raise PrecisionError(f"{w.enabled}: autocast on {device} asked for, but this machine has no CUDA device")
         if dt == torch.float16 or dev.bf16:
             return AmpDecision("cuda", dt, f"{shown}: {_name(dt)} autocast on {dev.describe()}")
         if req == "auto":
             return AmpDecision("cuda", torch.float32, f"{shown}: {dev.describe()} has no bfloat16; float32 "
-                                                      f"(set {w['fp16']} for mixed precision there)")
-        raise PrecisionError(f"{w['dtype']} bfloat16: {dev.describe()} has no bfloat16 (needs compute capability "
-                             f"8.0+); it supports float16: set {w['fp16']}, or {w['auto']} / {w['off']}")
+                                                      f"(set {w.value('float16')} for mixed precision there)")
+        raise PrecisionError(f"{w.dtype} bfloat16: {dev.describe()} has no bfloat16 (needs compute capability "
+                             f"8.0+); it supports float16: set {w.value('float16')}, or {w.value('auto')} / "
+                             f"{w.value(False)}")
     if device_type != "cpu":
-        raise PrecisionError(f"{w['prefix']}: autocast on device {device!r} is not supported (cpu or cuda)")
+        raise PrecisionError(f"{w.enabled}: autocast on device {device!r} is not supported (cpu or cuda)")
     native = m.cpu_bf16_native if dt == torch.bfloat16 else m.cpu_fp16_native
     what = "AMX or AVX512-BF16" if dt == torch.bfloat16 else "AVX512-FP16 or AMX-FP16"
     cpu = m.describe_cpu()
@@ -146,6 +168,6 @@ def resolve_amp(request, dtype="bfloat16", device="cpu", *, key: str = "SOLVER.A
     other_native = m.cpu_fp16_native if dt == torch.bfloat16 else m.cpu_bf16_native
     supports = f"it runs float32{' and ' + other + ' natively' if other_native else ' only at full speed'}"
     raise PrecisionError(
-        f"{shown} asks for {_name(dt)} autocast ({w['dtype']}), but CPU {cpu} has no native {_name(dt)} "
-        f"({what}): it would run 15-25x slower than float32; {supports}. Set {w['auto']} ({_name(dt)} where "
-        f"native, float32 here) or {w['off']}; to insist on emulated {_name(dt)}, set {w['force']}")
+        f"{shown} asks for {_name(dt)} autocast ({w.dtype}), but CPU {cpu} has no native {_name(dt)} "
+        f"({what}): it would run 15-25x slower than float32; {supports}. Set {w.value('auto')} ({_name(dt)} where "
+        f"native, float32 here) or {w.value(False)}; to insist on emulated {_name(dt)}, set {w.value('force')}")

@@ -103,7 +103,7 @@ def test_unwritable_output_dir_fails_before_training(tmp_path):
 def test_bf16_autocast_on_cpu_and_metrics(tmp_path):
     # "force": bf16 on any CPU (emulated where it is not native), so this runs the autocast path everywhere
     t = _run(tiny_cfg(tmp_path, max_iter=3, **{"SOLVER.AMP.ENABLED": "force"}))
-    assert t.amp_dtype == torch.bfloat16
+    assert t.amp.dtype == torch.bfloat16
     assert torch.bfloat16 in t.unwrapped_model.seen_dtypes
     assert all(isinstance(m["total_loss"], float) for m in read_metrics(tmp_path / "metrics.json"))
 
@@ -116,7 +116,7 @@ def test_auto_precision_follows_the_cpu_and_is_logged_once(tmp_path, native, cap
 
     with override_machine(cpu_bf16_native=native), caplog.at_level(logging.INFO, "resnet_backbone.engine.trainer"):
         t = _run(tiny_cfg(tmp_path, max_iter=2, **{"SOLVER.AMP.ENABLED": "auto"}))
-    assert t.amp_dtype == (torch.bfloat16 if native else torch.float32)
+    assert t.amp.dtype == (torch.bfloat16 if native else torch.float32)
     assert (torch.bfloat16 in t.unwrapped_model.seen_dtypes) == native
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Training precision")]
     assert len(lines) == 1

@@ -188,3 +188,11 @@ def test_train_net_on_an_avx2_cpu_refuses_explicit_bf16_with_the_way_out(tmp_pat
     assert "SOLVER.AMP.ENABLED True asks for bfloat16 autocast" in r.stderr
     assert "SOLVER.AMP.ENABLED force" in r.stderr and "overridden: cpu_amx, cpu_bf16_native" in r.stderr
     assert not out.exists()
+
+
+def test_bad_amp_dtype_is_reported_once():
+    cfg = _fpn_cfg()
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.DTYPE = "int8"
+    problems = [p for p in find_cfg_problems(cfg, world_size=1) if "SOLVER.AMP" in p]
+    assert problems == ["SOLVER.AMP.DTYPE: must be one of 'float16', 'bfloat16', got 'int8'"]
