@@ -18,13 +18,16 @@ Rows (select with --rows, by name or number):
   6 gemm            fp32 (and bf16) GEMM throughput of this machine (n x n matmul), interleaved with row 1's
                     backbone; the backbone's achieved GFLOP/s (fvcore conv MACs x 2) as a fraction of GEMM.
   7 coco_eval       faster-coco-eval vs pycocotools on 5,000 synthetic images (tools/benchmark_coco_eval.py).
+  8 fast_paths      (not in the default run) the backbone of row 1 with each inference fast path on its own and
+                    together, vs torchvision: the A/B behind the per-CPU-kind defaults (docs/MACHINES.md).
 
 Every timed pair runs interleaved (A B, B A, A B, ...) after warm-up, so both see the same machine load; the ratio
 is reported both as median(ref) / median(ours) and as the median of the per-repeat paired ratios. Peak memory is
 the RSS high-water mark above the pre-call RSS on CPU (from /proc/self/status after resetting it through
 /proc/self/clear_refs) and torch.cuda.max_memory_allocated above the pre-call allocation on CUDA.
 
-    python tools/benchmark.py --output-dir output/benchmark            # all rows (several minutes on 2 cores)
+    python tools/benchmark.py --output-dir output/benchmark            # rows 1-7 (under 10 minutes on 2 cores)
+    python tools/benchmark.py --rows fast_paths                        # row 8: each fast path alone, both CPU kinds
     python tools/benchmark.py --rows 1,2,6 --repeats 15
     python tools/benchmark.py --quick --output-dir /tmp/b              # tiny inputs, seconds: for tests
     python tools/benchmark.py --update-docs docs/BENCHMARKS.md         # also refresh the table in the docs
@@ -64,7 +67,9 @@ from resnet_backbone.modeling.fast_paths import (  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
-ROWS = ["backbone_fp32", "backbone_bf16", "frcnn_infer", "frcnn_train", "detr_dbnet", "gemm", "coco_eval"]
+ROWS = ["backbone_fp32", "backbone_bf16", "frcnn_infer", "frcnn_train", "detr_dbnet", "gemm", "coco_eval",
+        "fast_paths"]
+DEFAULT_ROWS = ROWS[:7]  # `--rows all` adds the fast-path A/B
 TARGETS = {  # row/entry -> minimum ratio (reference time / our time), from issue 8
     "backbone_fp32": 1.25, "backbone_bf16": 2.2, "frcnn_infer_512x512": 1.3, "frcnn_infer_800x1333": 1.3,
     "frcnn_train": 1.15, "gemm": 0.75, "coco_eval": 3.0,
@@ -598,6 +603,32 @@ def row_gemm(args) -> dict:
     return row
 
 
+def row_fast_paths(args) -> dict:
+    """Row 1's backbone with each fast path alone and together (the A/B that decides the defaults per CPU kind)."""
+    dev = args.device
+    batch, size = (2, 64) if args.quick else (8, 224)
+    ours, trunk = build_backbone_pair(dev, args.depth)
+    on_cpu = dev == "cpu"
+    variants = {
+        "plain": ours,
+        "channels_last": optimize_for_inference(copy.deepcopy(ours), fuse_bn=False, channels_last=True, mkldnn=False),
+        "folded_bn_channels_last": optimize_for_inference(copy.deepcopy(ours), fuse_bn=True, channels_last=True,
+                                                          mkldnn=False),
+    }
+    if on_cpu:
+        variants["folded_bn_prepacked"] = optimize_for_inference(copy.deepcopy(ours), fuse_bn=True,
+                                                                 channels_last=False, mkldnn=True)
+        variants["folded_bn_prepacked_channels_last"] = optimize_for_inference(
+            copy.deepcopy(ours), fuse_bn=True, channels_last=True, mkldnn=True)
+    variants["torchvision"] = trunk
+    x = torch.randn(batch, 3, size, size, device=dev)
+    best = "folded_bn_prepacked_channels_last" if on_cpu else "folded_bn_channels_last"
+    order = [best] + [k for k in variants if k != best]  # the ratio is printed on the first entry: ours
+    fns = {k: _inference(lambda m=variants[k]: m(x), device=dev) for k in order}
+    return run_pair("fast_paths", fns, batch, args, ours=best, ref="torchvision",
+                    extra={"batch": batch, "input": [3, size, size], "ratio_entry": best})
+
+
 def row_coco_eval(args) -> dict:
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_coco_eval.py")
     spec = importlib.util.spec_from_file_location("benchmark_coco_eval", path)
@@ -694,7 +725,9 @@ def update_docs(path: str, markdown: str, kind: str) -> None:
 
 
 def parse_rows(spec: str) -> list[str]:
-    if spec in ("", "all"):
+    if spec in ("", "default"):
+        return list(DEFAULT_ROWS)
+    if spec == "all":
         return list(ROWS)
     out = []
     for tok in spec.split(","):
@@ -711,7 +744,8 @@ def parse_rows(spec: str) -> list[str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--rows", default="all", help="comma list of row numbers or names (default: all)")
+    ap.add_argument("--rows", default="default",
+                    help="comma list of row numbers or names; 'default' = rows 1-7, 'all' adds row 8")
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per row (default 10, quick 3)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls per entry first (default 2, quick 1)")
     ap.add_argument("--quick", action="store_true", help="tiny inputs and few repeats (for tests)")
@@ -759,6 +793,8 @@ def main(argv=None) -> dict:
             out = row_detr_dbnet(args)
         elif name == "gemm":
             out = row_gemm(args)
+        elif name == "fast_paths":
+            out = row_fast_paths(args)
         else:
             out = row_coco_eval(args)
         for r in (out if isinstance(out, list) else [out]):

@@ -74,6 +74,15 @@ def test_quick_backbone_gemm_coco_rows(tmp_path):
     assert f"### CPU kind: {kind}\n\n{md.strip()}" in text
 
 
+def test_fast_paths_row_times_each_variant(tmp_path):
+    result = bench.main(["--quick", "--rows", "fast_paths", "--repeats", "1", "--warmup", "0",
+                         "--output-dir", str(tmp_path), "--no-progress"])
+    row = result["rows"][0]
+    assert set(row["entries"]) == {"plain", "channels_last", "folded_bn_channels_last", "folded_bn_prepacked",
+                                   "folded_bn_prepacked_channels_last", "torchvision"}
+    assert row["ratio_of"] == "torchvision / folded_bn_prepacked_channels_last" and row["ratio"] > 0
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_rows_follow_native_support(tmp_path, native):
     """Both branches on any CPU: native bf16 -> timed rows; not native -> the row says so and reports what one
@@ -134,6 +143,8 @@ def test_interleaving_summary_and_rows_parsing():
     c = bench.compare({"o": [1.0, 2.0], "r": [2.0, 3.0]}, "o", "r")
     assert c["ratio"] == pytest.approx(2.5 / 1.5) and c["paired_ratio_median"] == pytest.approx(1.75)
     assert bench.parse_rows("1,gemm") == ["backbone_fp32", "gemm"]
+    assert bench.parse_rows("default") == bench.ROWS[:7] and bench.parse_rows("all") == bench.ROWS
+    assert bench.parse_rows("8") == ["fast_paths"]
     with pytest.raises(SystemExit, match="unknown row"):
         bench.parse_rows("9")
 
