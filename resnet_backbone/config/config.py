@@ -48,9 +48,10 @@ class CfgNode(_FvcoreCfgNode):
     """fvcore CfgNode whose merge errors name the key and suggest the nearest valid one."""
 
     @contextlib.contextmanager
-    def _words_or_bools(self, source: str):
+    def _words_or_bools(self, source: str, given: set):
         """Let WORD_OR_BOOL_KEYS take a bool or one of their words during a merge (the type check accepts
-        anything over a None), then put back the old value where nothing was merged and check the new one."""
+        anything over a None), then put back the old value where nothing was merged and check the new one.
+        `given`: the keys the merge sets (a None given for one of them is refused like any other non-word)."""
         saved = []
         for key in WORD_OR_BOOL_KEYS:
             node, leaf = _node_and_leaf(self, key)
@@ -60,8 +61,8 @@ class CfgNode(_FvcoreCfgNode):
         try:
             yield
         finally:
-            for _key, node, leaf, old in saved:
-                if node[leaf] is None:
+            for key, node, leaf, old in saved:
+                if node[leaf] is None and key not in given:
                     dict.__setitem__(node, leaf, old)
         for key, node, leaf, old in saved:
             value, words = node[leaf], WORD_OR_BOOL_KEYS[key]
@@ -99,7 +100,7 @@ class CfgNode(_FvcoreCfgNode):
 
     def merge_from_list(self, cfg_list: list) -> CfgNode:
         try:
-            with self._words_or_bools("command-line override"):
+            with self._words_or_bools("command-line override", set(cfg_list[0::2])):
                 return super().merge_from_list(cfg_list)
         except (KeyError, ValueError, AssertionError) as e:
             if isinstance(e, ConfigError):
@@ -108,7 +109,7 @@ class CfgNode(_FvcoreCfgNode):
 
     def merge_from_other_cfg(self, cfg_other) -> CfgNode:
         try:
-            with self._words_or_bools("config"):
+            with self._words_or_bools("config", set(_all_keys(cfg_other))):
                 return super().merge_from_other_cfg(cfg_other)
         except (KeyError, ValueError, AssertionError) as e:
             if isinstance(e, ConfigError):

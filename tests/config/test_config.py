@@ -98,8 +98,9 @@ def test_amp_enabled_refuses_other_words_and_keeps_the_old_value(tmp_path):
                                           r"expected True, False or one of 'auto', 'force', got 'sometimes'"):
         cfg.merge_from_list(["SOLVER.AMP.ENABLED", "sometimes"])
     assert cfg.SOLVER.AMP.ENABLED == "auto"
-    f = tmp_path / "bad.yaml"
-    f.write_text("SOLVER:\n  AMP:\n    ENABLED: 3\n")
-    with pytest.raises(ConfigError, match="SOLVER.AMP.ENABLED"):
-        cfg.merge_from_file(str(f))
-    assert cfg.SOLVER.AMP.ENABLED == "auto"
+    for bad in ("3", "null"):  # null too: it would otherwise leave the old value, silently
+        f = tmp_path / "bad.yaml"
+        f.write_text(f"SOLVER:\n  AMP:\n    ENABLED: {bad}\n")
+        with pytest.raises(ConfigError, match="SOLVER.AMP.ENABLED"):
+            cfg.merge_from_file(str(f))
+        assert cfg.SOLVER.AMP.ENABLED == "auto"
