@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
@@ -90,11 +91,14 @@ def test_bf16_autocast_matches_torchvision():
 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_training_gradients_equal_torchvision(channels_last, monkeypatch):
-    """With autograd recording, the forward is threaded too and the backward is shared out over the threads:
-    same output, same feature gradients (to float rounding: the per-thread gradients are summed)."""
-    used = []
+    """With autograd recording, the forward is threaded too and the backward is the sparse product: same
+    output, same feature gradients (to float rounding: the sums run in another order), in the features' layout."""
+    used, backward = [], []
     real = roi_align_module._executor
     monkeypatch.setattr(roi_align_module, "_executor", lambda n: used.append(n) or real(n))
+    real_backward = roi_align_module.roi_align_backward
+    monkeypatch.setattr(roi_align_module, "roi_align_backward",
+                        lambda *a, **k: backward.append(1) or real_backward(*a, **k))
     ref_pool, ours = _poolers()
     feats, boxes, shapes = _inputs(channels_last=channels_last)
     grads = []
@@ -105,18 +109,43 @@ def test_training_gradients_equal_torchvision(channels_last, monkeypatch):
             g = torch.Generator().manual_seed(3)
             out.backward(torch.randn(out.shape, generator=g))
             grads.append((out.detach(), {k: v.grad for k, v in leaf.items()}))
-    assert used == [2, 2]  # threaded forward and backward
+    assert used == [2] and backward == [1]  # threaded forward, sparse backward
     (ref_out, ref_grad), (out, grad) = grads
     assert torch.equal(out, ref_out)
     assert grad["p6"] is None and ref_grad["p6"] is None  # not pooled: no gradient
     for k in NAMES:
         assert grad[k].shape == ref_grad[k].shape
+        assert grad[k].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         torch.testing.assert_close(grad[k], ref_grad[k], rtol=1e-5, atol=1e-5)
         assert ref_grad[k].abs().sum() > 0, k
 
 
+def test_one_thread_training_takes_the_sparse_backward(monkeypatch):
+    """On one intra-op thread the forward is serial (no pool), and the backward is still the sparse product."""
+    def fail(n):
+        raise AssertionError("thread pool used on one thread")
+
+    monkeypatch.setattr(roi_align_module, "_executor", fail)
+    backward = []
+    real_backward = roi_align_module.roi_align_backward
+    monkeypatch.setattr(roi_align_module, "roi_align_backward",
+                        lambda *a, **k: backward.append(1) or real_backward(*a, **k))
+    ref_pool, ours = _poolers()
+    feats, boxes, shapes = _inputs(channels_last=False)
+    grads = []
+    with num_threads(1):
+        for pool in (ref_pool, ours):
+            leaf = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
+            out = pool(leaf, boxes, shapes)
+            out.backward(torch.ones_like(out))
+            grads.append((out.detach(), leaf["p3"].grad))
+    assert backward == [1]
+    assert torch.equal(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-5)
+
+
 def test_serial_paths(monkeypatch):
-    """One thread, too few RoIs, or mixed-precision training: torchvision's own forward."""
+    """Inference on one thread or with too few RoIs, or mixed-precision training: torchvision's own forward."""
     def fail(n):
         raise AssertionError("threaded path taken")
 
@@ -169,3 +198,63 @@ def test_pool_is_rebuilt_in_a_forked_child():
         p.kill()
     assert p.exitcode == 0
     assert q.get(timeout=5) is True
+
+
+def _hard_rois(size=64, per_image=(40, 25), generator=None):
+    """RoIs that meet every rule of the kernel: inside, across the border, beyond -1 and past the far side,
+    thinner than a pixel, zero-size, and exactly on the last pixel."""
+    g = generator or torch.Generator().manual_seed(1)
+    rows = []
+    for b, n in enumerate(per_image):
+        x1y1 = torch.rand(n, 2, generator=g) * size * 1.1 - size * 0.1
+        wh = torch.rand(n, 2, generator=g) * size * 0.8
+        wh[: n // 5] *= 0.01  # thinner than a pixel
+        boxes = torch.cat([x1y1, x1y1 + wh], 1)
+        boxes[0] = torch.tensor([size - 1.0, size - 1.0, size - 1.0, size - 1.0])  # zero-size, on the last pixel
+        boxes[1] = torch.tensor([-8.0, -8.0, -2.0, size + 6.0])  # mostly beyond -1
+        boxes[2] = torch.tensor([size * 0.5, size * 0.5, size + 9.0, size + 9.0])  # past the far side
+        rows.append(torch.cat([torch.full((n, 1), float(b)), boxes], 1))
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, 3, 0])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_sparse_backward_equals_torchvision_kernel(sampling_ratio, aligned):
+    """`roi_align_backward` against torchvision's own backward kernel, level by level, on RoIs that hit every
+    boundary rule, with one level left without RoIs; and the adjoint is a valid CSR matrix (sorted, no
+    duplicate entries), and its transpose applied to the features is torchvision's forward."""
+    g = torch.Generator().manual_seed(2)
+    shapes = [(2, 5, 16, 16), (2, 5, 8, 8), (2, 5, 4, 4)]
+    scales = [0.25, 0.125, 0.0625]
+    rois = _hard_rois(generator=g)
+    levels = torch.randint(0, 2, (rois.shape[0],), generator=g)  # level 2 gets none
+    by_level = [torch.nonzero(levels == lvl).flatten() for lvl in range(3)]
+    grad = torch.randn(rois.shape[0], 5, 7, 7, generator=g)
+    ours = roi_align_module.roi_align_backward(grad, rois, by_level, shapes, scales, sampling_ratio, aligned)
+    for lvl, (n, c, h, w) in enumerate(shapes):
+        idx = by_level[lvl]
+        ref = torch.ops.torchvision._roi_align_backward(grad[idx].contiguous(), rois[idx], scales[lvl], 7, 7,
+                                                          n, c, h, w, sampling_ratio, aligned)
+        assert ours[lvl].shape == ref.shape
+        torch.testing.assert_close(ours[lvl], ref, rtol=1e-5, atol=1e-5)
+    assert ours[2].abs().sum() == 0
+    assert ours[0].abs().sum() > 0 and ours[1].abs().sum() > 0
+
+    adjoint, offsets = roi_align_module.roi_align_adjoint(rois, by_level, shapes, scales, (7, 7), sampling_ratio,
+                                                          aligned)
+    torch._validate_sparse_csr_tensor_args(adjoint.crow_indices(), adjoint.col_indices(), adjoint.values(),
+                                           adjoint.shape)
+    feats = [torch.randn(s, generator=g) for s in shapes]
+    flat = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats])
+    pooled = (adjoint.to_dense().t() @ flat).view(rois.shape[0], 7, 7, 5).permute(0, 3, 1, 2)
+    for lvl in range(2):
+        idx = by_level[lvl]
+        ref = torchvision.ops.roi_align(feats[lvl], rois[idx], 7, scales[lvl], sampling_ratio, aligned)
+        torch.testing.assert_close(pooled[idx], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_backward_without_rois():
+    shapes = [(1, 3, 8, 8)]
+    out = roi_align_module.roi_align_backward(torch.zeros(0, 3, 7, 7), torch.zeros(0, 5),
+                                              [torch.zeros(0, dtype=torch.int64)], shapes, [0.25], 2)
+    assert out[0].shape == (1, 3, 8, 8) and out[0].abs().sum() == 0
