@@ -6,6 +6,8 @@ looks at the finished config as a whole and reports every problem at once, each 
   - types: a value set in code (cfg.X = ...) bypasses the merge checks; compared with the defaults here
     (int for float is fine, list and tuple are interchangeable, a None default accepts anything);
   - ranges and choices: SOLVER.*, INPUT.*, DATALOADER.*, TEST.*, MODEL.RESNETS.* (depth, norm, freeze_at ...);
+  - numbers that must be finite (and positive where 0 or less means nothing): anchor sizes and aspect ratios,
+    PIXEL_MEAN / PIXEL_STD (std > 0), box-regression weights, loss weights, crop size, rotation angle ...;
   - consistency: MODEL.FPN.IN_FEATURES produced by the ResNet (MODEL.RESNETS.OUT_FEATURES), RPN / ROI_HEADS /
     DBNET in-features produced by the backbone, DETR reading res5, anchor sizes per level, NUM_CLASSES >= 1,
     SOLVER.IMS_PER_BATCH divisible by the world size, PIXEL_MEAN/STD length matching INPUT.FORMAT,
@@ -100,6 +102,19 @@ class _Checker:
             hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
             self.add(key, f"must satisfy {lo_s}value{hi_s}, got {v!r}")
 
+    def numbers(self, key: str, lo=None, hi=None, lo_open=False, length=None) -> None:
+        """A list of finite numbers, each lo <= (or <) value <= hi, `length` of them where given."""
+        v = list(self.get(key))
+        if length is not None and len(v) != length:
+            self.add(key, f"needs {length} numbers, got {len(v)}: {v}")
+            return
+        bad = [x for x in v if not _is_num(x) or not math.isfinite(x)
+               or (lo is not None and (x <= lo if lo_open else x < lo)) or (hi is not None and x > hi)]
+        if bad:
+            lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+            hi_s = "" if hi is None else f" <= {hi}"
+            self.add(key, f"every value must be a finite number with {lo_s}value{hi_s}, got {bad} in {v}")
+
     def choice(self, key: str, choices: Sequence, transform=None) -> None:
         v = self.get(key)
         w = transform(v) if transform is not None and isinstance(v, str) else v
@@ -185,8 +200,10 @@ def _check_model(c: _Checker, world_size: int) -> None:
         c.add("MODEL.PIXEL_MEAN / MODEL.PIXEL_STD", f"differ in length: {mean} vs {std}")
     elif channels is not None and len(mean) != channels:
         c.add("MODEL.PIXEL_MEAN / INPUT.FORMAT", f"{len(mean)} values for {fmt!r} images with {channels} channel(s)")
-    if any(not _is_num(s) or not s > 0 for s in std):
-        c.add("MODEL.PIXEL_STD", f"every value must be > 0, got {std}")
+    if any(not _is_num(s) or not math.isfinite(s) for s in mean):
+        c.add("MODEL.PIXEL_MEAN", f"every value must be a finite number, got {mean}")
+    if any(not _is_num(s) or not math.isfinite(s) or not s > 0 for s in std):  # 0, inf or nan: a nan loss later
+        c.add("MODEL.PIXEL_STD", f"every value must be > 0 and finite, got {std}")
 
     r = m.RESNETS
     c.choice("MODEL.RESNETS.DEPTH", _RESNET_DEPTHS)
@@ -227,6 +244,17 @@ def _check_model(c: _Checker, world_size: int) -> None:
             if len(v) not in (1, n_levels):
                 c.add(f"{key} / MODEL.RPN.IN_FEATURES", f"{len(v)} entries for {n_levels} RPN level(s); give one "
                       "(shared) or one per level")
+            levels = [list(x) if isinstance(x, (list, tuple)) else [x] for x in v]  # faster_rcnn._per_level
+            bad = [x for lv in levels for x in lv if not _is_num(x) or not math.isfinite(x) or x <= 0]
+            if bad:  # a negative size or ratio builds anchors that train without error, on nonsense
+                c.add(key, f"every value must be a finite number > 0, got {bad} in {v}")
+            elif any(not lv for lv in levels):
+                c.add(key, f"every level needs at least one value, got {v}")
+        c.number("MODEL.PROPOSAL_GENERATOR.MIN_SIZE", 0)
+        for key in ("MODEL.RPN.BBOX_REG_WEIGHTS", "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS"):
+            c.numbers(key, 0, lo_open=True, length=4)  # box deltas are divided by them
+        c.number("MODEL.ROI_BOX_HEAD.FC_DIM", 1, integer=True)
+        c.number("MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", 0, integer=True)
         c.number("MODEL.ROI_HEADS.NUM_CLASSES", 1, integer=True)
         for key in ("MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
                     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TRAIN",
@@ -251,6 +279,10 @@ def _check_model(c: _Checker, world_size: int) -> None:
         c.number("MODEL.DETR.DEC_LAYERS", 1, integer=True)
         c.number("MODEL.DETR.ENC_LAYERS", 0, integer=True)
         c.number("MODEL.DETR.DROPOUT", 0, 1, hi_open=True)
+        c.number("MODEL.DETR.DIM_FEEDFORWARD", 1, integer=True)
+        for key in ("MODEL.DETR.CLASS_WEIGHT", "MODEL.DETR.GIOU_WEIGHT", "MODEL.DETR.L1_WEIGHT",
+                    "MODEL.DETR.NO_OBJECT_WEIGHT"):
+            c.number(key, 0)
         if isinstance(d.NHEADS, int) and d.NHEADS > 0 and isinstance(d.HIDDEN_DIM, int) and d.HIDDEN_DIM % d.NHEADS:
             c.add("MODEL.DETR.HIDDEN_DIM / MODEL.DETR.NHEADS", f"{d.HIDDEN_DIM} is not divisible by {d.NHEADS} heads")
     elif arch == "DBNet":
@@ -259,6 +291,20 @@ def _check_model(c: _Checker, world_size: int) -> None:
         c.choice("MODEL.DBNET.NORM", _NORMS)
         c.number("MODEL.DBNET.SHRINK_RATIO", 0, 1, lo_open=True, hi_open=True)
         c.number("MODEL.DBNET.UNCLIP_RATIO", 0, lo_open=True)
+        c.number("MODEL.DBNET.INNER_CHANNELS", 1, integer=True)
+        c.number("MODEL.DBNET.K", 0, lo_open=True)
+        c.number("MODEL.DBNET.NEG_POS_RATIO", 0, lo_open=True)
+        c.number("MODEL.DBNET.MAX_CANDIDATES", 1, integer=True)
+        for key in ("MODEL.DBNET.PROB_LOSS_WEIGHT", "MODEL.DBNET.THRESH_LOSS_WEIGHT", "MODEL.DBNET.BINARY_LOSS_WEIGHT",
+                    "MODEL.DBNET.MIN_SIZE", "MODEL.DBNET.MIN_TEXT_SIZE"):
+            c.number(key, 0)
+        for key in ("MODEL.DBNET.THRESH_MIN", "MODEL.DBNET.THRESH_MAX", "MODEL.DBNET.BINARIZE_THRESH",
+                    "MODEL.DBNET.BOX_THRESH"):
+            c.number(key, 0, 1)
+        db = m.DBNET
+        lo, hi = db.THRESH_MIN, db.THRESH_MAX
+        if all(_is_num(x) and math.isfinite(x) for x in (lo, hi)) and lo > hi:
+            c.add("MODEL.DBNET.THRESH_MIN / MODEL.DBNET.THRESH_MAX", f"min {lo} > max {hi}")
 
 
 def _check_solver(c: _Checker, world_size: int) -> None:
@@ -278,6 +324,10 @@ def _check_solver(c: _Checker, world_size: int) -> None:
     c.number("SOLVER.WARMUP_ITERS", 0, integer=True)
     c.number("SOLVER.CHECKPOINT_PERIOD", 0, integer=True)
     c.number("SOLVER.BACKBONE_MULTIPLIER", 0)
+    c.number("SOLVER.BIAS_LR_FACTOR", 0)
+    if s.WEIGHT_DECAY_BIAS is not None:
+        c.number("SOLVER.WEIGHT_DECAY_BIAS", 0)
+    c.number("SOLVER.REFERENCE_WORLD_SIZE", 0, integer=True)
     c.choice("SOLVER.OPTIMIZER", ("SGD", "ADAMW"), transform=str.upper)
     c.choice("SOLVER.LR_SCHEDULER_NAME", ("WarmupMultiStepLR", "WarmupCosineLR"))
     c.choice("SOLVER.WARMUP_METHOD", ("linear", "constant"))
@@ -288,6 +338,9 @@ def _check_solver(c: _Checker, world_size: int) -> None:
     if s.CLIP_GRADIENTS.ENABLED:
         c.choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", ("value", "norm", "full_model"))
         c.number("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0, lo_open=True)
+        norm = s.CLIP_GRADIENTS.NORM_TYPE  # inf is a valid norm (the largest gradient)
+        if not _is_num(norm) or math.isnan(norm) or norm <= 0:
+            c.add("SOLVER.CLIP_GRADIENTS.NORM_TYPE", f"must be a number > 0 (inf for the max norm), got {norm!r}")
     steps = list(s.STEPS)
     if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in steps):
         c.add("SOLVER.STEPS", f"must be non-negative integers, got {steps}")
@@ -334,6 +387,12 @@ def _check_data(c: _Checker) -> None:
     c.choice("INPUT.RANDOM_FLIP", ("none", "horizontal", "vertical"))
     if i.CROP.ENABLED:
         c.choice("INPUT.CROP.TYPE", ("relative", "relative_range", "absolute", "absolute_range"))
+        relative = str(i.CROP.TYPE).startswith("relative")
+        c.numbers("INPUT.CROP.SIZE", 0, 1 if relative else None, lo_open=True, length=2)
+        size = list(i.CROP.SIZE)
+        if i.CROP.TYPE == "absolute_range" and len(size) == 2 and all(_is_num(x) for x in size) and size[0] > size[1]:
+            c.add("INPUT.CROP.SIZE", f"'absolute_range' needs (min, max), got {size}")
+    c.number("INPUT.ROTATION_ANGLE")
     c.number("DATALOADER.NUM_WORKERS", 0, integer=True)
     c.number("DATALOADER.REPEAT_THRESHOLD", 0)
     c.choice("DATALOADER.ON_BAD_SAMPLE", ("error", "skip"))

@@ -78,6 +78,76 @@ def test_inconsistent_or_wrong_value_is_named(key, value, pattern):
         validate_cfg(cfg, world_size=1)
 
 
+INF, NAN = float("inf"), float("nan")
+# Numbers that trained (or crashed far away, blamed on something else) before validate_cfg looked at them:
+# (config file to start from, {key: value} set, text the message must contain)
+_FPN, _DETR = "Base-RCNN-FPN.yaml", "quickstart/detr_R_50_synthetic.yaml"
+_DB = "quickstart/dbnet_R_50_FPN_synthetic.yaml"
+BAD_NUMBERS = [
+    (_FPN, {"MODEL.ANCHOR_GENERATOR.SIZES": [[-32], [64], [128], [256], [512]]},
+     r"MODEL.ANCHOR_GENERATOR.SIZES: every value must be a finite number > 0, got \[-32\]"),
+    (_FPN, {"MODEL.ANCHOR_GENERATOR.SIZES": [[0, 32]]}, r"MODEL.ANCHOR_GENERATOR.SIZES: .* > 0, got \[0\]"),
+    (_FPN, {"MODEL.ANCHOR_GENERATOR.SIZES": [[32, INF]]}, r"MODEL.ANCHOR_GENERATOR.SIZES: .*got \[inf\]"),
+    (_FPN, {"MODEL.ANCHOR_GENERATOR.SIZES": [["32"]]}, r"MODEL.ANCHOR_GENERATOR.SIZES: .*got \['32'\]"),
+    (_FPN, {"MODEL.ANCHOR_GENERATOR.SIZES": [[]]}, r"MODEL.ANCHOR_GENERATOR.SIZES: every level needs at least one"),
+    (_FPN, {"MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[0.5, -1.0, 2.0]]},
+     r"MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS: every value must be a finite number > 0, got \[-1.0\]"),
+    (_FPN, {"MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[NAN]]}, r"MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS: .*got \[nan\]"),
+    (_FPN, {"MODEL.PIXEL_MEAN": [103.5, INF, 123.7]}, r"MODEL.PIXEL_MEAN: every value must be a finite number"),
+    (_FPN, {"MODEL.PIXEL_MEAN": [NAN, 116.3, 123.7]}, r"MODEL.PIXEL_MEAN: every value must be a finite number"),
+    (_FPN, {"MODEL.PIXEL_MEAN": ["103", 116.3, 123.7]}, r"MODEL.PIXEL_MEAN: every value must be a finite number"),
+    (_FPN, {"MODEL.PIXEL_STD": [1.0, INF, 1.0]}, r"MODEL.PIXEL_STD: every value must be > 0 and finite"),
+    (_FPN, {"MODEL.PIXEL_STD": [NAN, 1.0, 1.0]}, r"MODEL.PIXEL_STD: every value must be > 0 and finite"),
+    (_FPN, {"MODEL.RPN.BBOX_REG_WEIGHTS": (1.0, 0.0, 1.0, 1.0)}, r"MODEL.RPN.BBOX_REG_WEIGHTS: every value .* 0 < "),
+    (_FPN, {"MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS": (10.0, 10.0, 5.0)},
+     r"MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS: needs 4 numbers, got 3"),
+    (_FPN, {"MODEL.PROPOSAL_GENERATOR.MIN_SIZE": -1}, r"MODEL.PROPOSAL_GENERATOR.MIN_SIZE: must satisfy 0 <= "),
+    (_FPN, {"MODEL.ROI_BOX_HEAD.FC_DIM": 0}, r"MODEL.ROI_BOX_HEAD.FC_DIM: must satisfy 1 <= value"),
+    (_FPN, {"INPUT.ROTATION_ANGLE": NAN}, r"INPUT.ROTATION_ANGLE: must be a finite number"),
+    (_FPN, {"INPUT.CROP.ENABLED": True, "INPUT.CROP.SIZE": [0.9, 1.5]},
+     r"INPUT.CROP.SIZE: .*0 < value <= 1, got \[1.5\]"),
+    (_FPN, {"INPUT.CROP.ENABLED": True, "INPUT.CROP.SIZE": [NAN, 0.5]}, r"INPUT.CROP.SIZE: .*got \[nan\]"),
+    (_FPN, {"INPUT.CROP.ENABLED": True, "INPUT.CROP.TYPE": "absolute_range", "INPUT.CROP.SIZE": [640, 320]},
+     r"INPUT.CROP.SIZE: 'absolute_range' needs \(min, max\)"),
+    (_FPN, {"SOLVER.BIAS_LR_FACTOR": NAN}, r"SOLVER.BIAS_LR_FACTOR: must be a finite number"),
+    (_FPN, {"SOLVER.WEIGHT_DECAY_BIAS": -1e-4}, r"SOLVER.WEIGHT_DECAY_BIAS: must satisfy 0 <= value"),
+    (_FPN, {"SOLVER.CLIP_GRADIENTS.ENABLED": True, "SOLVER.CLIP_GRADIENTS.NORM_TYPE": 0.0},
+     r"SOLVER.CLIP_GRADIENTS.NORM_TYPE: must be a number > 0"),
+    (_DETR, {"MODEL.DETR.GIOU_WEIGHT": -2.0}, r"MODEL.DETR.GIOU_WEIGHT: must satisfy 0 <= value"),
+    (_DETR, {"MODEL.DETR.NO_OBJECT_WEIGHT": NAN}, r"MODEL.DETR.NO_OBJECT_WEIGHT: must be a finite number"),
+    (_DETR, {"MODEL.DETR.DIM_FEEDFORWARD": 0}, r"MODEL.DETR.DIM_FEEDFORWARD: must satisfy 1 <= value"),
+    (_DB, {"MODEL.DBNET.K": 0.0}, r"MODEL.DBNET.K: must satisfy 0 < value"),
+    (_DB, {"MODEL.DBNET.THRESH_LOSS_WEIGHT": INF}, r"MODEL.DBNET.THRESH_LOSS_WEIGHT: must be a finite number"),
+    (_DB, {"MODEL.DBNET.BOX_THRESH": 1.5}, r"MODEL.DBNET.BOX_THRESH: must satisfy 0 <= value <= 1"),
+    (_DB, {"MODEL.DBNET.THRESH_MIN": 0.8}, r"MODEL.DBNET.THRESH_MIN / MODEL.DBNET.THRESH_MAX: min 0.8 > max 0.7"),
+]
+
+
+@pytest.mark.parametrize("base,values,pattern", BAD_NUMBERS,
+                         ids=[f"{k}={v!r}" for _, vs, _ in BAD_NUMBERS for k, v in list(vs.items())[-1:]])
+def test_number_that_is_not_finite_or_not_positive_is_named(base, values, pattern):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", base))
+    assert find_cfg_problems(cfg, world_size=1) == []
+    for key, value in values.items():
+        _set(cfg, key, value)
+    with pytest.raises(ConfigError, match=pattern):
+        validate_cfg(cfg, world_size=1)
+
+
+def test_flat_anchor_lists_and_inf_norm_are_fine():
+    """What faster_rcnn accepts stays accepted: a flat list (one value per level, faster_rcnn._per_level), int
+    ratios, the max norm (inf) for clipping, absolute crop sizes above 1."""
+    cfg = _fpn_cfg()
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [32, 64, 128, 256, 512]
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1, 2]]
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = INF
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = "absolute_range", [320, 640]
+    assert find_cfg_problems(cfg, world_size=1) == []
+
+
 def test_ims_per_batch_not_divisible_by_world_size():
     cfg = _fpn_cfg()
     cfg.SOLVER.IMS_PER_BATCH = 6
