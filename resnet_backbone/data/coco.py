@@ -38,7 +38,7 @@ import os
 from numbers import Real
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .errors import DatasetError, count_bad_sample, get_bad_sample_policy
+from .errors import DatasetError, count_bad_sample, get_bad_sample_policy, short_repr, shorten
 
 __all__ = ["load_coco_json", "register_coco_instances", "BOX_OVERSHOOT_TOLERANCE"]
 
@@ -81,14 +81,15 @@ def _read_json(json_file: str):
     except FileNotFoundError as e:
         raise DatasetError("annotation file does not exist", file=json_file, field="json_file") from e
     except OSError as e:
-        raise DatasetError(f"cannot read annotation file: {e}", file=json_file, field="json_file") from e
+        raise DatasetError(f"cannot read annotation file: {e.strerror or e}", file=json_file, field="json_file") from e
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:
         raise DatasetError(f"malformed json: {e.msg}", file=json_file, record=f"line {e.lineno} column {e.colno}",
                            field="json") from e
     except (UnicodeDecodeError, RecursionError, ValueError) as e:
-        raise DatasetError(f"malformed json: {e}", file=json_file, record="<file>", field="json") from e
+        raise DatasetError(f"malformed json: {shorten(str(e), 300)}", file=json_file, record="<file>",
+                           field="json") from e
 
 
 def _check_categories(cats, json_file):
@@ -101,14 +102,14 @@ def _check_categories(cats, json_file):
             raise DatasetError(f"category must be an object, got {type(c).__name__}", file=json_file, record=rec,
                                field="categories")
         if not _is_int(c.get("id")):
-            raise DatasetError(f"category id must be an integer, got {c.get('id')!r}", file=json_file, record=rec,
-                               field="id")
+            raise DatasetError(f"category id must be an integer, got {short_repr(c.get('id'))}", file=json_file,
+                               record=rec, field="id")
         rec = f"category id={c['id']}"
         if c["id"] in by_id:
             raise DatasetError("duplicate category id", file=json_file, record=rec, field="id")
         name = c.get("name", str(c["id"]))
         if not isinstance(name, str):
-            raise DatasetError(f"category name must be a string, got {name!r}", file=json_file, record=rec,
+            raise DatasetError(f"category name must be a string, got {short_repr(name)}", file=json_file, record=rec,
                                field="name")
         by_id[c["id"]] = name
     return by_id
@@ -121,16 +122,16 @@ def _check_image(img, i, json_file):
                            record=f"images[{i}]", field="images")
     iid = img.get("id")
     if not _is_int(iid):
-        raise DatasetError(f"image id must be an integer, got {iid!r}", file=json_file, record=f"images[{i}]",
+        raise DatasetError(f"image id must be an integer, got {short_repr(iid)}", file=json_file, record=f"images[{i}]",
                            field="id")
     rec = f"image id={iid}"
     if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-        raise DatasetError(f"file_name must be a non-empty string, got {img.get('file_name')!r}", file=json_file,
-                           record=rec, field="file_name")
+        raise DatasetError(f"file_name must be a non-empty string, got {short_repr(img.get('file_name'))}",
+                           file=json_file, record=rec, field="file_name")
     for key in ("width", "height"):
         v = img.get(key)
         if not _is_int(v) or not 0 < v <= _MAX_SIDE:
-            raise DatasetError(f"{key} must be a positive integer <= {_MAX_SIDE}, got {v!r}", file=json_file,
+            raise DatasetError(f"{key} must be a positive integer <= {_MAX_SIDE}, got {short_repr(v)}", file=json_file,
                                record=rec, field=key)
     return iid
 
@@ -143,8 +144,8 @@ def _check_segmentation(seg, rec, json_file):
                                field="segmentation")
         size = seg["size"]
         if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s >= 0 for s in size)):
-            raise DatasetError(f"RLE 'size' must be [height, width], got {size!r}", file=json_file, record=rec,
-                               field="segmentation")
+            raise DatasetError(f"RLE 'size' must be [height, width], got {short_repr(size)}", file=json_file,
+                               record=rec, field="segmentation")
         if not isinstance(seg["counts"], (str, list)):
             raise DatasetError("RLE 'counts' must be a string or a list", file=json_file, record=rec,
                                field="segmentation")
@@ -175,26 +176,27 @@ def _check_annotation(ann, i, images, cat_ids, json_file):
                            record=f"annotations[{i}]", field="annotations")
     aid = ann.get("id")
     if not _is_int(aid):
-        raise DatasetError(f"annotation id must be an integer, got {aid!r}", file=json_file,
+        raise DatasetError(f"annotation id must be an integer, got {short_repr(aid)}", file=json_file,
                            record=f"annotations[{i}]", field="id")
     rec = f"annotation id={aid}"
     iid = ann.get("image_id")
     if not _is_int(iid) or iid not in images:
-        raise DatasetError(f"image_id {iid!r} is not an image in this file", file=json_file, record=rec,
+        raise DatasetError(f"image_id {short_repr(iid)} is not an image in this file", file=json_file, record=rec,
                            field="image_id")
     cid = ann.get("category_id")
     if not _is_int(cid) or cid not in cat_ids:
-        raise DatasetError(f"category_id {cid!r} is not one of the categories {sorted(cat_ids)}", file=json_file,
-                           record=rec, field="category_id")
+        raise DatasetError(f"category_id {short_repr(cid)} is not one of the categories {short_repr(sorted(cat_ids))}",
+                           file=json_file, record=rec, field="category_id")
     crowd = ann.get("iscrowd", 0)
     if crowd not in (0, 1) or isinstance(crowd, float) and not crowd.is_integer():
-        raise DatasetError(f"iscrowd must be 0 or 1, got {crowd!r}", file=json_file, record=rec, field="iscrowd")
+        raise DatasetError(f"iscrowd must be 0 or 1, got {short_repr(crowd)}", file=json_file, record=rec,
+                           field="iscrowd")
     bbox = ann.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
-        raise DatasetError(f"bbox must be a list of 4 numbers [x, y, w, h], got {bbox!r}", file=json_file,
+        raise DatasetError(f"bbox must be a list of 4 numbers [x, y, w, h], got {short_repr(bbox)}", file=json_file,
                            record=rec, field="bbox")
     if not all(_is_finite_num(v) for v in bbox):
-        raise DatasetError(f"bbox has a non-finite value: {bbox}", file=json_file, record=rec, field="bbox")
+        raise DatasetError(f"bbox has a non-finite value: {short_repr(bbox)}", file=json_file, record=rec, field="bbox")
     x, y, w, h = (float(v) for v in bbox)
     if w < 0 or h < 0:
         raise DatasetError(f"bbox width and height must be > 0, got w={w}, h={h}", file=json_file, record=rec,
@@ -208,13 +210,13 @@ def _check_annotation(ann, i, images, cat_ids, json_file):
     tol_y = max(_MIN_OVERSHOOT_PX, BOX_OVERSHOOT_TOLERANCE * H)
     x1, y1 = x + w, y + h
     if x < -tol_x or y < -tol_y or x1 > W + tol_x or y1 > H + tol_y:
-        raise DatasetError(f"bbox {bbox} (x0={x:g}, y0={y:g}, x1={x1:g}, y1={y1:g}) lies outside the {W}x{H} "
-                           f"image of image id={iid} by more than the tolerance", file=json_file, record=rec,
+        raise DatasetError(f"bbox {short_repr(bbox)} (x0={x:g}, y0={y:g}, x1={x1:g}, y1={y1:g}) lies outside the "
+                           f"{W}x{H} image of image id={iid} by more than the tolerance", file=json_file, record=rec,
                            field="bbox")
     cx0, cy0, cx1, cy1 = max(x, 0.0), max(y, 0.0), min(x1, float(W)), min(y1, float(H))
     if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
-        raise DatasetError(f"bbox {bbox} is empty after clipping to the {W}x{H} image", file=json_file, record=rec,
-                           field="bbox")
+        raise DatasetError(f"bbox {short_repr(bbox)} is empty after clipping to the {W}x{H} image", file=json_file,
+                           record=rec, field="bbox")
     out = {"id": aid, "image_id": iid, "bbox": [cx0, cy0, cx1 - cx0, cy1 - cy0], "category_id": cid,
            "iscrowd": int(crowd)}
     if "segmentation" in ann and ann["segmentation"] is not None:
@@ -223,7 +225,7 @@ def _check_annotation(ann, i, images, cat_ids, json_file):
             out["segmentation"] = seg
     if "ignore" in ann:
         if ann["ignore"] not in (True, False, 0, 1):
-            raise DatasetError(f"ignore must be a boolean, got {ann['ignore']!r}", file=json_file, record=rec,
+            raise DatasetError(f"ignore must be a boolean, got {short_repr(ann['ignore'])}", file=json_file, record=rec,
                                field="ignore")
         out["ignore"] = bool(ann["ignore"])
     if "area" in ann and _is_finite_num(ann["area"]):
@@ -336,7 +338,7 @@ def load_coco_json(json_file, image_root, dataset_name: str | None = None, on_ba
 def register_coco_instances(name: str, metadata: dict, json_file, image_root) -> None:
     """Register a COCO-format dataset under `name`; it is loaded (and validated) when first asked for."""
     if not isinstance(name, str):
-        raise TypeError(f"dataset name must be a string, got {name!r}")
+        raise TypeError(f"dataset name must be a string, got {short_repr(name)}")
     DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=os.fspath(json_file), image_root=os.fspath(image_root),
                                   evaluator_type="coco", **(metadata or {}))

@@ -3,21 +3,81 @@
 Also the "bad sample" policy shared by the loaders: ``"error"`` (raise) or ``"skip"`` (drop the record and count
 it). The policy is a process-wide setting so that dataset functions registered in the catalog (which take no
 arguments) honour DATALOADER.ON_BAD_SAMPLE; use ``bad_sample_policy(...)`` as a context manager to change it.
+
+Messages stay readable whatever the bad value: `DatasetError` prints at most `MAX_PART_CHARS` characters of the
+file, the record and the field and `MAX_REASON_CHARS` of the reason (the head and the tail, with the full length
+in between: ``'/data/ppp... (20971529 characters) ...ppp/img_1.jpg'``); its attributes keep the full values.
+Loaders format the values they quote with `short_repr`, which never builds the whole repr of a huge value.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import reprlib
 import threading
 from collections import Counter
 
-__all__ = ["DatasetError", "bad_sample_policy", "get_bad_sample_policy", "count_bad_sample", "bad_sample_counts"]
+__all__ = ["DatasetError", "bad_sample_policy", "get_bad_sample_policy", "count_bad_sample", "bad_sample_counts",
+           "shorten", "short_repr", "MAX_PART_CHARS", "MAX_REASON_CHARS"]
 
 _POLICIES = ("error", "skip")
 _state = threading.local()
 _counts: Counter = Counter()
 _lock = threading.Lock()
 logger = logging.getLogger(__name__)
+
+MAX_PART_CHARS = 200  # of a file name, a record or a field in a message
+MAX_REASON_CHARS = 1000  # of the reason (which quotes values)
+_MAX_MESSAGE_CHARS = MAX_REASON_CHARS + 3 * MAX_PART_CHARS + 100  # a whole message given as one argument
+
+
+def shorten(text, limit: int = MAX_PART_CHARS) -> str:
+    """`str(text)`, or when longer than `limit` its first ~3/4 and last ~1/4 around "... (N characters) ...".
+
+    The tail is kept because it is often what identifies the value (a file's base name)."""
+    text = text if isinstance(text, str) else str(text)
+    n = len(text)
+    if n <= limit:
+        return text
+    head = max(1, limit * 3 // 4)
+    tail = max(0, limit - head)
+    return f"{text[:head]}... ({n} characters) ...{text[n - tail:] if tail else ''}"
+
+
+class _BoundedRepr(reprlib.Repr):
+    """reprlib with room for real values: containers show their first items, strings inside them 60 chars."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset = 3, 8, 8, 6, 6
+        self.maxstring, self.maxother, self.maxlong = 60, MAX_PART_CHARS, MAX_PART_CHARS
+
+    def repr_str(self, x, level):
+        if len(x) <= self.maxstring:
+            return repr(x)
+        return f"{x[:40]!r}... ({len(x)} characters) ...{x[len(x) - 10:]!r}"
+
+    def repr_int(self, x, level):
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than int -> str allows
+            return f"<int of about {int(x.bit_length() * 0.30103)} digits>"
+
+
+_REPR = _BoundedRepr()
+
+
+def short_repr(value, limit: int = MAX_PART_CHARS) -> str:
+    """A repr of `value` of at most about `limit` characters, cheap even for a huge string, list or dict."""
+    if isinstance(value, str) and len(value) > limit:
+        budget = max(8, limit - 30)
+        head = budget * 3 // 4
+        return f"{value[:head]!r}... ({len(value)} characters) ...{value[len(value) - (budget - head):]!r}"
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001  (a value whose repr fails is still named by its type)
+        text = f"<{type(value).__name__}>"
+    return shorten(text, limit)
 
 
 class DatasetError(ValueError):
@@ -26,6 +86,9 @@ class DatasetError(ValueError):
 
     ``DatasetError("text")`` (one positional argument) also works, so the error survives being re-raised by
     DataLoader worker processes.
+
+    The message shows at most `MAX_PART_CHARS` characters of the file, record and field and `MAX_REASON_CHARS`
+    of the reason (see `shorten`); `.file`, `.record`, `.field` and `.reason` hold the full values.
     """
 
     def __init__(self, message: str, *, file=None, record=None, field=None):
@@ -34,12 +97,12 @@ class DatasetError(ValueError):
         self.field = field
         self.reason = message
         if file is None and record is None and field is None:
-            full = message
+            full = shorten(message, _MAX_MESSAGE_CHARS)
         else:
-            where = [f"file '{self.file}'" if file is not None else "file <unknown>"]
-            where.append(f"record {record}" if record is not None else "record <none>")
-            where.append(f"field '{field}'" if field is not None else "field <none>")
-            full = f"{', '.join(where)}: {message}"
+            where = [f"file '{shorten(self.file)}'" if file is not None else "file <unknown>"]
+            where.append(f"record {shorten(record)}" if record is not None else "record <none>")
+            where.append(f"field '{shorten(field)}'" if field is not None else "field <none>")
+            full = f"{', '.join(where)}: {shorten(message, MAX_REASON_CHARS)}"
         super().__init__(full)
 
     def __reduce__(self):

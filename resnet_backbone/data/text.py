@@ -6,36 +6,40 @@ Two sources:
   annotation becomes its rectangle). Don't care ("ignore": True) when the annotation has ``iscrowd`` = 1, a
   true ``ignore`` / ``illegible`` flag, ``legible`` = false (top level or inside ``attributes``), or the
   transcription ``###``.
-* ICDAR 2015 txt (`load_icdar2015`): one ``gt_img_N.txt`` per image ``img_N.jpg`` with lines
-  ``x1,y1,x2,y2,x3,y3,x4,y4,transcription`` (the transcription may contain commas; ``###`` = don't care;
-  a UTF-8 byte-order mark is tolerated).
+* ICDAR-style txt (`load_icdar2015`): one ``gt_img_N.txt`` per image ``img_N.jpg`` with lines
+  ``x1,y1,...,xP,yP,transcription``: ICDAR 2015 quadrilaterals or Total-Text / CTW polygons, every point kept
+  (the transcription may contain commas; ``###`` = don't care; UTF-8 with or without a byte-order mark, or
+  UTF-16 with one). `parse_icdar2015_txt` documents how coordinates are told from the transcription.
 
 Records follow the project's contract: {"file_name", "image_id", "height", "width", "annotations": [{"id",
 "bbox" (XYWH, the polygon's bounds), "category_id" (contiguous), "iscrowd": 0, "segmentation": [flat polygon],
 "ignore": bool, "transcription"}]}. Don't-care text is kept with ``iscrowd`` = 0 and ``ignore`` = True, so
 the mapper carries it into training (where it is masked out of every loss) instead of dropping it.
 
-Polygon cleaning (`clean_polygon`): fewer than 3 points, non-finite or odd-length coordinates, or zero area
--> rejected; self-intersecting -> repaired with shapely's make_valid when that gives one polygon, rejected
-when it splits into several; partly outside the image -> clipped to the image (the largest piece kept);
-entirely outside -> rejected. A rejection raises `DatasetError` naming the file, the record and the field;
-with DATALOADER.ON_BAD_SAMPLE = "skip" the bad annotation is dropped and counted instead.
+Polygon cleaning (`clean_polygon`): fewer than 3 points, non-finite or odd-length coordinates, coordinates
+beyond +-1e7 pixels, or zero area -> rejected; self-intersecting -> repaired with shapely's make_valid when that
+gives one polygon, rejected when it splits into several; partly outside the image -> clipped to the image (the
+largest piece kept); entirely outside -> rejected. A rejection raises `DatasetError` naming the file, the record
+and the field; with DATALOADER.ON_BAD_SAMPLE = "skip" the bad annotation is dropped and counted instead.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
+from shapely.errors import GEOSException
 from shapely.geometry import Polygon, box
 from shapely.validation import make_valid
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .errors import DatasetError, count_bad_sample, get_bad_sample_policy
+from .errors import DatasetError, count_bad_sample, get_bad_sample_policy, short_repr, shorten
 
 __all__ = ["clean_polygon", "load_text_json", "parse_icdar2015_txt", "load_icdar2015", "register_text_instances",
            "register_builtin_text", "BUILTIN_TEXT", "IMAGE_EXTENSIONS"]
@@ -57,6 +61,9 @@ BUILTIN_TEXT = {
 
 
 # ---------------------------------------------------------------------------- polygons
+_MAX_COORD = 1e7  # pixels; image sides are at most 2**20, so a coordinate beyond this is not one
+
+
 def _polygon_parts(geom) -> list[Polygon]:
     parts = getattr(geom, "geoms", [geom])
     out = []
@@ -80,8 +87,8 @@ def clean_polygon(points, image_size: tuple[int, int] | None, *, file=None, reco
 
     try:
         arr = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise bad(f"polygon is not a list of numbers: {points!r:.80}") from e
+    except (TypeError, ValueError, OverflowError) as e:
+        raise bad(f"polygon is not a list of numbers: {short_repr(points, 80)}") from e
     if arr.ndim == 1:
         if arr.size % 2:
             raise bad(f"polygon has an odd number of coordinates ({arr.size})")
@@ -90,6 +97,9 @@ def clean_polygon(points, image_size: tuple[int, int] | None, *, file=None, reco
         raise bad(f"polygon must be flat [x1, y1, ...] or (P, 2), got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise bad("polygon has non-finite coordinates")
+    if arr.size and np.abs(arr).max() > _MAX_COORD:
+        raise bad(f"polygon has a coordinate of {np.abs(arr).max():.3g}, beyond +-{_MAX_COORD:.0g} pixels: not an "
+                  "image coordinate (a unit or format mix-up?)")
     # drop consecutive duplicates (incl. a closing point equal to the first)
     if len(arr) > 1:
         keep = np.any(arr != np.roll(arr, 1, axis=0), axis=1)
@@ -97,6 +107,13 @@ def clean_polygon(points, image_size: tuple[int, int] | None, *, file=None, reco
     if len(arr) < 3:
         raise bad(f"polygon has {len(arr)} distinct point(s); at least 3 are needed")
 
+    try:
+        return _repair_and_clip(arr, image_size, bad)
+    except GEOSException as e:  # geometry the GEOS library cannot process
+        raise bad(f"polygon cannot be processed ({e})") from e
+
+
+def _repair_and_clip(arr: np.ndarray, image_size, bad) -> np.ndarray:
     shape = Polygon(arr)
     if not shape.is_valid:
         parts = _polygon_parts(make_valid(shape))
@@ -150,12 +167,58 @@ def _is_dont_care(ann: dict) -> bool:
 # ---------------------------------------------------------------------------- COCO json
 def _read_json(json_file: str):
     try:
-        with open(json_file, encoding="utf-8-sig") as f:
-            return json.load(f)
+        with open(json_file, "rb") as f:
+            raw = f.read()
     except FileNotFoundError as e:
         raise DatasetError("annotation file does not exist", file=json_file, field="json") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"not valid json: {e}", file=json_file, field="json") from e
+    except OSError as e:
+        raise DatasetError(f"cannot read the annotation file ({e.strerror or e})", file=json_file, field="json") from e
+    try:
+        return json.loads(raw)  # UTF-8 (BOM or not), UTF-16 or UTF-32, detected by json
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"not valid json: {e.msg}", file=json_file, record=f"line {e.lineno} column {e.colno}",
+                           field="json") from e
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:  # ValueError: an integer of > 4300 digits
+        raise DatasetError(f"not valid json: {shorten(str(e), 300)}", file=json_file, record="<file>",
+                           field="json") from e
+
+
+_MAX_SIDE = 1 << 20  # an image side beyond a million pixels is a corrupt record, not an image
+
+
+def _name(v) -> str:
+    """A value as it appears in a record name: strings and integers as they are, the rest as a repr; bounded."""
+    return shorten(str(v), 60) if isinstance(v, (str, int)) else short_repr(v, 60)
+
+
+def _is_id(v) -> bool:
+    """Ids (of images, annotations' image_id, categories) are integers or strings."""
+    return isinstance(v, (int, str)) and not isinstance(v, bool)
+
+
+def _categories(data: dict, json_file: str) -> list:
+    cats = data.get("categories") or [{"id": 1, "name": "text"}]
+    if not isinstance(cats, list):
+        raise DatasetError(f"'categories' must be a list, got {type(cats).__name__}", file=json_file,
+                           field="categories")
+    seen = set()
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict):
+            raise DatasetError(f"category must be an object, got {short_repr(c, 80)}", file=json_file,
+                               record=f"categories[{i}]", field="categories")
+        try:
+            cid = int(c.get("id"))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise DatasetError(f"a category has no integer 'id' (got {short_repr(c.get('id'), 80)})",
+                               file=json_file, record=f"categories[{i}]", field="categories") from e
+        if isinstance(c.get("id"), float) and not c["id"].is_integer():
+            raise DatasetError(f"category id must be an integer, got {c['id']!r}", file=json_file,
+                               record=f"categories[{i}]", field="categories")
+        if cid in seen:
+            raise DatasetError(f"duplicate category id {_name(cid)}", file=json_file, record=f"categories[{i}]",
+                               field="categories")
+        seen.add(cid)
+    return cats
 
 
 def load_text_json(json_file, image_root, dataset_name: str | None = None,
@@ -168,11 +231,8 @@ def load_text_json(json_file, image_root, dataset_name: str | None = None,
             or not isinstance(data.get("annotations", []), list):
         raise DatasetError("expected an object with 'images' and 'annotations' lists", file=json_file,
                            field="images")
-    cats = data.get("categories") or [{"id": 1, "name": "text"}]
-    try:
-        cat_ids = sorted(int(c["id"]) for c in cats)
-    except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError("a category has no integer 'id'", file=json_file, field="categories") from e
+    cats = _categories(data, json_file)
+    cat_ids = sorted(int(c["id"]) for c in cats)
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
     id_map = {cid: i for i, cid in enumerate(cat_ids)}
     if dataset_name is not None:
@@ -189,40 +249,50 @@ def load_text_json(json_file, image_root, dataset_name: str | None = None,
         try:
             iid, fname = img["id"], img["file_name"]
             h, w = int(img["height"]), int(img["width"])
-            if h <= 0 or w <= 0:
-                raise ValueError("non-positive size")
-        except (KeyError, TypeError, ValueError) as e:
-            handle(DatasetError(f"image entry needs id, file_name and positive height/width ({e})",
-                                file=json_file, record=f"images[{i}]", field="images"))
+            if not (0 < h <= _MAX_SIDE and 0 < w <= _MAX_SIDE):
+                raise ValueError(f"height {_name(h)} / width {_name(w)} not in 1..{_MAX_SIDE}")
+            if not _is_id(iid):
+                raise ValueError(f"id {short_repr(iid, 60)} is not an integer or a string")
+            if not isinstance(fname, str) or not fname:
+                raise ValueError(f"file_name {short_repr(fname, 60)} is not a non-empty string")
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            handle(DatasetError(f"image entry needs id, file_name and positive height/width "
+                                f"({shorten(str(e), 200)})", file=json_file, record=f"images[{i}]",
+                                field="images"))
             continue
         if iid in images:
-            handle(DatasetError(f"duplicate image id {iid}", file=json_file, record=f"images[{i}]", field="id"))
+            handle(DatasetError(f"duplicate image id {_name(iid)}", file=json_file, record=f"images[{i}]", field="id"))
             continue
         images[iid] = {"file_name": os.path.join(image_root, fname), "image_id": iid, "height": h, "width": w,
                        "annotations": []}
         order.append(iid)
 
     for i, ann in enumerate(data.get("annotations", [])):
-        rec_name = f"annotation id={ann.get('id', f'#{i}')} (image_id={ann.get('image_id')})" \
-            if isinstance(ann, dict) else f"annotations[{i}]"
+        rec_name = (f"annotation id={_name(ann.get('id', f'#{i}'))} (image_id={_name(ann.get('image_id'))})"
+                    if isinstance(ann, dict) else f"annotations[{i}]")
         try:
             if not isinstance(ann, dict):
                 raise DatasetError("annotation is not an object", file=json_file, record=rec_name, field="annotations")
-            rec = images.get(ann.get("image_id"))
+            iid = ann.get("image_id")
+            rec = images.get(iid) if _is_id(iid) else None
             if rec is None:
-                raise DatasetError(f"image_id {ann.get('image_id')!r} is not among the images", file=json_file,
+                raise DatasetError(f"image_id {short_repr(iid, 60)} is not among the images", file=json_file,
                                    record=rec_name, field="image_id")
             cid = ann.get("category_id", cat_ids[0])
-            if cid not in id_map:
-                raise DatasetError(f"category_id {cid!r} is not among the categories {cat_ids}", file=json_file,
-                                   record=rec_name, field="category_id")
+            if not _is_id(cid) or cid not in id_map:
+                raise DatasetError(f"category_id {short_repr(cid, 60)} is not among the categories "
+                                   f"{short_repr(cat_ids)}", file=json_file, record=rec_name, field="category_id")
             segm = ann.get("segmentation")
             if segm is None or segm == []:
                 bb = ann.get("bbox")
                 if not (isinstance(bb, (list, tuple)) and len(bb) == 4):
                     raise DatasetError("annotation has neither a polygon 'segmentation' nor a 'bbox'",
                                        file=json_file, record=rec_name, field="segmentation")
-                x, y, bw, bh = (float(v) for v in bb)
+                try:
+                    x, y, bw, bh = (float(v) for v in bb)
+                except (TypeError, ValueError, OverflowError) as e:
+                    raise DatasetError(f"bbox must be 4 numbers [x, y, w, h], got {short_repr(bb, 120)}",
+                                       file=json_file, record=rec_name, field="bbox") from e
                 segm = [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]
             if isinstance(segm, dict):
                 raise DatasetError("RLE masks are not text polygons; give 'segmentation' as flat polygons",
@@ -254,34 +324,97 @@ def load_text_json(json_file, image_root, dataset_name: str | None = None,
 
 
 # ---------------------------------------------------------------------------- ICDAR 2015 txt
-def parse_icdar2015_txt(gt_file) -> list[dict]:
-    """Parse one ICDAR 2015 ground-truth file into [{"points": (4, 2) float array, "transcription", "ignore",
-    "line"}]. Raises `DatasetError` naming the file and line for a malformed line."""
-    gt_file = os.fspath(gt_file)
+# A coordinate: a decimal number (sign, fraction and exponent allowed; ASCII digits only), or nan / inf /
+# infinity, which look like numbers so that they are refused as coordinates instead of ending them.
+_NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)",
+                     re.IGNORECASE)
+
+
+def _is_number(field: str) -> bool:
+    return _NUMBER.fullmatch(field.strip()) is not None
+
+
+def _read_gt_text(gt_file: str) -> str:
+    """The file's text: UTF-8 (a byte-order mark tolerated) or UTF-16 with its byte-order mark.
+
+    Raises `DatasetError` naming the file and, for bytes that are not UTF-8, the line they are on."""
     try:
-        with open(gt_file, encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
+        with open(gt_file, "rb") as f:
+            raw = f.read()
     except FileNotFoundError as e:
         raise DatasetError("ground-truth file does not exist", file=gt_file, field="gt") from e
+    except OSError as e:
+        raise DatasetError(f"cannot read the ground-truth file ({e.strerror or e})", file=gt_file, field="gt") from e
+    encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        return raw.decode(encoding)
     except UnicodeDecodeError as e:
-        raise DatasetError(f"ground-truth file is not UTF-8 text ({e})", file=gt_file, field="gt") from e
+        before = raw[:e.start].decode(encoding, errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+        line = before.count("\n") + 1
+        column_field = before.rsplit("\n", 1)[-1].count(",") + 1
+        raise DatasetError(f"bytes {raw[e.start:e.start + 4]!r} (field {column_field} of the line) are not "
+                           f"{'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text ({e.reason}); save the file as "
+                           "UTF-8", file=gt_file, record=f"line {line}", field="encoding") from e
+
+
+def parse_icdar2015_txt(gt_file) -> list[dict]:
+    """Parse one ICDAR-style ground-truth file into [{"points": (P, 2) float64 array (P >= 3), "transcription",
+    "ignore", "line"}], keeping every point of every polygon.
+
+    Lines are ``x1,y1,x2,y2,...,xP,yP,transcription``: ICDAR 2015 quadrilaterals (P = 4), Total-Text / CTW
+    polygons (any P >= 3). The transcription may contain commas; ``###`` marks don't-care text. The file is
+    UTF-8 (a byte-order mark, also at the start of a line, is tolerated) or UTF-16 with a byte-order mark;
+    ``\\r\\n`` and ``\\r`` line ends are accepted; blank lines are skipped.
+
+    How coordinates are told from the transcription: the coordinates are the longest run of leading fields
+    that are numbers, cut to an even length; everything after them (joined with commas again) is the
+    transcription. So:
+
+    * ``...,x4,y4,Genaxis Theatre`` and ``...,x6,y6,###``: 4 and 6 points;
+    * ``...,x4,y4,2015`` (a numeric transcription): the run has an odd length (9), so its last number is the
+      transcription "2015"; likewise ``...,x4,y4,12,50 EUR`` gives 4 points and "12,50 EUR";
+    * a line of numbers only, of even length (``x1,...,y4``): all of them are coordinates, the transcription
+      is empty.
+
+    What this rule cannot tell (the format has no quoting): a transcription that starts with an even number of
+    comma-separated numbers (``...,y4,1,000`` or ``...,y4,3,14,pi``) gives that many more coordinates, and a
+    line missing one coordinate of its last point (``x1,y1,...,y3,x4,word``) gives one point less (the stray
+    ``x4`` starts the transcription). ICDAR 2015, Total-Text and CTW transcriptions are words, ``###`` or single
+    numbers, which are read right; files with such transcriptions are better converted to COCO-style json,
+    where the polygon and the transcription are separate fields.
+
+    ``nan`` / ``inf`` (any case) and numbers beyond the float range count as numbers for the run and are then
+    refused as coordinates. A line with fewer than 3 points (a non-number among the first 6 fields), a
+    non-finite coordinate, or a file that is not UTF-8 / UTF-16 raises `DatasetError` naming the file, the
+    line (record ``"line N"``) and the field (``"points"``, ``"encoding"``), with the field's position.
+    """
+    gt_file = os.fspath(gt_file)
+    text = _read_gt_text(gt_file).replace("\r\n", "\n").replace("\r", "\n")
     out = []
-    for lineno, line in enumerate(lines, start=1):
-        line = line.strip().lstrip("\ufeff")
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.strip().lstrip("\ufeff").strip()
         if not line:
             continue
         fields = line.split(",")
-        if len(fields) < 8:
-            raise DatasetError(f"expected 'x1,y1,...,x4,y4,transcription', got {len(fields)} field(s): {line!r:.80}",
-                               file=gt_file, record=f"line {lineno}", field="points")
-        try:
-            coords = [float(v) for v in fields[:8]]
-        except ValueError as e:
-            raise DatasetError(f"non-numeric coordinate in {fields[:8]}", file=gt_file, record=f"line {lineno}",
-                               field="points") from e
-        text = ",".join(fields[8:]).strip()
-        out.append({"points": np.asarray(coords, dtype=np.float64).reshape(4, 2), "transcription": text,
-                    "ignore": text == DONT_CARE, "line": lineno})
+        run = 0
+        while run < len(fields) and _is_number(fields[run]):
+            run += 1
+        n = run - run % 2
+        if n < 6:
+            stop = (f"; field {run + 1} ({short_repr(fields[run].strip(), 60)}) is not a number"
+                    if run < len(fields) else "")
+            raise DatasetError(f"expected 'x1,y1,x2,y2,x3,y3,...,transcription' (at least 3 points), but the line "
+                               f"starts with {run} number(s){stop}: {short_repr(line, 120)}", file=gt_file,
+                               record=f"line {lineno}", field="points")
+        coords = [float(v) for v in fields[:n]]
+        for j, v in enumerate(coords):
+            if not math.isfinite(v):
+                raise DatasetError(f"coordinate {'xy'[j % 2]}{j // 2 + 1} (field {j + 1}) is "
+                                   f"{short_repr(fields[j].strip(), 60)}: coordinates must be finite numbers",
+                                   file=gt_file, record=f"line {lineno}", field="points")
+        transcription = ",".join(fields[n:]).strip()
+        out.append({"points": np.asarray(coords, dtype=np.float64).reshape(-1, 2), "transcription": transcription,
+                    "ignore": transcription == DONT_CARE, "line": lineno})
     return out
 
 

@@ -1,10 +1,12 @@
 """load_coco_json: contiguous ids, crowd / empty images, and every kind of broken json -> DatasetError naming
-file, record and field (or, with policy "skip", dropped and counted). Plus a hypothesis fuzz test."""
+file, record and field (or, with policy "skip", dropped and counted). Plus hypothesis fuzz tests of both COCO-style
+loaders (load_coco_json and the text loader load_text_json): mutated structures, numbers, long strings, encodings."""
 import copy
 import json
 import logging
 import math
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from resnet_backbone.data import DatasetCatalog, DatasetError, MetadataCatalog, load_coco_json, register_coco_instances
 from resnet_backbone.data.build import get_detection_dataset_dicts
 from resnet_backbone.data.errors import bad_sample_counts
+from resnet_backbone.data.text import load_text_json
 
 
 def _valid():
@@ -181,20 +184,38 @@ def test_skip_mode_still_rejects_broken_structure(tmp_path):
         _load(tmp_path, d, on_bad_sample="skip")
 
 
-# ---------------------------------------------------------------- property test
+# ---------------------------------------------------------------- property tests
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                   st.text(max_size=5))
 _value = st.recursive(_leaf, lambda c: st.one_of(st.lists(c, max_size=6), st.dictionaries(st.text(max_size=8), c,
                                                                                          max_size=4)), max_leaves=12)
+_number = st.one_of(st.integers(-10**9, 10**9), st.integers(), st.integers(10**300, 10**400),
+                    st.integers(-10**400, -10**300), st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from(["12", "-3.5", "1e400", "NaN", "inf", "0x10", ""]))  # numbers as strings
 _sections = ["images", "annotations", "categories"]
 
 
-@st.composite
-def _mutated(draw):
+def _valid_text():
+    """A valid text-detection file for `load_text_json` (polygons, transcriptions, don't-care flags)."""
     d = _valid()
+    d["annotations"][1]["segmentation"] = [[50, 20, 90, 20, 95, 40, 90, 60, 50, 60, 45, 40]]  # 6 points
+    d["annotations"][1]["transcription"] = "###"
+    d["annotations"][0]["transcription"] = "hello, world"
+    d["annotations"][2]["attributes"] = {"legible": False}
+    return d
+
+
+@st.composite
+def _mutated(draw, base=_valid):
+    """`base()` with 1-4 random edits: fields / records / sections replaced by random json values, dropped or
+    duplicated; numbers (huge, negative, NaN, inf, as strings); very long strings; or the whole document
+    replaced by a random json structure."""
+    d = base()
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["replace_field", "drop_field", "replace_record", "replace_section",
-                                     "drop_section", "dup_record", "number"]))
+                                     "drop_section", "dup_record", "number", "long_string", "replace_top"]))
+        if kind == "replace_top":
+            return draw(_value)
         sec = draw(st.sampled_from(_sections))
         recs = d.get(sec)
         if kind == "drop_section":
@@ -214,32 +235,79 @@ def _mutated(draw):
                 if kind == "drop_field":
                     recs[i].pop(key)
                 elif kind == "number":
-                    recs[i][key] = draw(st.one_of(st.integers(-10**9, 10**9), st.integers(),
-                                                  st.integers(10**300, 10**400),
-                                                  st.floats(allow_nan=True, allow_infinity=True)))
+                    recs[i][key] = draw(_number)
+                elif kind == "long_string":  # e.g. a 20 MB file_name: the error message must stay short
+                    recs[i][key] = draw(st.sampled_from("xé/")) * draw(st.integers(300, 300_000))
                 else:
                     recs[i][key] = draw(_value)
     return d
 
 
+@st.composite
+def _file_bytes(draw, data):
+    """`data` as the bytes of a json file: UTF-8 (with or without a BOM), UTF-16, latin-1 (not UTF-8 once a
+    non-ASCII character is in it), or UTF-8 with random byte damage (overwrite, insert, cut)."""
+    text = json.dumps(data, ensure_ascii=draw(st.booleans()))  # NaN/Infinity: json's extension, read back
+    enc = draw(st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1", "damaged"]))
+    if enc == "latin-1":
+        return text.encode("latin-1", errors="replace")
+    if enc != "damaged":
+        return text.encode(enc)
+    raw = text.encode("utf-8")
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["set", "insert", "cut"]))
+        i = draw(st.integers(0, len(raw)))
+        b = bytes([draw(st.integers(0, 255))])
+        raw = {"set": raw[:i] + b + raw[i + 1:], "insert": raw[:i] + b + raw[i:], "cut": raw[:i]}[op]
+    return raw
+
+
+def _load_or_dataset_error(loader, path, tmp_path, skip):
+    """The loader's records, or None when it raised a DatasetError naming the file (in .file and the message)
+    with a bounded message. Any other exception fails the test."""
+    try:
+        return loader(str(path), str(tmp_path), on_bad_sample="skip" if skip else "error")
+    except DatasetError as e:
+        assert e.file == str(path) and e.field and str(path) in str(e)
+        assert len(str(e)) < 2500, len(str(e))  # long values are shortened, not printed whole
+        return None
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
-@given(data=_mutated(), skip=st.booleans())
+@given(data=st.data(), skip=st.booleans())
 def test_fuzz_loads_or_raises_dataset_error(tmp_path, data, skip):
+    doc = data.draw(_mutated())
     path = tmp_path / "fuzz.json"
-    path.write_text(json.dumps(data))  # NaN/Infinity written as json's NaN extension, which python reads back
-    try:
-        recs = load_coco_json(str(path), str(tmp_path), on_bad_sample="skip" if skip else "error")
-    except DatasetError as e:
-        assert e.file == str(path) and e.field
-        return
-    for r in recs:
+    path.write_bytes(data.draw(_file_bytes(doc)))
+    recs = _load_or_dataset_error(load_coco_json, path, tmp_path, skip)
+    for r in recs or []:
         assert isinstance(r["image_id"], int) and r["width"] > 0 and r["height"] > 0
         for a in r["annotations"]:
             x, y, w, h = a["bbox"]
             assert all(math.isfinite(v) for v in (x, y, w, h)) and w > 0 and h > 0
             assert x >= 0 and y >= 0 and x + w <= r["width"] + 1e-6 and y + h <= r["height"] + 1e-6
-            assert 0 <= a["category_id"] < len(data["categories"])
+            assert 0 <= a["category_id"] < len(doc["categories"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(data=st.data(), skip=st.booleans())
+def test_fuzz_text_json_loads_or_raises_dataset_error(tmp_path, data, skip):
+    """The same mutations and encodings through the text loader (`load_text_json`, COCO-style text files)."""
+    doc = data.draw(_mutated(_valid_text))
+    path = tmp_path / "fuzz_text.json"
+    path.write_bytes(data.draw(_file_bytes(doc)))
+    recs = _load_or_dataset_error(load_text_json, path, tmp_path, skip)
+    for r in recs or []:
+        assert r["width"] > 0 and r["height"] > 0 and isinstance(r["file_name"], str)
+        for a in r["annotations"]:
+            assert a["iscrowd"] == 0 and isinstance(a["ignore"], bool) and a["category_id"] >= 0
+            for poly in a["segmentation"]:
+                pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+                assert len(pts) >= 3 and np.isfinite(pts).all()
+                assert pts.min() >= 0 and (pts[:, 0] <= r["width"]).all() and (pts[:, 1] <= r["height"]).all()
+            assert all(math.isfinite(v) for v in a["bbox"])
 
 
 def test_zero_size_boxes_dropped_when_asked(tmp_path, caplog):
