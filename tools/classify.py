@@ -6,9 +6,11 @@
 
 --weights is any file the converters read (torchvision / timm state dict, a converted file, a Caffe2 .pkl).
 Without --config-file the config follows the weights: configs/ImageNet/R_50_MSRA.yaml for Caffe2/detectron2
-weights, configs/ImageNet/R_50_torchvision.yaml otherwise. The input convention (RGB/BGR, mean, std) the
-weights record wins over the config's (a note is printed when they differ). Preprocessing is the standard
-ImageNet evaluation one: resize the shorter side to 256 (bilinear, antialiased), center-crop 224, normalize.
+weights (and for our own checkpoints recording BGR), configs/ImageNet/R_50_torchvision.yaml otherwise. The
+input convention (RGB/BGR, mean, std) the weights record wins over the config's (a note is printed when they
+differ); a value our own checkpoint (source "ours") does not record is taken from the config (noted too).
+Preprocessing is the standard ImageNet evaluation one: resize the shorter side to 256 (bilinear, antialiased),
+center-crop 224, normalize.
 Class names come from torchvision's ImageNet metadata (no download).
 """
 from __future__ import annotations
@@ -25,10 +27,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from resnet_backbone.checkpoint import CheckpointError, load_backbone_weights  # noqa: E402
 from resnet_backbone.checkpoint.converters import convert_checkpoint  # noqa: E402
-from resnet_backbone.config import get_cfg  # noqa: E402
+from resnet_backbone.config import ConfigError, get_cfg  # noqa: E402
 from resnet_backbone.data.detection_utils import read_image  # noqa: E402
 from resnet_backbone.data.errors import DatasetError  # noqa: E402
 from resnet_backbone.modeling.backbone import build_backbone  # noqa: E402
+from resnet_backbone.utils.cli import run_tool  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "ImageNet")
 
@@ -55,17 +58,22 @@ def classify(image_path: str, weights: str, config_file: str = "", opts: list[st
              trust: bool = False) -> list[dict]:
     converted = convert_checkpoint(weights, trust=trust)
     if not config_file:
-        name = "R_50_MSRA.yaml" if converted["source"] in ("caffe2", "detectron2") else "R_50_torchvision.yaml"
-        config_file = os.path.join(CONFIG_DIR, name)
+        msra = converted["source"] in ("caffe2", "detectron2") or converted["format"] == "BGR"
+        config_file = os.path.join(CONFIG_DIR, "R_50_MSRA.yaml" if msra else "R_50_torchvision.yaml")
     cfg = get_cfg()
     cfg.merge_from_file(config_file)
     if opts:
         cfg.merge_from_list(opts)
     if cfg.MODEL.RESNETS.NUM_CLASSES <= 0:
-        raise ValueError(f"{config_file}: MODEL.RESNETS.NUM_CLASSES is {cfg.MODEL.RESNETS.NUM_CLASSES}; the "
-                         "classifier needs the ImageNet head (1000)")
+        raise ConfigError(f"{config_file}: MODEL.RESNETS.NUM_CLASSES is {cfg.MODEL.RESNETS.NUM_CLASSES}; the "
+                          "classifier needs the ImageNet head (1000)")
     cfg_pixels = (cfg.INPUT.FORMAT, [float(v) for v in cfg.MODEL.PIXEL_MEAN], [float(v) for v in cfg.MODEL.PIXEL_STD])
-    fmt, mean, std = converted["format"], converted["pixel_mean"], converted["pixel_std"]
+    recorded = (converted["format"], converted["pixel_mean"], converted["pixel_std"])
+    if None in recorded:  # our own checkpoint that does not record (all of) its convention: the config's applies
+        names = [n for n, v in zip(("INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"), recorded) if v is None]
+        print(f"note: '{weights}' records no input convention for {', '.join(names)}; using the config's "
+              f"({config_file})", file=sys.stderr)
+    fmt, mean, std = (c if r is None else r for r, c in zip(recorded, cfg_pixels))
     if cfg_pixels != (fmt, mean, std):
         print(f"note: using the weights' input convention {fmt} mean {mean} std {std} instead of the config's "
               f"{cfg_pixels[0]} mean {cfg_pixels[1]} std {cfg_pixels[2]}", file=sys.stderr)
@@ -92,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
     args = parser.parse_intermixed_args(argv)
+    if len(args.opts) % 2:
+        parser.error(f"config overrides come in KEY VALUE pairs; got an odd number ({len(args.opts)}): {args.opts}")
     try:
         top = classify(args.image, args.weights, args.config_file, args.opts, args.topk, args.trust)
     except (CheckpointError, DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"{os.path.basename(__file__)}: error: {e}", file=sys.stderr)
+        return 2  # the tools' status for the library's own errors (utils.cli)
     if args.json:
         print(json.dumps(top, indent=2))
     else:
@@ -106,4 +116,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

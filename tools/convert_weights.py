@@ -7,8 +7,11 @@
 
 OUT is a torch.save'd dict {"model": state dict (stem.conv1.weight, res2.0.conv1.norm.weight, ..., linear.*),
 "format": "RGB"|"BGR", "pixel_mean": [...], "pixel_std": [...], "source": ...}; set INPUT.FORMAT,
-MODEL.PIXEL_MEAN/STD to the recorded values. .pkl files are read by a restricted unpickler (numpy arrays and
-plain values only); a .pth that needs full unpickling is refused unless --trust is given.
+MODEL.PIXEL_MEAN/STD to the recorded values. Our own checkpoints (what tools/train_net.py saves) are recognised
+by their format tag (source "ours") and keep the convention they record; one that records none gets none
+(the config's values apply; --format / --pixel-mean / --pixel-std record one). .pkl files are read by a
+restricted unpickler (numpy arrays and plain values only); a .pth that needs full unpickling is refused unless
+--trust is given.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from resnet_backbone.checkpoint import CheckpointError  # noqa: E402
 from resnet_backbone.checkpoint.converters import SOURCES, convert_checkpoint, save_converted  # noqa: E402
+from resnet_backbone.utils.cli import run_tool  # noqa: E402
+
+TOOL = os.path.basename(__file__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,15 +57,25 @@ def main(argv: list[str] | None = None) -> int:
                                            pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
         save_converted(converted, args.output)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"{TOOL}: error: {e}", file=sys.stderr)
+        return 2  # the tools' status for the library's own errors (utils.cli)
     state = converted["model"]
     ours = sum(1 for k in state if k.split(".", 1)[0] in ("stem", "res2", "res3", "res4", "res5", "linear"))
     print(f"{args.input} ({converted['source']} names) -> {args.output}: {len(state)} tensors "
           f"({ours} ResNet, {len(state) - ours} other)")
-    print(f"input convention: INPUT.FORMAT {converted['format']}  MODEL.PIXEL_MEAN {converted['pixel_mean']}  "
-          f"MODEL.PIXEL_STD {converted['pixel_std']}")
+    print(f"input convention: {_convention(converted['format'], converted['pixel_mean'], converted['pixel_std'])}")
     return 0
+
+
+def _convention(fmt, mean, std) -> str:
+    """The input convention line; a value that is None was not recorded (our own checkpoints record only what
+    the model carried)."""
+    if fmt is None and mean is None and std is None:
+        return ("not recorded in the checkpoint (set INPUT.FORMAT, MODEL.PIXEL_MEAN and MODEL.PIXEL_STD to what "
+                "it was trained with)")
+    parts = [f"{key} {'not recorded' if v is None else v}"
+             for key, v in (("INPUT.FORMAT", fmt), ("MODEL.PIXEL_MEAN", mean), ("MODEL.PIXEL_STD", std))]
+    return "  ".join(parts)
 
 
 def _to_detectron2(args) -> int:
@@ -69,16 +85,16 @@ def _to_detectron2(args) -> int:
         converted = convert_to_detectron2(args.input, layout=args.layout, source=args.source, trust=args.trust)
         save_detectron2_checkpoint(converted["model"], args.output)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"{TOOL}: error: {e}", file=sys.stderr)
+        return 2  # the tools' status for the library's own errors (utils.cli)
     print(f"{args.input} ({converted['source']} names) -> {args.output}: {len(converted['model'])} tensors in "
           "detectron2 names (load with MODEL.WEIGHTS)")
     fmt = args.format or converted["format"]
     mean = args.pixel_mean or converted["pixel_mean"]
     std = args.pixel_std or converted["pixel_std"]
-    print(f"set in the detectron2 config: INPUT.FORMAT {fmt}  MODEL.PIXEL_MEAN {mean}  MODEL.PIXEL_STD {std}")
+    print(f"set in the detectron2 config: {_convention(fmt, mean, std)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -3,21 +3,38 @@
 A full checkpoint (`save(name, **extra)`) is one `torch.save`d dict:
 
     {"__format__": "resnet_backbone.checkpoint/1", "model": state_dict, "optimizer": ..., "scheduler": ...,
-     "scaler": ..., "iteration": int, "rng_state": {...}, **extra}
+     "scaler": ..., "iteration": int, "rng_state": {...},
+     "format": "RGB"|"BGR", "pixel_mean": [...], "pixel_std": [...], **extra}
+
+The `__format__` tag marks our own checkpoints (converters.py recognises them by it, source "ours").
+"format" / "pixel_mean" / "pixel_std" (the input convention the model was trained with, as in a converted
+file) are recorded when the model carries them (`input_format` and `pixel_mean` / `pixel_std` buffers, as
+our meta-architectures do); a bare backbone records none.
 
 It holds only tensors and plain Python values, so it loads with `torch.load(weights_only=True)` (RNG
 states are stored as tensors / lists). Writing is atomic: the bytes go to a temporary file in the same
 directory, are fsync'ed, and `os.replace`d onto the final name; then the `last_checkpoint` pointer (a
 text file with the file name) is replaced the same way. A process killed at any moment therefore
 leaves the previous checkpoint and pointer intact (at worst an orphan `.tmp` file, removed later).
+Ctrl-C (KeyboardInterrupt) during a save removes the temp file and raises a KeyboardInterrupt whose
+message says so and names the previous checkpoint, which `last_checkpoint` still names.
 
-`resume_or_load(path, resume)`:
+`last_checkpoint` may only name a file inside `save_dir` (OUTPUT_DIR); an empty, non-UTF-8 or
+otherwise unusable pointer, or one naming a missing file, is a CheckpointError naming the pointer file
+(and the target).
+
+`resume_or_load(path, resume, allow_partial=True)`:
   - resume=True and `save_dir/last_checkpoint` exists: load everything from it (model, optimizer,
     scheduler, scaler, RNG states) and return its extra data ("iteration", ...);
-  - otherwise load weights only from `path` (cfg.MODEL.WEIGHTS): our own full checkpoints (or a plain
-    state dict of the whole model) load directly (a shape mismatch is a CheckpointError naming the key
-    and both shapes; missing/unexpected keys are logged by name); any other file (torchvision /
-    detectron2 / Caffe2 / timm backbone weights) goes through `resnet_backbone.checkpoint.converters`.
+  - otherwise load weights only from `path` (cfg.MODEL.WEIGHTS): our own full checkpoints (by their tag), or a
+    plain state dict in the model's own names (all of its names in the model, or half the model's), load
+    directly (a shape mismatch is a CheckpointError naming the key and both shapes; missing/unexpected keys
+    are logged by name); any other file (torchvision / detectron2 / Caffe2 / timm backbone weights) goes
+    through `resnet_backbone.checkpoint.converters`.
+  - allow_partial=False (evaluation: `tools/train_net.py --eval-only`): weights that leave any tensor of
+    the model at its initialisation (or no weights at all) are a CheckpointError naming the file and the
+    missing tensors grouped by module; the model is left as it was. Training keeps allow_partial=True
+    (fine-tuning from backbone weights).
 
 `maybe_save_best(results, iteration)` keeps `model_best.pth` by a metric such as "bbox/AP".
 `check_output_dir(path, required_bytes)` fails early and clearly when the output directory cannot be
@@ -41,9 +58,13 @@ from torch import nn
 from . import CheckpointError  # the package's error type (resnet_backbone/checkpoint/__init__.py)
 
 __all__ = ["Checkpointer", "CheckpointError", "check_output_dir", "get_rng_state", "set_rng_state",
-           "atomic_torch_save", "FORMAT_TAG"]
+           "atomic_torch_save", "FORMAT_TAG", "is_own_checkpoint"]
 
 FORMAT_TAG = "resnet_backbone.checkpoint/1"
+_FORMAT_FAMILY = "resnet_backbone.checkpoint/"  # FORMAT_TAG without its version
+PIXEL_KEYS = ("format", "pixel_mean", "pixel_std")
+# what tools/train_net.py calls allow_partial=True; named in the error so the refusal says how to insist
+ALLOW_PARTIAL_FLAG = "--allow-partial-weights"
 logger = logging.getLogger(__name__)
 
 
@@ -113,14 +134,67 @@ def atomic_torch_save(obj, path: str) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _os_error_in_chain(e: BaseException) -> OSError | None:
+def _in_chain(e: BaseException, kind: type) -> BaseException | None:
+    """The first exception of type `kind` in e's cause/context chain (e included)."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
+        if isinstance(e, kind):
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def _os_error_in_chain(e: BaseException) -> OSError | None:
+    return _in_chain(e, OSError)
+
+
+def is_own_checkpoint(obj) -> bool:
+    """True for a checkpoint our Checkpointer wrote: the `__format__` tag (any version) and a "model" dict."""
+    return (isinstance(obj, dict) and isinstance(obj.get("__format__"), str)
+            and obj["__format__"].startswith(_FORMAT_FAMILY) and isinstance(obj.get("model"), dict))
+
+
+def _shortest_float(v) -> float:
+    """A float32 statistic as the shortest decimal that rounds to it (123.675, not 123.67500305175781)."""
+    return float(np.format_float_positional(np.float32(v), unique=True, trim="0"))
+
+
+def _pixel_convention(model: nn.Module) -> dict:
+    """{"format", "pixel_mean", "pixel_std"} the model normalises its input with, or {} if it carries none."""
+    fmt = getattr(model, "input_format", None)
+    mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
+    if fmt not in ("RGB", "BGR") or not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
+        return {}
+    return {"format": fmt, "pixel_mean": [_shortest_float(v) for v in mean.detach().flatten().tolist()],
+            "pixel_std": [_shortest_float(v) for v in std.detach().flatten().tolist()]}
+
+
+def _missing_by_module(missing: list[str], all_keys: list[str], limit: int = 30) -> str:
+    """Missing tensor names folded into the outermost modules that are missing entirely:
+    "backbone.bottom_up.res4.5 (15 tensors), roi_heads.box_predictor.cls_score.bias"."""
+    missing_set = set(missing)
+    total: dict[str, int] = {}
+    absent: dict[str, int] = {}
+    for k in all_keys:
+        parts = k.split(".")
+        for i in range(1, len(parts)):
+            p = ".".join(parts[:i])
+            total[p] = total.get(p, 0) + 1
+            if k in missing_set:
+                absent[p] = absent.get(p, 0) + 1
+    groups: dict[str, int] = {}
+    for k in missing:
+        parts = k.split(".")
+        name = k
+        for i in range(1, len(parts)):
+            p = ".".join(parts[:i])
+            if absent.get(p, 0) == total[p]:
+                name = p
+                break
+        groups[name] = groups.get(name, 0) + 1
+    items = [g if g in missing_set else f"{g} ({n} tensor{'s' if n != 1 else ''})" for g, n in groups.items()]
+    return ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -217,7 +291,7 @@ class Checkpointer:
         """Write `save_dir/<name>.pth` atomically (and point last_checkpoint at it). Returns the path."""
         if not self.save_dir or not self.save_to_disk:
             return None
-        data = {"__format__": FORMAT_TAG, "model": self.model.state_dict()}
+        data = {"__format__": FORMAT_TAG, "model": self.model.state_dict(), **_pixel_convention(self.model)}
         for k, obj in self.checkpointables.items():
             data[k] = obj.state_dict()
         data["rng_state"] = get_rng_state()
@@ -226,11 +300,15 @@ class Checkpointer:
         data.update(extra)
         os.makedirs(self.save_dir, exist_ok=True)
         path = os.path.join(self.save_dir, f"{name}.pth")
+        existed = os.path.exists(path)
         logger.info("Saving checkpoint to %s", path)
         try:
             atomic_torch_save(data, path)
-        except Exception as e:  # a full disk inside torch.save surfaces as a RuntimeError from its zip writer
-            os_err = _os_error_in_chain(e)
+        except BaseException as e:  # a full disk inside torch.save surfaces as a RuntimeError from its zip writer
+            interrupt = _in_chain(e, KeyboardInterrupt)
+            if interrupt is not None:  # torch's zip writer turns it into "unexpected pos": say what happened
+                raise self._save_interrupted(path, existed, tag_last) from interrupt
+            os_err = _os_error_in_chain(e) if isinstance(e, Exception) else None
             if os_err is None:
                 raise
             raise CheckpointError(f"cannot write checkpoint '{path}': {os_err.strerror or os_err} (the previous "
@@ -238,10 +316,44 @@ class Checkpointer:
         if tag_last:
             try:
                 self.tag_last_checkpoint(os.path.basename(path))
+            except KeyboardInterrupt as e:
+                prev = self._pointer_target_for_message()
+                msg = (f"checkpoint save interrupted (Ctrl-C) while updating last_checkpoint: '{path}' was written "
+                       f"completely, but {os.path.join(self.save_dir, 'last_checkpoint')} still names "
+                       + (f"'{prev}' (intact; --resume continues from it)" if prev else "no checkpoint (it was not "
+                          "written)") + "; the partial temp file was removed")
+                logger.error("%s", msg)
+                raise KeyboardInterrupt(msg) from e
             except OSError as e:
                 raise CheckpointError(f"wrote '{path}' but cannot update last_checkpoint: {e.strerror or e} "
                                       "(it still names the previous checkpoint)") from e
         return path
+
+    def _pointer_target_for_message(self) -> str | None:
+        """What last_checkpoint names now (its text), or None when there is no usable pointer."""
+        try:
+            return os.path.basename(self.get_checkpoint_file())
+        except CheckpointError:
+            return None
+
+    def _save_interrupted(self, path: str, existed: bool, tag_last: bool) -> KeyboardInterrupt:
+        base = os.path.basename(path)
+        left = [p for p in glob.glob(os.path.join(glob.escape(self.save_dir), f".{glob.escape(base)}.*.tmp*"))
+                if p.endswith(f".tmp{os.getpid()}")]
+        temp = (f"the partial temp file could not be removed: delete {', '.join(left)}" if left
+                else "the partial temp file was removed")
+        prev = self._pointer_target_for_message()
+        if tag_last:
+            state = (f"the previous checkpoint '{os.path.join(self.save_dir, prev)}' is intact and last_checkpoint "
+                     "still names it (--resume continues from it)" if prev else
+                     "there is no previous checkpoint (last_checkpoint was not written)")
+        else:
+            state = (f"'{path}' keeps its previous contents" if existed else f"'{path}' was not created")
+            if prev:
+                state += f"; the previous checkpoint '{os.path.join(self.save_dir, prev)}' is intact"
+        msg = f"checkpoint save interrupted (Ctrl-C) while writing '{path}': {state}; {temp}"
+        logger.error("%s", msg)
+        return KeyboardInterrupt(msg)
 
     def tag_last_checkpoint(self, basename: str) -> None:
         target = os.path.join(self.save_dir, "last_checkpoint")
@@ -272,30 +384,59 @@ class Checkpointer:
         return bool(self.save_dir) and os.path.exists(os.path.join(self.save_dir, "last_checkpoint"))
 
     def get_checkpoint_file(self) -> str:
+        """The checkpoint `save_dir/last_checkpoint` names: a file inside save_dir, else a CheckpointError."""
         p = os.path.join(self.save_dir, "last_checkpoint")
+        fix = ("it should hold the file name of a checkpoint in OUTPUT_DIR, e.g. 'model_final.pth': write the name "
+               "of the checkpoint to resume from into it, or delete it to start without resuming")
         try:
-            with open(p, encoding="utf-8") as f:
-                name = f.read().strip()
+            with open(p, "rb") as f:
+                raw = f.read(4096)
         except OSError as e:
-            raise CheckpointError(f"cannot read '{p}': {e}") from e
-        return os.path.join(self.save_dir, name)
+            raise CheckpointError(f"cannot read '{p}': {e.strerror or e}") from e
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"'{p}' is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                                  f"{fix}") from None
+        if not name:
+            raise CheckpointError(f"'{p}' is empty; {fix}")
+        if "\x00" in name or "\n" in name or "\r" in name:
+            what = "a NUL character" if "\x00" in name else "more than one line"
+            raise CheckpointError(f"'{p}' holds {what} ({name[:80]!r}), not one file name; {fix}")
+        root = os.path.abspath(self.save_dir)
+        target = os.path.normpath(os.path.join(root, name))
+        if os.path.commonpath([root, target]) != root:
+            raise CheckpointError(f"'{p}' names '{name}' ({target}), which is outside OUTPUT_DIR '{root}'; "
+                                  "last_checkpoint may only name a checkpoint in OUTPUT_DIR. To start from another "
+                                  "run's checkpoint, set MODEL.WEIGHTS to it (weights only), or copy it into "
+                                  f"OUTPUT_DIR and write its file name into '{p}'")
+        if not os.path.exists(target):
+            raise CheckpointError(f"'{p}' names '{name}', but '{target}' does not exist; {fix}")
+        if not os.path.isfile(target):
+            raise CheckpointError(f"'{p}' names '{name}', but '{target}' is not a file; {fix}")
+        return target
 
-    def resume_or_load(self, path: str, *, resume: bool = True) -> dict:
+    def resume_or_load(self, path: str, *, resume: bool = True, allow_partial: bool = True) -> dict:
+        """See the module docstring. allow_partial=False: every tensor of the model must come from the file."""
         if resume and self.has_checkpoint():
             return self.load(self.get_checkpoint_file())
         if resume:
             logger.info("No checkpoint in '%s' to resume from; starting from MODEL.WEIGHTS=%r", self.save_dir, path)
         if path:
-            self.load_weights(path)
+            self.load_weights(path, allow_partial=allow_partial)
+        elif not allow_partial:
+            where = f" and no last_checkpoint in '{self.save_dir}'" if resume and self.save_dir else ""
+            raise CheckpointError(f"MODEL.WEIGHTS is empty{where}: there are no weights to evaluate, the model "
+                                  "would keep its random initialisation. Set MODEL.WEIGHTS to a checkpoint (or "
+                                  f"pass {ALLOW_PARTIAL_FLAG} to evaluate the initialised model anyway)")
         return {}
 
     def _read(self, path: str) -> dict:
-        if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint file not found: '{path}'")
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated zip, garbage, or a pickle needing code
-            raise CheckpointError(f"cannot load checkpoint '{path}': {type(e).__name__}: {str(e)[:300]}") from e
+        """torch.load(weights_only=True) within safe_pickle's size bounds (zip inflation, declared sizes); a
+        CheckpointError naming the file for a missing, truncated, corrupt, oversized or code-carrying file."""
+        from .safe_pickle import load_checkpoint_file
+
+        return load_checkpoint_file(path, trust=False)
 
     def load(self, path: str) -> dict:
         """Load a full checkpoint (all states, RNG); return the remaining fields (iteration, ...)."""
@@ -317,11 +458,12 @@ class Checkpointer:
             set_rng_state(data["rng_state"])
         if "best_metric" in data:
             self.best_metric = float(data["best_metric"])
-        skip = {"__format__", "model", "rng_state", *self.checkpointables}
+        skip = {"__format__", "model", "rng_state", *PIXEL_KEYS, *self.checkpointables}
         return {k: v for k, v in data.items() if k not in skip}
 
-    def load_weights(self, path: str) -> None:
-        """Weights only: our checkpoints / whole-model state dicts directly, anything else via converters."""
+    def load_weights(self, path: str, allow_partial: bool = True) -> None:
+        """Weights only: our checkpoints / whole-model state dicts directly, anything else via converters.
+        allow_partial=False: a CheckpointError (nothing loaded) unless the file covers every model tensor."""
         data = None
         if path.endswith((".pth", ".pt", ".pth.tar", ".bin")):
             data = self._read(path)
@@ -329,31 +471,73 @@ class Checkpointer:
             state = data.get("model", data) if isinstance(data.get("model", None), dict) else data
             own = self.model.state_dict()
             tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-            if data.get("__format__") == FORMAT_TAG or (tensors and len(set(tensors) & set(own)) >= 0.5 * len(own)):
+            # ours by the tag; a plain state dict when its names are the model's (all of them in the model, or
+            # at least half the model's): loading it through the converters would give the same names
+            names_fit = bool(tensors) and (set(tensors) <= set(own) or len(set(tensors) & set(own)) >= 0.5 * len(own))
+            if is_own_checkpoint(data) or names_fit:
                 logger.info("Loading model weights from %s", path)
-                self._load_model_state(tensors, path, strict=False)
+                if is_own_checkpoint(data):
+                    self._check_pixel_convention(data, path)
+                self._load_model_state(tensors, path, strict=False, allow_partial=allow_partial)
                 return
-        self._load_with_converters(path)
+        self._load_with_converters(path, allow_partial=allow_partial)
 
-    def _load_with_converters(self, path: str) -> None:
+    def _check_pixel_convention(self, data: dict, path: str) -> None:
+        recorded = {k: data[k] for k in PIXEL_KEYS if k in data}
+        model = _pixel_convention(self.model)
+        if not recorded or not model:
+            return
+        differ = [f"{key} {recorded[k]} (config: {model[k]})" for k, key in
+                  (("format", "INPUT.FORMAT"), ("pixel_mean", "MODEL.PIXEL_MEAN"), ("pixel_std", "MODEL.PIXEL_STD"))
+                  if k in recorded and recorded[k] != model[k]]
+        if differ:
+            logger.warning("'%s' was trained with %s: set the config to the recorded values unless the change is "
+                           "deliberate", path, ", ".join(differ))
+
+    def _refuse_partial(self, path: str, missing: list[str], own_keys: list[str]) -> None:
+        raise CheckpointError(
+            f"'{path}' leaves {len(missing)} of {len(own_keys)} model tensors (parameters and buffers) at their "
+            f"random initialisation: {_missing_by_module(missing, own_keys)}. Evaluating such a model gives "
+            "meaningless numbers: check MODEL.WEIGHTS and that the config builds the architecture the file was "
+            f"trained with (e.g. MODEL.RESNETS.DEPTH), or pass {ALLOW_PARTIAL_FLAG} (allow_partial=True) to use it "
+            "anyway")
+
+    def _load_with_converters(self, path: str, allow_partial: bool = True) -> None:
         from . import converters
 
         logger.info("Loading backbone weights from %s (converted)", path)
         target = self.model
+        backup = None if allow_partial else {k: v.detach().clone() for k, v in target.state_dict().items()}
         result = converters.load_backbone_weights(target, path)
+        if not allow_partial:
+            loaded = set(getattr(result, "loaded_keys", ()))
+            own_keys = [k for k in backup if not k.endswith("num_batches_tracked")]
+            missing = [k for k in own_keys if k not in loaded]
+            if missing:
+                with torch.no_grad():
+                    target.load_state_dict(backup)  # the refused file leaves the model as it was
+                self._refuse_partial(path, missing, own_keys)
         meta = getattr(result, "meta", None) or {}
         if meta:
             logger.info("'%s' (%s weights) expects INPUT.FORMAT=%s, PIXEL_MEAN=%s, PIXEL_STD=%s", path,
                         getattr(result, "source", "?"), meta.get("format"), meta.get("pixel_mean"),
                         meta.get("pixel_std"))
 
-    def _load_model_state(self, state: dict, path: str, strict: bool) -> None:
+    def _load_model_state(self, state: dict, path: str, strict: bool, allow_partial: bool = True) -> None:
+        from .safe_pickle import check_finite_tensors
+
+        check_finite_tensors(state, path)  # NaN / Inf weights: refused naming the tensors, nothing loaded
         own = self.model.state_dict()
         bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if bad:
             raise CheckpointError(f"'{path}' does not fit the model (wrong architecture?); shape mismatch for "
                                   + "; ".join(bad[:20]) + (f" (+{len(bad) - 20} more)" if len(bad) > 20 else ""))
+        if not allow_partial:
+            own_keys = [k for k in own if not k.endswith("num_batches_tracked")]
+            missing = [k for k in own_keys if k not in state]
+            if missing:
+                self._refuse_partial(path, missing, own_keys)
         result = self.model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
         unexpected = list(result.unexpected_keys)

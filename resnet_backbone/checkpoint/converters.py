@@ -11,9 +11,10 @@ Stable API (the engine calls this for cfg.MODEL.WEIGHTS):
                      or an already loaded object (state dict, {"model": ...}, {"blobs": ...}).
       trust          allow a .pth that needs full unpickling (arbitrary Python objects). Off by default.
       source         "auto" | "torchvision" | "timm" | "detectron2" | "caffe2" | "ours".
-      returns        LoadResult(missing_keys, unexpected_keys, source, prefix, meta); missing and unexpected
-                     keys are also logged by name. meta = {"format", "pixel_mean", "pixel_std"}: the input
-                     convention the weights were trained with.
+      returns        LoadResult(missing_keys, unexpected_keys, source, prefix, meta, loaded_keys); missing
+                     and unexpected keys are also logged by name. meta = {"format", "pixel_mean", "pixel_std"}:
+                     the input convention the weights were trained with (None for a value our own checkpoint
+                     does not record). loaded_keys: the module's state-dict names the file filled.
       raises         CheckpointError naming the file: unreadable/corrupt/refused file, unknown layout, or a
                      shape mismatch (naming the key and both shapes; nothing is loaded then).
 
@@ -37,7 +38,14 @@ names and load where the module has exactly that name; otherwise they are report
 
 A converted file (`save_converted`, tools/convert_weights.py) is a torch.save'd dict
 {"model": state dict in our ResNet names, "format": "RGB"|"BGR", "pixel_mean": [...], "pixel_std": [...],
- "source": "torchvision"|"timm"|"detectron2"|"caffe2"}.
+ "source": "torchvision"|"timm"|"detectron2"|"caffe2"|"ours"}.
+
+Our own checkpoints (what the Checkpointer / Trainer writes) are recognised by their `__format__` tag
+("resnet_backbone.checkpoint/<version>") on a dict with a "model" state dict, never by key names (ours are
+detectron2's, so names alone cannot tell them apart): source "ours". They keep the input convention they
+record ("format" / "pixel_mean" / "pixel_std", written from the model's INPUT.FORMAT / MODEL.PIXEL_MEAN /
+PIXEL_STD); a value they do not record is None (and left out of a converted file): nothing is guessed, the
+config's value applies. A converted file with source "ours" is read back the same way.
 """
 from __future__ import annotations
 
@@ -52,7 +60,8 @@ import torch
 from torch import nn
 
 from . import CheckpointError
-from .safe_pickle import load_checkpoint_file
+from .checkpointer import is_own_checkpoint
+from .safe_pickle import check_finite_tensors, load_checkpoint_file
 
 __all__ = [
     "LoadResult",
@@ -81,6 +90,7 @@ PIXEL_CONVENTIONS = {
 }
 
 _RESNET_ROOTS = ("stem", "res2", "res3", "res4", "res5", "linear")
+_PIXEL_KEYS = ("format", "pixel_mean", "pixel_std")
 _BN_EPS = 1e-5
 
 
@@ -90,16 +100,22 @@ class LoadResult(NamedTuple):
     source: str
     prefix: str
     meta: dict
+    loaded_keys: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------------- unwrapping
 def _to_tensor(value) -> torch.Tensor | None:
+    """A tensor for a tensor or a numeric numpy array (a writable, native-byte-order copy); None for anything else
+    (object / string / structured arrays, dtypes torch has no type for)."""
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
-        if value.dtype == object:
+        if value.dtype.kind not in "biufc":
             return None
-        return torch.from_numpy(np.ascontiguousarray(value).copy())
+        try:
+            return torch.from_numpy(np.array(value, dtype=value.dtype.newbyteorder("="), order="C", copy=True))
+        except TypeError:  # e.g. float128
+            return None
     return None
 
 
@@ -118,12 +134,18 @@ def _unwrap(obj: Any, name: str) -> tuple[dict[str, torch.Tensor], dict]:
     if isinstance(state, nn.Module):  # a pickled whole model (only reachable with trust=True)
         state = state.state_dict()
     tensors: dict[str, torch.Tensor] = OrderedDict()
+    copies: dict[int, torch.Tensor] = {}  # one copy of an array the file references under several names
     for k, v in state.items():
         if not isinstance(k, str) or k.endswith("_momentum"):  # Caffe2 optimizer blobs
             continue
-        t = _to_tensor(v)
-        if t is not None:
-            tensors[k] = t
+        t = copies.get(id(v))
+        if t is None:
+            t = _to_tensor(v)
+            if t is None:
+                continue
+            copies[id(v)] = t
+        tensors[k] = t
+    check_finite_tensors(tensors, name)
     if not tensors:
         raise CheckpointError(f"'{name}': no weight arrays found (top-level keys: {sorted(map(str, obj))[:10]})")
     if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
@@ -292,28 +314,39 @@ def convert_checkpoint(path_or_obj, source: str = "auto", trust: bool = False, *
     obj = load_checkpoint_file(name, trust=trust) if is_path else path_or_obj
     tensors, file_meta = _unwrap(obj, name)
     state, naming = convert_state_dict(tensors, source, name)
-    recorded = {k: file_meta[k] for k in ("format", "pixel_mean", "pixel_std") if k in file_meta}
+    recorded = {k: file_meta[k] for k in _PIXEL_KEYS if k in file_meta}
     used = naming
-    if source in ("auto", "ours") and file_meta.get("source") in SOURCES and recorded:
+    if source == "ours" or (source == "auto" and (is_own_checkpoint(obj) or file_meta.get("source") == "ours")):
+        used = "ours"  # our own checkpoint (tagged) or a converted file of one
+    elif source in ("auto", "ours") and file_meta.get("source") in SOURCES and recorded:
         used = file_meta["source"]  # one of our converted files
-    pixels = dict(PIXEL_CONVENTIONS.get(used, _MSRA_PIXELS))
-    if "torchvision" in str(file_meta.get("__author__", "")).lower():  # detectron2's torchvision conversions
-        pixels = dict(_TORCHVISION_PIXELS)
+    if used == "ours":
+        pixels: dict = dict.fromkeys(_PIXEL_KEYS)  # only what the checkpoint records: nothing is guessed
+    else:
+        pixels = dict(PIXEL_CONVENTIONS.get(used, _MSRA_PIXELS))
+        if "torchvision" in str(file_meta.get("__author__", "")).lower():  # detectron2's torchvision conversions
+            pixels = dict(_TORCHVISION_PIXELS)
     pixels.update(recorded)
     pixels.update({k: v for k, v in pixel_overrides.items() if v is not None})
-    if pixels["format"] not in ("RGB", "BGR"):
+    if pixels["format"] not in ("RGB", "BGR", None):
         raise CheckpointError(f"'{name}': pixel format must be 'RGB' or 'BGR', got {pixels['format']!r}")
-    return {"model": state, "format": pixels["format"], "pixel_mean": [float(x) for x in pixels["pixel_mean"]],
-            "pixel_std": [float(x) for x in pixels["pixel_std"]], "source": used}
+
+    def floats(v):
+        return None if v is None else [float(x) for x in v]
+
+    return {"model": state, "format": pixels["format"], "pixel_mean": floats(pixels["pixel_mean"]),
+            "pixel_std": floats(pixels["pixel_std"]), "source": used}
 
 
 def save_converted(converted: dict, path: str) -> None:
-    """torch.save a converted checkpoint (tensors and plain values only: loads with weights_only=True)."""
+    """torch.save a converted checkpoint (tensors and plain values only: loads with weights_only=True), atomically.
+    An input convention value that is None (not recorded by our own checkpoint) is left out."""
+    from .checkpointer import atomic_torch_save
+
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save({k: converted[k] for k in ("model", "format", "pixel_mean", "pixel_std", "source")}, tmp)
-    os.replace(tmp, path)
+    keys = ("model", *_PIXEL_KEYS, "source")
+    atomic_torch_save({k: converted[k] for k in keys if converted.get(k) is not None}, path)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -352,12 +385,16 @@ def load_backbone_weights(module: nn.Module, path_or_state, prefix: str | None =
     unexpected = [k for k in mapped if k not in target and not k.endswith("num_batches_tracked")]
     resnet_keys = [k for k in target if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in _RESNET_ROOTS]
     missing = [k for k in resnet_keys if k not in mapped and not k.endswith("num_batches_tracked")]
-    meta = {k: converted[k] for k in ("format", "pixel_mean", "pixel_std")}
-    logger.info("Loaded %d tensors from '%s' (%s names) into %s at '%s'; the weights expect INPUT.FORMAT %s, "
-                "PIXEL_MEAN %s, PIXEL_STD %s", len(loadable), name, converted["source"], type(module).__name__,
-                prefix, meta["format"], meta["pixel_mean"], meta["pixel_std"])
+    meta = {k: converted[k] for k in _PIXEL_KEYS}
+    if all(v is None for v in meta.values()):
+        expect = "they record no input convention (the config's INPUT.FORMAT / MODEL.PIXEL_MEAN / PIXEL_STD apply)"
+    else:
+        expect = (f"the weights expect INPUT.FORMAT {meta['format']}, PIXEL_MEAN {meta['pixel_mean']}, "
+                  f"PIXEL_STD {meta['pixel_std']}" + (" (None: not recorded)" if None in meta.values() else ""))
+    logger.info("Loaded %d tensors from '%s' (%s names) into %s at '%s'; %s", len(loadable), name,
+                converted["source"], type(module).__name__, prefix, expect)
     if missing:
         logger.warning("Weights missing from '%s' (left as initialised): %s", name, ", ".join(missing))
     if unexpected:
         logger.warning("Weights in '%s' that the model does not use: %s", name, ", ".join(unexpected))
-    return LoadResult(missing, unexpected, converted["source"], prefix, meta)
+    return LoadResult(missing, unexpected, converted["source"], prefix, meta, tuple(loadable))

@@ -31,6 +31,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..checkpoint import CheckpointError
 from ..checkpoint.checkpointer import Checkpointer, check_output_dir, estimate_checkpoint_bytes
 from ..config.validate import validate_cfg
 from ..solver import build_grad_clipper, build_lr_scheduler, build_optimizer
@@ -388,7 +389,10 @@ class Trainer:
             return
         last = self._last_checkpoint_path
         if last is None and self.checkpointer.has_checkpoint():
-            last = self.checkpointer.get_checkpoint_file()
+            try:
+                last = self.checkpointer.get_checkpoint_file()
+            except CheckpointError as e:  # a bad last_checkpoint must not hide the non-finite loss
+                last = f"unknown ({e})"
         raise NonFiniteLossError(
             f"iteration {self.iter}: {what}. Training stopped (SOLVER.NONFINITE_POLICY='error'); the last good "
             f"checkpoint is {last or 'none (no checkpoint saved yet)'}. Lower SOLVER.BASE_LR, enable "

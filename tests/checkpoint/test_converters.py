@@ -269,7 +269,7 @@ def test_convert_weights_cli(tmp_path, capsys):
     assert "torchvision" not in capsys.readouterr().err
     bad = tmp_path / "evil.pkl"
     bad.write_bytes(b"cos\nsystem\n(S'true'\ntR.")  # protocol-0 pickle calling os.system
-    assert tool.main([str(bad), str(tmp_path / "x.pth")]) == 1
+    assert tool.main([str(bad), str(tmp_path / "x.pth")]) == 2
     err = capsys.readouterr().err
     assert "evil.pkl" in err and "os.system" in err
     assert not (tmp_path / "x.pth").exists()

@@ -233,5 +233,5 @@ def test_convert_weights_tool_to_detectron2(fpn, tmp_path, capsys):
     # an FPN checkpoint cannot go to the C4 layout: clear error, exit code 1
     fpn_ckpt = str(tmp_path / "fpn.pth")
     torch.save({"model": {"backbone." + k: v for k, v in fpn.state_dict().items()}}, fpn_ckpt)
-    assert module.main([fpn_ckpt, str(tmp_path / "x.pkl"), "--to", "detectron2", "--layout", "c4"]) == 1
+    assert module.main([fpn_ckpt, str(tmp_path / "x.pkl"), "--to", "detectron2", "--layout", "c4"]) == 2
     assert "only fits detectron2's FPN models" in capsys.readouterr().err

@@ -169,7 +169,7 @@ def test_convert_weights_tool_source_detr(models, tmp_path, capsys):
     official = {ours_to_official(k): v for k, v in source.state_dict().items()}
     src, dst = tmp_path / "detr.pth", tmp_path / "out" / "detr_ours.pth"
     torch.save({"model": official, "args": argparse.Namespace()}, src)
-    assert tool.main([str(src), str(dst), "--source", "detr"]) == 1  # refused without --trust
+    assert tool.main([str(src), str(dst), "--source", "detr"]) == 2  # refused without --trust
     assert "trust" in capsys.readouterr().err
     assert tool.main([str(src), str(dst), "--source", "detr", "--trust"]) == 0
     saved = torch.load(dst, weights_only=True)

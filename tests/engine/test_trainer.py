@@ -193,3 +193,23 @@ def test_syncbn_reverted_to_bn_for_cpu_ddp():
     m[1][0].running_mean.fill_(2.0)
     assert _revert_sync_batchnorm(m) == 1
     assert type(m[1][0]) is nn.BatchNorm2d and m[1][0].running_mean[0] == 2.0
+
+
+def test_nonfinite_error_survives_a_bad_last_checkpoint_pointer():
+    """The non-finite loss is the error to report: a last_checkpoint the checkpointer refuses (here: pointing
+    outside OUTPUT_DIR) must not replace it with a CheckpointError."""
+    import types
+
+    from resnet_backbone.checkpoint import CheckpointError
+    from resnet_backbone.engine.trainer import NonFiniteLossError, Trainer
+
+    def refuse():
+        raise CheckpointError("last_checkpoint names '/elsewhere/model.pth', outside OUTPUT_DIR")
+
+    fake = types.SimpleNamespace(
+        optimizer=types.SimpleNamespace(zero_grad=lambda set_to_none=True: None),
+        cfg=types.SimpleNamespace(SOLVER=types.SimpleNamespace(NONFINITE_POLICY="error")),
+        iter=7, _last_checkpoint_path=None,
+        checkpointer=types.SimpleNamespace(has_checkpoint=lambda: True, get_checkpoint_file=refuse))
+    with pytest.raises(NonFiniteLossError, match=r"iteration 7: loss is nan.*unknown \(last_checkpoint names"):
+        Trainer._nonfinite(fake, "loss is nan")

@@ -61,9 +61,9 @@ def test_cli_prints_five_lines(setup, capsys):
 def test_errors_are_reported(setup, tmp_path, capsys):
     _, weights, image, _ = setup
     tool = _tool()
-    assert tool.main([str(tmp_path / "missing.png"), "--weights", weights, *R18]) == 1
+    assert tool.main([str(tmp_path / "missing.png"), "--weights", weights, *R18]) == 2
     assert "missing.png" in capsys.readouterr().err
-    assert tool.main([image, "--weights", str(tmp_path / "nope.pth"), *R18]) == 1
+    assert tool.main([image, "--weights", str(tmp_path / "nope.pth"), *R18]) == 2
     assert "nope.pth" in capsys.readouterr().err
-    assert tool.main([image, "--weights", weights, *R18, "MODEL.RESNETS.NUM_CLASSES", "0"]) == 1
+    assert tool.main([image, "--weights", weights, *R18, "MODEL.RESNETS.NUM_CLASSES", "0"]) == 2
     assert "NUM_CLASSES" in capsys.readouterr().err
