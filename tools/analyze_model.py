@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from resnet_backbone.config import get_cfg  # noqa: E402
 from resnet_backbone.modeling.backbone import Backbone, build_backbone  # noqa: E402
+from resnet_backbone.utils.cli import OverridesArgumentParser, ToolError, positive_int, run_tool  # noqa: E402
 
 
 def setup_cfg(config_file: str | None, opts: list[str]):
@@ -100,10 +101,11 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+    parser = OverridesArgumentParser(description=__doc__.split("\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="", help="YAML config (defaults if omitted)")
-    parser.add_argument("--input-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"))
+    parser.add_argument("--input-size", nargs=2, type=positive_int, default=[224, 224], metavar=("H", "W"),
+                        help="input height and width in pixels (positive integers; default 224 224)")
     parser.add_argument("--json", default="", help="also write the numbers to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -114,10 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = analyze(model, tuple(args.input_size), channels=len(cfg.MODEL.PIXEL_MEAN))
     print(format_table(result))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=2)
+        except OSError as e:
+            raise ToolError(f"--json '{args.json}' cannot be written: {e.strerror or e}") from e
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

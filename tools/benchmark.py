@@ -818,5 +818,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from resnet_backbone.utils.cli import run_tool
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    main()
+    sys.exit(run_tool(main))

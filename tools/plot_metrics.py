@@ -11,6 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resnet_backbone.utils.cli import ToolError, ToolInputNotFound, run_tool  # noqa: E402
+
 
 def plot_metrics(metrics_path: str, out_path: str) -> str:
     import matplotlib
@@ -20,9 +22,12 @@ def plot_metrics(metrics_path: str, out_path: str) -> str:
 
     from resnet_backbone.utils.events import read_metrics
 
+    if not os.path.isfile(metrics_path):
+        raise ToolInputNotFound(f"metrics file '{metrics_path}' does not exist (or is not a file); give the "
+                                "metrics.json of a training run (in its OUTPUT_DIR)")
     lines = read_metrics(metrics_path)
     if not lines:
-        raise ValueError(f"{metrics_path}: no metrics records")
+        raise ToolError(f"{metrics_path}: no metrics records (an empty or unreadable metrics.json)")
     loss_keys = sorted({k for m in lines for k in m if k == "total_loss" or k.startswith("loss")})
     ap_keys = sorted({k for m in lines for k in m if "/" in k and k.split("/")[-1] in
                       ("AP", "AP50", "AP75", "hmean", "precision", "recall")})
@@ -70,4 +75,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

@@ -22,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+from resnet_backbone.utils.cli import OverridesArgumentParser, run_tool  # noqa: E402
+
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_R_50_FPN_synthetic.yaml")
 
 
@@ -40,7 +42,7 @@ def ensure_shapes_dataset(num_train: int, num_val: int, image_size: int, seed: i
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="Quickstart: data, training, evaluation, pictures.")
+    p = OverridesArgumentParser(description="Quickstart: data, training, evaluation, pictures.")
     p.add_argument("--config-file", default=DEFAULT_CONFIG)
     p.add_argument("--num-train", type=int, default=400)
     p.add_argument("--num-val", type=int, default=50)
@@ -73,8 +75,9 @@ def main(argv=None) -> dict:
 
     val_dir = os.path.join(data_dir, "val")
     val_images = sorted(os.path.join(val_dir, f) for f in os.listdir(val_dir))[: args.num_pictures]
+    # OUTPUT_DIR/demo holds this demo's own pictures: a rerun (--resume) replaces them
     pictures = demo.run(cfg, os.path.join(out_dir, "model_final.pth"), val_images, os.path.join(out_dir, "demo"),
-                        args.score_thresh)
+                        args.score_thresh, overwrite=True)
     plot = plot_metrics(os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "metrics.png"))
 
     print("\n" + "=" * 72)
@@ -94,4 +97,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

@@ -10,6 +10,7 @@ import torch
 
 from ..checkpoint.checkpointer import _atomic_write, check_output_dir
 from ..utils import comm
+from ..utils.cli import OverridesArgumentParser
 from ..utils.logger import setup_logger
 from ..utils.machine import machine
 from .train_loader import derive_seed, seed_all_rng
@@ -18,7 +19,8 @@ __all__ = ["default_argument_parser", "default_setup", "setup_cfg", "flush_denor
 
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # OverridesArgumentParser: a flag typed after the KEY VALUE overrides is an argparse error naming it
+    parser = OverridesArgumentParser(
         epilog=epilog or """Examples:
   single process:     tools/train_net.py --config-file cfg.yaml
   2 processes:        tools/train_net.py --num-gpus 2 --config-file cfg.yaml  (CPU: 2 gloo processes)
@@ -56,7 +58,12 @@ def setup_cfg(args):
     if opts and opts[0] == "--":
         opts = opts[1:]
     if len(opts) % 2:
-        raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        from ..config import ConfigError  # a ValueError
+
+        flags = [t for t in opts if isinstance(t, str) and t.startswith("--")]
+        hint = (f"; {', '.join(repr(t) for t in flags)} looks like a flag: flags must come before the overrides"
+                if flags else f"; the last key '{opts[-1]}' has no value")
+        raise ConfigError(f"config overrides must be KEY VALUE pairs, got an odd number ({len(opts)}): {opts}{hint}")
     cfg.merge_from_list(opts)
     return cfg
 
