@@ -406,7 +406,7 @@ def parse_icdar2015_txt(gt_file) -> list[dict]:
             raise DatasetError(f"expected 'x1,y1,x2,y2,x3,y3,...,transcription' (at least 3 points), but the line "
                                f"starts with {run} number(s){stop}: {short_repr(line, 120)}", file=gt_file,
                                record=f"line {lineno}", field="points")
-        coords = [float(v) for v in fields[:n]]
+        coords = [float(v.strip()) for v in fields[:n]]  # the same stripping as _is_number (\x1c-\x1f too)
         for j, v in enumerate(coords):
             if not math.isfinite(v):
                 raise DatasetError(f"coordinate {'xy'[j % 2]}{j // 2 + 1} (field {j + 1}) is "
