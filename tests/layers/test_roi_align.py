@@ -89,28 +89,37 @@ def test_bf16_autocast_matches_torchvision():
     assert torch.equal(out, ref)
 
 
+def _count_sparse_backward(monkeypatch) -> list:
+    """Record each call of the sparse backward (the list grows by one per call)."""
+    calls = []
+    real = roi_align_module.roi_align_backward
+    monkeypatch.setattr(roi_align_module, "roi_align_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def _train_both(pools, feats, boxes, shapes, threads):
+    """Forward + backward of a seeded gradient through each pooler: [(output, {level: feature grad})]."""
+    results = []
+    with num_threads(threads):
+        for pool in pools:
+            leaf = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
+            out = pool(leaf, boxes, shapes)
+            out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3)))
+            results.append((out.detach(), {k: v.grad for k, v in leaf.items()}))
+    return results
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_training_gradients_equal_torchvision(channels_last, monkeypatch):
     """With autograd recording, the forward is threaded too and the backward is the sparse product: same
     output, same feature gradients (to float rounding: the sums run in another order), in the features' layout."""
-    used, backward = [], []
+    used = []
     real = roi_align_module._executor
     monkeypatch.setattr(roi_align_module, "_executor", lambda n: used.append(n) or real(n))
-    real_backward = roi_align_module.roi_align_backward
-    monkeypatch.setattr(roi_align_module, "roi_align_backward",
-                        lambda *a, **k: backward.append(1) or real_backward(*a, **k))
-    ref_pool, ours = _poolers()
+    backward = _count_sparse_backward(monkeypatch)
     feats, boxes, shapes = _inputs(channels_last=channels_last)
-    grads = []
-    with num_threads(2):
-        for pool in (ref_pool, ours):
-            leaf = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
-            out = pool(leaf, boxes, shapes)
-            g = torch.Generator().manual_seed(3)
-            out.backward(torch.randn(out.shape, generator=g))
-            grads.append((out.detach(), {k: v.grad for k, v in leaf.items()}))
+    (ref_out, ref_grad), (out, grad) = _train_both(_poolers(), feats, boxes, shapes, threads=2)
     assert used == [2] and backward == [1]  # threaded forward, sparse backward
-    (ref_out, ref_grad), (out, grad) = grads
     assert torch.equal(out, ref_out)
     assert grad["p6"] is None and ref_grad["p6"] is None  # not pooled: no gradient
     for k in NAMES:
@@ -126,22 +135,13 @@ def test_one_thread_training_takes_the_sparse_backward(monkeypatch):
         raise AssertionError("thread pool used on one thread")
 
     monkeypatch.setattr(roi_align_module, "_executor", fail)
-    backward = []
-    real_backward = roi_align_module.roi_align_backward
-    monkeypatch.setattr(roi_align_module, "roi_align_backward",
-                        lambda *a, **k: backward.append(1) or real_backward(*a, **k))
-    ref_pool, ours = _poolers()
+    backward = _count_sparse_backward(monkeypatch)
     feats, boxes, shapes = _inputs(channels_last=False)
-    grads = []
-    with num_threads(1):
-        for pool in (ref_pool, ours):
-            leaf = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
-            out = pool(leaf, boxes, shapes)
-            out.backward(torch.ones_like(out))
-            grads.append((out.detach(), leaf["p3"].grad))
+    (ref_out, ref_grad), (out, grad) = _train_both(_poolers(), feats, boxes, shapes, threads=1)
     assert backward == [1]
-    assert torch.equal(grads[0][0], grads[1][0])
-    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, ref_out)
+    for k in NAMES:
+        torch.testing.assert_close(grad[k], ref_grad[k], rtol=1e-5, atol=1e-5)
 
 
 def test_serial_paths(monkeypatch):
