@@ -1,21 +1,37 @@
-"""ICDAR-2015-style text detection evaluation: precision, recall and hmean at polygon IoU 0.5.
+"""ICDAR 2015 (Challenge 4, task 4.1 "text localization") text detection evaluation: precision, recall, hmean.
 
-Protocol (per image, then summed over the data set):
+Our reading of the official protocol (the RRC evaluation script for Incidental Scene Text), per image:
 
-* a detection that lies mostly inside don't-care ground truth (area of its intersection with the union of
-  don't-care polygons > `dont_care_thresh` x its own area) is dropped: neither a hit nor a false positive;
-* the remaining detections and the care ground truths are matched one-to-one, greedily by decreasing IoU,
-  a pair matching when their IoU is > `iou_thresh` (polygon IoU with shapely);
-* precision = matches / care detections, recall = matches / care ground truths, hmean = their harmonic mean.
-  With no care ground truth and no care detection anywhere all three are 1; otherwise an empty denominator
-  gives 0.
+1. Ground truth marked don't care (transcription ``###``; here ``ignore`` / ``iscrowd``) is never matched and
+   never counted. Every other ground-truth polygon is a *care* ground truth, a degenerate (zero-area) one included
+   (it simply cannot be matched: a miss).
+2. Each detection is compared with each don't-care region **separately**: its area precision against that region
+   is area(det & region) / area(det) (0 for a zero-area detection). If it is > 0.5 for at least one region the
+   detection is discarded: neither a hit nor a false positive. A detection covering two don't-care regions by 30 %
+   each is kept (it is not compared with their union). Every other detection is a *care* detection, a degenerate
+   one included (it cannot match anything: a false positive).
+3. Matching is one-to-one and greedy **in input order**, not by best IoU: ground truths are visited in order and,
+   for each, detections in order; a pair matches when neither is matched yet, neither is don't care and
+   IoU = area(g & d) / (area(g) + area(d) - area(g & d)) > 0.5 (strictly). The first such detection wins, even if
+   a later one overlaps the ground truth better.
+4. Per image: recall = matches / care gts (1 when the image has no care gt), precision = matches / care dets
+   (0 when it has none; with no care gt: 0 if it has care detections, else 1).
+5. Data set: matches, care gts and care dets are summed over the images; recall = matches / care gts and
+   precision = matches / care dets, each 0 when its denominator is 0; hmean = 2PR / (P + R), 0 when P + R = 0.
+   An image's own numbers (4.) are not averaged.
+
+Extensions beyond the official 4-point format: polygons may have any number of points (Total-Text / CTW style),
+either orientation (the official script rejects counter-clockwise points), and self-intersecting polygons are
+repaired (shapely ``make_valid``, areal part kept) before any area is taken. Polygons with < 3 points or
+non-finite coordinates have zero area. The detections of an image are matched in the order given (the order a
+submission file would list them); the official script re-orders by confidence only in its optional confidence
+mode.
 
 `evaluate_text_polygons` is the pure function; `TextEvaluator` wraps it as a DatasetEvaluator reading the
 ground truth from the dataset catalog.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -35,8 +51,9 @@ logger = logging.getLogger(__name__)
 
 
 def _to_shape(poly) -> Polygon | None:
+    """A shapely polygon with positive area, or None for a degenerate one (< 3 points, non-finite, zero area)."""
     pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-    if len(pts) < 3:
+    if len(pts) < 3 or not np.isfinite(pts).all():
         return None
     shape = Polygon(pts)
     if not shape.is_valid:
@@ -59,56 +76,66 @@ def polygon_iou(a, b) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def _image_summary(matches: int, num_gt: int, num_det: int) -> dict[str, float]:
+    """One image's precision / recall / hmean by the official per-sample rule (4. in the module docstring)."""
+    if num_gt == 0:
+        recall, precision = 1.0, (0.0 if num_det > 0 else 1.0)
+    else:
+        recall = matches / num_gt
+        precision = matches / num_det if num_det else 0.0
+    hmean = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": float(precision), "recall": float(recall), "hmean": float(hmean)}
+
+
 def match_text_image(gt_polygons: Sequence, gt_ignore: Sequence[bool] | None, det_polygons: Sequence,
                      iou_thresh: float = 0.5, dont_care_thresh: float = 0.5) -> dict:
-    """Match one image's detections to its ground truth.
+    """Match one image's detections to its ground truth by the protocol of the module docstring.
 
     Returns {"matches": int, "num_gt": care ground truths, "num_det": care detections,
-             "pairs": [(gt_index, det_index, iou)], "dont_care_dets": [det indices dropped]}.
+             "pairs": [(gt_index, det_index, iou)] in match order, "dont_care_dets": [det indices discarded],
+             "precision", "recall", "hmean": this image's own values (official per-sample rule)}.
     """
     if gt_ignore is None:
         gt_ignore = [False] * len(gt_polygons)
     if len(gt_ignore) != len(gt_polygons):
         raise ValueError(f"{len(gt_polygons)} ground-truth polygons but {len(gt_ignore)} ignore flags")
     gt_shapes = [_to_shape(p) for p in gt_polygons]
-    care_gt = [i for i, (s, ign) in enumerate(zip(gt_shapes, gt_ignore)) if s is not None and not ign]
+    care_gt = [i for i, ign in enumerate(gt_ignore) if not ign]
     dc_shapes = [s for s, ign in zip(gt_shapes, gt_ignore) if s is not None and ign]
-    dc_union = unary_union(dc_shapes) if dc_shapes else None
 
     det_shapes = [_to_shape(p) for p in det_polygons]
     care_det, dont_care_dets = [], []
     for j, s in enumerate(det_shapes):
-        if s is None:
-            continue  # a degenerate detection covers nothing: it can neither hit nor hurt
-        if dc_union is not None and s.intersection(dc_union).area > dont_care_thresh * s.area:
+        # each don't-care region on its own (not their union); a zero-area detection has area precision 0
+        if s is not None and any(s.intersection(dc).area > dont_care_thresh * s.area for dc in dc_shapes):
             dont_care_dets.append(j)
         else:
             care_det.append(j)
 
-    candidates = []
-    for i, j in itertools.product(care_gt, care_det):
-        g, d = gt_shapes[i], det_shapes[j]
-        if not g.intersects(d):
+    used_det: set[int] = set()
+    pairs = []
+    for i in care_gt:  # official order: ground truths in order, then detections in order, first hit wins
+        g = gt_shapes[i]
+        if g is None:
             continue
-        inter = g.intersection(d).area
-        iou = inter / (g.area + d.area - inter)
-        if iou > iou_thresh:
-            candidates.append((iou, i, j))
-    candidates.sort(key=lambda t: (-t[0], t[1], t[2]))
-    used_gt, used_det, pairs = set(), set(), []
-    for iou, i, j in candidates:
-        if i in used_gt or j in used_det:
-            continue
-        used_gt.add(i)
-        used_det.add(j)
-        pairs.append((i, j, float(iou)))
-    return {"matches": len(pairs), "num_gt": len(care_gt), "num_det": len(care_det), "pairs": pairs,
-            "dont_care_dets": dont_care_dets}
+        for j in care_det:
+            d = det_shapes[j]
+            if j in used_det or d is None or not g.intersects(d):
+                continue
+            inter = g.intersection(d).area
+            iou = inter / (g.area + d.area - inter)
+            if iou > iou_thresh:
+                used_det.add(j)
+                pairs.append((i, j, float(iou)))
+                break
+    out = {"matches": len(pairs), "num_gt": len(care_gt), "num_det": len(care_det), "pairs": pairs,
+           "dont_care_dets": dont_care_dets}
+    out.update(_image_summary(len(pairs), len(care_gt), len(care_det)))
+    return out
 
 
 def _summary(matches: int, num_gt: int, num_det: int) -> dict[str, float]:
-    if num_gt == 0 and num_det == 0:
-        return {"precision": 1.0, "recall": 1.0, "hmean": 1.0}
+    """Data-set precision / recall / hmean (5. in the module docstring): an empty denominator gives 0."""
     precision = matches / num_det if num_det else 0.0
     recall = matches / num_gt if num_gt else 0.0
     hmean = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0

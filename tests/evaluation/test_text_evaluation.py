@@ -67,7 +67,8 @@ def test_dont_care_overlap_rule_and_empty_cases():
     mostly_out = rect(6, 0, 18, 10)    # 4/12 inside: a false positive
     r = match_text_image([dc], [True], [mostly_in, mostly_out])
     assert r["dont_care_dets"] == [0] and r["num_det"] == 1 and r["num_gt"] == 0
-    assert evaluate_text_polygons([[]], None, [[]]) == {"precision": 1.0, "recall": 1.0, "hmean": 1.0,
+    # official data-set rule: an empty denominator gives 0, even with nothing to find and nothing found
+    assert evaluate_text_polygons([[]], None, [[]]) == {"precision": 0.0, "recall": 0.0, "hmean": 0.0,
                                                         "matches": 0, "num_gt": 0, "num_det": 0}
     assert evaluate_text_polygons([[rect(0, 0, 5, 5)]], None, [[]])["hmean"] == 0.0
     assert evaluate_text_polygons([[]], None, [[rect(0, 0, 5, 5)]])["precision"] == 0.0
