@@ -177,6 +177,21 @@ _C.INPUT.MASK_FORMAT = "polygon"
 _C.INPUT.ROTATION_ANGLE = 0.0
 # ours: PIL's decompression-bomb limit in pixels (0 = PIL's default)
 _C.INPUT.MAX_IMAGE_PIXELS = 0
+# ---- transforms.v2 augmentations (ours; both off by default; data/transforms.py)
+# large-scale jitter (detectron2's new-baselines recipe): flip, resize to fit SCALE x SIZE with SCALE drawn in
+# SCALE_RANGE, random crop to SIZE (H, W), pad right/bottom to SIZE with PAD_VALUE. Replaces the
+# MIN_SIZE_TRAIN / MAX_SIZE_TRAIN resize in training; cannot be combined with INPUT.CROP or ROTATION_ANGLE.
+_C.INPUT.LSJ = CN({"ENABLED": False})
+_C.INPUT.LSJ.SCALE_RANGE = [0.1, 2.0]
+_C.INPUT.LSJ.SIZE = [1024, 1024]
+_C.INPUT.LSJ.PAD_VALUE = 128.0
+# photometric distortion (training only): brightness / contrast / saturation factors drawn in [1 - s, 1 + s],
+# hue shift in [-HUE, HUE] (fraction of the colour circle); 0 leaves that property alone
+_C.INPUT.PHOTOMETRIC = CN({"ENABLED": False})
+_C.INPUT.PHOTOMETRIC.BRIGHTNESS = 0.125
+_C.INPUT.PHOTOMETRIC.CONTRAST = 0.5
+_C.INPUT.PHOTOMETRIC.SATURATION = 0.5
+_C.INPUT.PHOTOMETRIC.HUE = 0.05
 
 # ---------------------------------------------------------------------------- data
 _C.DATASETS = CN()
@@ -238,6 +253,18 @@ _C.SOLVER.NONFINITE_POLICY = "error"
 # ours: keep model_best.pth by this evaluation metric (e.g. "bbox/AP"); "" disables
 _C.SOLVER.BEST_CHECKPOINT_METRIC = ""
 _C.SOLVER.BEST_CHECKPOINT_MODE = "max"
+
+# ---------------------------------------------------------------------------- EMA + gradient accumulation (ours)
+# ours: micro-batches of SOLVER.IMS_PER_BATCH images per optimizer step (effective batch = IMS_PER_BATCH x this);
+# losses are scaled by 1/steps; SOLVER.MAX_ITER, the LR schedule, CHECKPOINT_PERIOD and EVAL_PERIOD count
+# optimizer steps
+_C.SOLVER.GRAD_ACCUM_STEPS = 1
+# d2go's names: an exponential moving average of the weights and buffers (engine/ema.py), updated after every
+# optimizer step; evaluation (periodic, final, --eval-only) uses it; checkpoints store it as "model_ema"
+_C.MODEL_EMA = CN({"ENABLED": False})
+_C.MODEL_EMA.DECAY = 0.9998
+# ours: before this optimizer step the EMA is a copy of the model (averaging starts here)
+_C.MODEL_EMA.START_ITER = 0
 
 # ---------------------------------------------------------------------------- test
 _C.TEST = CN()

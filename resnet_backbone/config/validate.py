@@ -12,6 +12,8 @@ looks at the finished config as a whole and reports every problem at once, each 
     DBNET in-features produced by the backbone, DETR reading res5, anchor sizes per level, NUM_CLASSES >= 1,
     SOLVER.IMS_PER_BATCH divisible by the world size, PIXEL_MEAN/STD length matching INPUT.FORMAT,
     MODEL.DEVICE available;
+  - datasets given by path (DATASETS.TRAIN / TEST "instances.json:images" or "gts_dir:images"): the json /
+    folders exist (validate_cfg then registers them, data/builtin.py);
   - precision: SOLVER.AMP.ENABLED / DTYPE against what MODEL.DEVICE runs natively (utils/precision.py): True
     with a dtype the device lacks is refused here, before the model is built.
 
@@ -328,6 +330,10 @@ def _check_solver(c: _Checker, world_size: int) -> None:
     if s.WEIGHT_DECAY_BIAS is not None:
         c.number("SOLVER.WEIGHT_DECAY_BIAS", 0)
     c.number("SOLVER.REFERENCE_WORLD_SIZE", 0, integer=True)
+    # EMA + gradient accumulation (engine/ema.py, engine/trainer.py)
+    c.number("SOLVER.GRAD_ACCUM_STEPS", 1, integer=True)
+    c.number("MODEL_EMA.DECAY", 0, 1, lo_open=True, hi_open=True)
+    c.number("MODEL_EMA.START_ITER", 0, integer=True)
     c.choice("SOLVER.OPTIMIZER", ("SGD", "ADAMW"), transform=str.upper)
     c.choice("SOLVER.LR_SCHEDULER_NAME", ("WarmupMultiStepLR", "WarmupCosineLR"))
     c.choice("SOLVER.WARMUP_METHOD", ("linear", "constant"))
@@ -393,6 +399,26 @@ def _check_data(c: _Checker) -> None:
         if i.CROP.TYPE == "absolute_range" and len(size) == 2 and all(_is_num(x) for x in size) and size[0] > size[1]:
             c.add("INPUT.CROP.SIZE", f"'absolute_range' needs (min, max), got {size}")
     c.number("INPUT.ROTATION_ANGLE")
+    # transforms.v2 augmentations: large-scale jitter and photometric distortion
+    if i.LSJ.ENABLED:
+        c.numbers("INPUT.LSJ.SCALE_RANGE", 0, None, lo_open=True, length=2)
+        rng = list(i.LSJ.SCALE_RANGE)
+        if len(rng) == 2 and all(_is_num(x) for x in rng) and rng[0] > rng[1]:
+            c.add("INPUT.LSJ.SCALE_RANGE", f"needs (min, max) with min <= max, got {rng}")
+        size = list(i.LSJ.SIZE)
+        if len(size) != 2 or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in size):
+            c.add("INPUT.LSJ.SIZE", f"must be two positive integers (H, W), got {i.LSJ.SIZE}")
+        c.number("INPUT.LSJ.PAD_VALUE", 0, 255)
+        if i.CROP.ENABLED:
+            c.add("INPUT.LSJ.ENABLED / INPUT.CROP.ENABLED", "large-scale jitter does its own fixed-size crop; "
+                  "turn one of them off")
+        if _is_num(i.ROTATION_ANGLE) and i.ROTATION_ANGLE:
+            c.add("INPUT.LSJ.ENABLED / INPUT.ROTATION_ANGLE", "rotation would change the fixed LSJ size; set "
+                  "INPUT.ROTATION_ANGLE to 0 or turn LSJ off")
+    if i.PHOTOMETRIC.ENABLED:
+        for k in ("BRIGHTNESS", "CONTRAST", "SATURATION"):
+            c.number(f"INPUT.PHOTOMETRIC.{k}", 0, 1)
+        c.number("INPUT.PHOTOMETRIC.HUE", 0, 0.5)
     c.number("DATALOADER.NUM_WORKERS", 0, integer=True)
     c.number("DATALOADER.REPEAT_THRESHOLD", 0)
     c.choice("DATALOADER.ON_BAD_SAMPLE", ("error", "skip"))
@@ -402,6 +428,20 @@ def _check_data(c: _Checker) -> None:
     c.choice("TEST.EVALUATOR_BACKEND", ("pycocotools", "faster_coco_eval"))
     c.number("LOG_PERIOD", 0, integer=True)
     c.number("SEED", integer=True)
+
+
+def _check_datasets(c: _Checker) -> None:
+    """DATASETS.TRAIN / TEST entries given by path ("instances.json:images", "gts_dir:images"): files exist."""
+    try:
+        from ..data.builtin import path_dataset_problems
+        from ..data.catalog import DatasetCatalog
+    except Exception:  # pragma: no cover - data package unavailable: nothing to check against
+        return
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
+        for name in c.get(key):
+            if isinstance(name, str) and name not in DatasetCatalog:
+                for err in path_dataset_problems(name):
+                    c.add(key, f"{err.reason}: {err.file!r}")
 
 
 def find_cfg_problems(cfg, world_size: int | None = None) -> list[str]:
@@ -418,6 +458,7 @@ def find_cfg_problems(cfg, world_size: int | None = None) -> list[str]:
         return c.problems
     _check_solver(c, world_size)
     _check_data(c)
+    _check_datasets(c)
     _check_model(c, world_size)
     return c.problems
 
@@ -428,3 +469,12 @@ def validate_cfg(cfg, world_size: int | None = None) -> None:
     if problems:
         raise ConfigError(f"invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  "
                           + "\n  ".join(problems))
+    # DATASETS entries given by path are registered now (as text datasets for a text model), so the loaders,
+    # the evaluator and the metadata all see them
+    from ..data.builtin import register_cfg_datasets
+    from ..data.errors import DatasetError
+
+    try:
+        register_cfg_datasets(cfg)
+    except DatasetError as e:  # a file removed since the check above
+        raise ConfigError(f"invalid config (1 problem):\n  DATASETS: {e}") from e

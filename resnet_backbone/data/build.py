@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..utils import comm
+from .builtin import register_cfg_datasets
 from .catalog import DatasetCatalog
 from .dataset_mapper import DatasetMapper
 from .errors import DatasetError, bad_sample_policy, count_bad_sample
@@ -154,6 +155,7 @@ def build_detection_train_loader(cfg, mapper=None, dataset=None, sampler=None):
     batch = total // world
     policy = cfg.DATALOADER.ON_BAD_SAMPLE
     if dataset is None:
+        register_cfg_datasets(cfg)  # entries given by path, as the model needs them (no-op after validate_cfg)
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, policy)
     if mapper is None:
         mapper = DatasetMapper.from_config(cfg, is_train=True)
@@ -185,6 +187,7 @@ def build_detection_test_loader(cfg, dataset_name, mapper=None, num_workers=None
     """Batch size 1; every image of `dataset_name` (a name or list of names) exactly once across ranks.
     Images without annotations are kept. With ON_BAD_SAMPLE='skip', an unreadable image is left out and counted."""
     policy = cfg.DATALOADER.ON_BAD_SAMPLE
+    register_cfg_datasets(cfg)  # entries given by path, as the model needs them (no-op after validate_cfg)
     dicts = get_detection_dataset_dicts(dataset_name, filter_empty=False, on_bad_sample=policy)
     if mapper is None:
         mapper = DatasetMapper.from_config(cfg, is_train=False)

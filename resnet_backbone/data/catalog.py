@@ -13,6 +13,10 @@ __all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata"]
 
 
 class _DatasetCatalog(UserDict):
+    #: called with an unregistered name; registers it and returns True when it is a dataset given by path
+    #: ("instances.json:image_dir", see builtin.register_path_dataset), returns False otherwise
+    _resolve: Callable[[str], bool] | None = None
+
     def register(self, name: str, func: Callable[[], list]) -> None:
         if not callable(func):
             raise TypeError(f"DatasetCatalog.register('{name}', ...): expected a callable, got {type(func)}")
@@ -21,11 +25,14 @@ class _DatasetCatalog(UserDict):
         self[name] = func
 
     def get(self, name: str) -> list[dict]:
+        if name not in self and type(self)._resolve is not None:
+            type(self)._resolve(name)  # a path entry: registered now (DatasetError when a file is missing)
         try:
             func = self[name]
         except KeyError as e:
-            raise KeyError(f"dataset '{name}' is not registered; available: {', '.join(sorted(self)) or 'none'}"
-                           ) from e
+            raise KeyError(f"dataset '{name}' is not registered; available: {', '.join(sorted(self)) or 'none'} "
+                           "(or give a COCO json and its images as 'path/to/instances.json:path/to/images', or an "
+                           "ICDAR folder pair 'path/to/gts_dir:path/to/images')") from e
         return func()
 
     def list(self) -> list[str]:
@@ -109,6 +116,11 @@ _MISSING = object()
 class _MetadataCatalog(UserDict):
     def get(self, name: str, default=_MISSING) -> Metadata:
         """The metadata of `name`, created empty on first use (with `default` given: that, if none exists)."""
+        if name not in self and isinstance(name, str) and _DatasetCatalog._resolve is not None:
+            try:
+                _DatasetCatalog._resolve(name)  # a path entry registers its metadata too
+            except ValueError:  # a path entry with a missing file: DatasetCatalog.get(name) says which
+                pass
         if name not in self:
             if default is not _MISSING:
                 return default

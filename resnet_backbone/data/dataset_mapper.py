@@ -8,7 +8,7 @@ import torch
 
 from .detection_utils import annotations_to_instances, check_image_size, filter_empty_instances, read_image
 from .errors import DatasetError
-from .transforms import Augmentation, apply_augmentations, build_augmentation
+from .transforms import Augmentation, apply_augmentations_v2, build_augmentation, to_tv_boxes, to_tv_image
 
 __all__ = ["DatasetMapper"]
 
@@ -68,22 +68,23 @@ class DatasetMapper:
         d.setdefault("height", orig_h)
         d.setdefault("width", orig_w)
 
-        image, tfm = apply_augmentations(self.augmentations, image)
-        h, w = image.shape[:2]
-        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        # the image goes through the augmentations as a tv_tensors.Image (transforms.v2 functional ops)
+        image, tfm = apply_augmentations_v2(self.augmentations, to_tv_image(image))
+        h, w = image.shape[-2:]
+        d["image"] = image.as_subclass(torch.Tensor).contiguous()
 
         annos = d.pop("annotations", None)
         if not self.is_train and not self.keep_annotations_in_test:
             return d
         if annos is None:
             return d
-        d["instances"] = self._instances(annos, tfm, (h, w), d)
+        d["instances"] = self._instances(annos, tfm, (int(h), int(w)), d, (orig_h, orig_w))
         return d
 
     @staticmethod
-    def _instances(annos, tfm, image_size, record):
+    def _instances(annos, tfm, image_size, record, orig_size):
         h, w = image_size
-        out = []
+        kept, boxes = [], []
         for a in annos:
             if a.get("iscrowd", 0):
                 continue
@@ -92,11 +93,16 @@ class DatasetMapper:
             except (KeyError, TypeError, ValueError) as e:
                 raise DatasetError(f"bad bbox {a.get('bbox')!r}", file=record.get("file_name"),
                                    record=f"annotation id={a.get('id')}", field="bbox") from e
-            box = tfm.apply_box(np.array([[x, y, x + bw, y + bh]]))[0]
-            box = np.clip(box, [0, 0, 0, 0], [w, h, w, h])
+            kept.append(a)
+            boxes.append([x, y, x + bw, y + bh])
+        # all boxes at once as tv_tensors.BoundingBoxes through the same v2 ops as the image
+        boxes = tfm.apply(to_tv_boxes(np.asarray(boxes, np.float64).reshape(-1, 4), orig_size))
+        boxes = np.clip(boxes.as_subclass(torch.Tensor).numpy(), [0, 0, 0, 0], [w, h, w, h])
+        out = []
+        for a, box in zip(kept, boxes):
             obj = {"bbox": box.tolist(), "category_id": a["category_id"]}
             seg = a.get("segmentation")
-            if isinstance(seg, list) and seg:
+            if isinstance(seg, list) and seg:  # polygons: no tv_tensor; the same geometry maps their points
                 obj["segmentation"] = [p.reshape(-1).astype(np.float32) for p in tfm.apply_polygons(seg)]
             if "ignore" in a:
                 obj["ignore"] = bool(a["ignore"])

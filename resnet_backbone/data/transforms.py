@@ -1,12 +1,28 @@
-"""Geometric augmentations that move boxes and polygons with the image.
+"""Augmentations on torchvision.transforms.v2: boxes, masks and polygons move with the image.
 
-A `Transform` is deterministic (it knows its parameters) and maps an image (H, W, C uint8), (N, 2) point
-coordinates, (N, 4) XYXY boxes and polygons. An `Augmentation` looks at an image and draws a `Transform`
-(random for training). `apply_augmentations(augs, image)` returns the new image and the `TransformList` to
-apply to its annotations.
+A `Transform` is deterministic (it holds its drawn parameters). `Transform.apply(x)` maps one tv_tensor through
+`torchvision.transforms.v2.functional`: a `tv_tensors.Image` (C, H, W), `tv_tensors.BoundingBoxes` (XYXY) or
+`tv_tensors.Mask`; the op dispatches on the type (masks are resized nearest, boxes scaled, shifted, flipped).
+Polygons have no tv_tensor: `apply_coords` maps (N, 2) points through the same geometry by hand, and
+`apply_polygons` uses it. The numpy helpers `apply_image` (H, W, C uint8), `apply_box` ((N, 4) XYXY) convert
+to tv_tensors and back.
+
+An `Augmentation` draws a `Transform` from the image size. Every random number comes from `rng` when one is
+given (a `numpy.random.Generator` or `RandomState`), otherwise from numpy's global RNG, which the resumable
+training loader seeds by (seed, position) (engine/train_loader.py): a sample is a pure function of its
+position, and v2 never draws from torch's RNG here (only the functional ops are used, with drawn parameters).
 
 Coordinates are continuous pixel coordinates: the image spans [0, W] x [0, H], the centre of pixel (i, j) is
-(j + 0.5, i + 0.5). Resizing scales them by new/old size; a horizontal flip maps x to W - x.
+(j + 0.5, i + 0.5). Resizing scales them by new/old size; a horizontal flip maps x to W - x. Boxes are not
+clamped to the canvas by the transforms (clamping_mode=None); the caller clips (DatasetMapper does).
+
+Resize: v2 bilinear with antialias=True (the previous cv2.INTER_LINEAR did not antialias downscaling; v2's
+antialiased bilinear is close to detectron2's PIL bilinear). Pixel values can differ from the cv2 resize by a
+few levels on downscaled images; sizes and box coordinates are unchanged.
+
+Still hand-written (v2 has no equivalent with this module's geometry): rotation (`RotationTransform`, cv2
+warpAffine with the canvas-expansion rule and pixel-centre convention of this module; v2's rotate sizes the
+expanded canvas differently), and the polygon point maps (no tv_tensor for polygons).
 """
 from __future__ import annotations
 
@@ -14,41 +30,108 @@ import math
 
 import cv2
 import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
 __all__ = ["Transform", "TransformList", "NoOpTransform", "ResizeTransform", "HFlipTransform", "VFlipTransform",
-           "RotationTransform", "CropTransform", "Augmentation", "ResizeShortestEdge", "RandomFlip", "RandomRotation",
-           "RandomCrop", "apply_augmentations", "build_augmentation"]
+           "RotationTransform", "CropTransform", "PadTransform", "PhotometricTransform", "Augmentation",
+           "ResizeShortestEdge", "RandomFlip", "RandomRotation", "RandomCrop", "ResizeScale", "FixedSizeCrop",
+           "RandomPhotometricDistort", "apply_augmentations", "apply_augmentations_v2", "build_augmentation",
+           "to_tv_image", "from_tv_image", "to_tv_boxes"]
 
 
+# ---------------------------------------------------------------------------- tv_tensor conversions
+def to_tv_image(img: np.ndarray) -> tv_tensors.Image:
+    """(H, W, C) or (H, W) uint8 array -> (C, H, W) tv_tensors.Image (shares memory where it can)."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if not img.flags.writeable:  # e.g. decoded read-only: torch must not alias it
+        img = img.copy()
+    return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+
+
+def from_tv_image(img: torch.Tensor) -> np.ndarray:
+    """(C, H, W) tensor -> (H, W, C) contiguous numpy array."""
+    return np.ascontiguousarray(img.as_subclass(torch.Tensor).permute(1, 2, 0).cpu().numpy())
+
+
+def to_tv_boxes(boxes, canvas_size: tuple[int, int]) -> tv_tensors.BoundingBoxes:
+    """(N, 4) XYXY -> float64 tv_tensors.BoundingBoxes on `canvas_size` (H, W), not clamped by the ops."""
+    t = torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    return tv_tensors.BoundingBoxes(t, format=tv_tensors.BoundingBoxFormat.XYXY,
+                                    canvas_size=(int(canvas_size[0]), int(canvas_size[1])), clamping_mode=None)
+
+
+def _hw(image) -> tuple[int, int]:
+    """(H, W) of an (H, W, C) numpy image or a (..., H, W) tensor."""
+    if isinstance(image, torch.Tensor):
+        return int(image.shape[-2]), int(image.shape[-1])
+    return int(image.shape[0]), int(image.shape[1])
+
+
+# ---------------------------------------------------------------------------- random draws
+def _np(rng):
+    return np.random.mtrand._rand if rng is None else rng
+
+
+def _uniform(rng, lo: float, hi: float) -> float:
+    return float(_np(rng).uniform(lo, hi))
+
+
+def _randint(rng, lo: int, hi: int) -> int:
+    """An integer in [lo, hi)."""
+    r = _np(rng)
+    return int(r.integers(lo, hi) if isinstance(r, np.random.Generator) else r.randint(lo, hi))
+
+
+def _rand(rng, size=None):
+    r = _np(rng)
+    return r.random(size) if isinstance(r, np.random.Generator) else r.rand(*(() if size is None else (size,)))
+
+
+# ---------------------------------------------------------------------------- transforms
 class Transform:
-    def apply_image(self, img: np.ndarray) -> np.ndarray:
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """One tv_tensor (Image, BoundingBoxes or Mask) -> the transformed one."""
         raise NotImplementedError
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        """(N, 2) float array of x, y -> transformed (N, 2)."""
+        """(N, 2) float array of x, y -> transformed (N, 2). Used for polygons (they have no tv_tensor)."""
         raise NotImplementedError
-
-    def apply_box(self, boxes: np.ndarray) -> np.ndarray:
-        """(N, 4) XYXY -> (N, 4) XYXY: the axis-aligned box enclosing the transformed box corners."""
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        idx = np.array([[0, 1], [2, 1], [0, 3], [2, 3]])
-        corners = boxes[:, idx].reshape(-1, 2)
-        pts = self.apply_coords(corners).reshape(-1, 4, 2)
-        return np.concatenate([pts.min(axis=1), pts.max(axis=1)], axis=1)
-
-    def apply_polygons(self, polygons: list) -> list:
-        return [self.apply_coords(np.asarray(p, dtype=np.float64).reshape(-1, 2)) for p in polygons]
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         return h, w
 
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) the transform expects; used as the canvas of numpy boxes given to `apply_box`."""
+        return self._in_size
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        out = from_tv_image(self.apply(to_tv_image(img)))
+        return out[:, :, 0] if np.asarray(img).ndim == 2 else out
+
+    def apply_box(self, boxes) -> np.ndarray:
+        """(N, 4) XYXY -> (N, 4) XYXY: the axis-aligned box enclosing the transformed box."""
+        return self.apply(to_tv_boxes(boxes, self.input_size())).as_subclass(torch.Tensor).numpy()
+
+    def apply_polygons(self, polygons: list) -> list:
+        return [self.apply_coords(np.asarray(p, dtype=np.float64).reshape(-1, 2)) for p in polygons]
+
 
 class NoOpTransform(Transform):
-    def apply_image(self, img):
-        return img
+    _in_size = (1, 1)
+
+    def apply(self, x):
+        return x
 
     def apply_coords(self, coords):
         return np.asarray(coords, dtype=np.float64)
+
+    def apply_image(self, img):
+        return img
 
     def apply_box(self, boxes):
         return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -56,12 +139,16 @@ class NoOpTransform(Transform):
 
 class TransformList(Transform):
     def __init__(self, transforms: list[Transform]):
-        self.transforms = [t for t in transforms if not isinstance(t, NoOpTransform)]
+        flat: list[Transform] = []
+        for t in transforms:
+            flat.extend(t.transforms if isinstance(t, TransformList) else [t])
+        self.transforms = [t for t in flat if not isinstance(t, NoOpTransform)]
 
-    def apply_image(self, img):
+    def apply(self, x):
+        # boxes go box by box through each transform (the enclosing box after each step), as detectron2 does
         for t in self.transforms:
-            img = t.apply_image(img)
-        return img
+            x = t.apply(x)
+        return x
 
     def apply_coords(self, coords):
         coords = np.asarray(coords, dtype=np.float64)
@@ -69,8 +156,12 @@ class TransformList(Transform):
             coords = t.apply_coords(coords)
         return coords
 
+    def apply_image(self, img):
+        for t in self.transforms:
+            img = t.apply_image(img)
+        return img
+
     def apply_box(self, boxes):
-        # box by box through each transform (the enclosing box after each step), as detectron2 does
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         for t in self.transforms:
             boxes = t.apply_box(boxes)
@@ -85,20 +176,23 @@ class TransformList(Transform):
         return len(self.transforms)
 
 
-def _keep_channels(out: np.ndarray, img: np.ndarray) -> np.ndarray:
-    return out[:, :, None] if img.ndim == 3 and out.ndim == 2 else out
-
-
 class ResizeTransform(Transform):
-    def __init__(self, h: int, w: int, new_h: int, new_w: int, interp: int = cv2.INTER_LINEAR):
-        self.h, self.w, self.new_h, self.new_w, self.interp = int(h), int(w), int(new_h), int(new_w), interp
+    """Resize (h, w) -> (new_h, new_w) with v2.functional.resize (bilinear, antialiased; masks nearest)."""
 
-    def apply_image(self, img):
-        if img.shape[:2] != (self.h, self.w):
-            raise ValueError(f"ResizeTransform expects an image of {self.h}x{self.w}, got {img.shape[:2]}")
+    def __init__(self, h: int, w: int, new_h: int, new_w: int,
+                 interp: InterpolationMode = InterpolationMode.BILINEAR):
+        self.h, self.w, self.new_h, self.new_w, self.interp = int(h), int(w), int(new_h), int(new_w), interp
+        self._in_size = (self.h, self.w)
+
+    def apply(self, x):
+        if isinstance(x, tv_tensors.BoundingBoxes):
+            if tuple(x.canvas_size) != (self.h, self.w):
+                raise ValueError(f"ResizeTransform expects boxes on a {self.h}x{self.w} canvas, got {x.canvas_size}")
+        elif _hw(x) != (self.h, self.w):
+            raise ValueError(f"ResizeTransform expects an image of {self.h}x{self.w}, got {_hw(x)}")
         if (self.new_h, self.new_w) == (self.h, self.w):
-            return img
-        return _keep_channels(cv2.resize(img, (self.new_w, self.new_h), interpolation=self.interp), img)
+            return x
+        return F.resize(x, [self.new_h, self.new_w], interpolation=self.interp, antialias=True)
 
     def apply_coords(self, coords):
         coords = np.array(coords, dtype=np.float64).reshape(-1, 2)
@@ -111,11 +205,12 @@ class ResizeTransform(Transform):
 
 
 class HFlipTransform(Transform):
-    def __init__(self, width: int):
+    def __init__(self, width: int, height: int = 1):
         self.width = int(width)
+        self._in_size = (max(1, int(height)), self.width)
 
-    def apply_image(self, img):
-        return np.ascontiguousarray(img[:, ::-1])
+    def apply(self, x):
+        return F.horizontal_flip(x)
 
     def apply_coords(self, coords):
         coords = np.array(coords, dtype=np.float64).reshape(-1, 2)
@@ -124,11 +219,12 @@ class HFlipTransform(Transform):
 
 
 class VFlipTransform(Transform):
-    def __init__(self, height: int):
+    def __init__(self, height: int, width: int = 1):
         self.height = int(height)
+        self._in_size = (self.height, max(1, int(width)))
 
-    def apply_image(self, img):
-        return np.ascontiguousarray(img[::-1])
+    def apply(self, x):
+        return F.vertical_flip(x)
 
     def apply_coords(self, coords):
         coords = np.array(coords, dtype=np.float64).reshape(-1, 2)
@@ -136,12 +232,106 @@ class VFlipTransform(Transform):
         return coords
 
 
+class CropTransform(Transform):
+    """Keep the window [x0, x0 + w) x [y0, y0 + h) (v2.functional.crop). Coordinates shift by (-x0, -y0);
+    clipping boxes to the new image (and dropping the empty ones) is the caller's job."""
+
+    def __init__(self, x0: int, y0: int, w: int, h: int, orig_h: int | None = None, orig_w: int | None = None):
+        self.x0, self.y0, self.w, self.h = int(x0), int(y0), int(w), int(h)
+        self._in_size = (int(orig_h or self.y0 + self.h), int(orig_w or self.x0 + self.w))
+
+    def apply(self, x):
+        return F.crop(x, top=self.y0, left=self.x0, height=self.h, width=self.w)
+
+    def apply_coords(self, coords):
+        coords = np.array(coords, dtype=np.float64).reshape(-1, 2)
+        coords[:, 0] -= self.x0
+        coords[:, 1] -= self.y0
+        return coords
+
+    def output_size(self, h, w):
+        return self.h, self.w
+
+
+class PadTransform(Transform):
+    """Pad an (h, w) image on the right and bottom to (new_h, new_w) with `pad_value` (masks with 0) using
+    v2.functional.pad; coordinates do not move."""
+
+    def __init__(self, h: int, w: int, new_h: int, new_w: int, pad_value: float = 128.0):
+        self.h, self.w, self.new_h, self.new_w = int(h), int(w), int(new_h), int(new_w)
+        if self.new_h < self.h or self.new_w < self.w:
+            raise ValueError(f"PadTransform cannot shrink {self.h}x{self.w} to {self.new_h}x{self.new_w}")
+        self.pad_value = float(pad_value)
+        self._in_size = (self.h, self.w)
+
+    def apply(self, x):
+        padding = [0, 0, self.new_w - self.w, self.new_h - self.h]  # left, top, right, bottom
+        if padding == [0, 0, 0, 0]:
+            return x
+        if isinstance(x, tv_tensors.Mask):
+            return F.pad(x, padding, fill=0)
+        if isinstance(x, tv_tensors.BoundingBoxes):
+            return F.pad(x, padding)
+        fill = self.pad_value if x.is_floating_point() else int(round(self.pad_value))
+        return F.pad(x, padding, fill=fill)
+
+    def apply_coords(self, coords):
+        return np.array(coords, dtype=np.float64).reshape(-1, 2)
+
+    def output_size(self, h, w):
+        return self.new_h, self.new_w
+
+
+class PhotometricTransform(Transform):
+    """Brightness, contrast, saturation (factors, 1 = unchanged) and hue (shift in [-0.5, 0.5]) with the v2
+    colour ops, in that order, on images only; boxes, masks and points are returned unchanged. `bgr`: the image
+    channels are B, G, R (INPUT.FORMAT="BGR"); they are viewed as RGB for the ops and put back. One-channel
+    images get brightness and contrast only."""
+
+    def __init__(self, brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0, hue: float = 0.0,
+                 bgr: bool = True):
+        self.brightness, self.contrast, self.saturation, self.hue = (float(brightness), float(contrast),
+                                                                     float(saturation), float(hue))
+        self.bgr = bool(bgr)
+        self._in_size = (1, 1)
+
+    def apply(self, x):
+        if isinstance(x, (tv_tensors.BoundingBoxes, tv_tensors.Mask)):
+            return x
+        img = x.as_subclass(torch.Tensor)
+        flip = self.bgr and img.shape[-3] == 3
+        # the colour ops are ~10x slower on an (H, W, C)-strided view (what to_tv_image gives): make it (C, H, W)
+        img = (img.flip(-3) if flip else img).contiguous()
+        if self.brightness != 1.0:
+            img = F.adjust_brightness(img, self.brightness)
+        if self.contrast != 1.0:
+            img = F.adjust_contrast(img, self.contrast)
+        if self.saturation != 1.0:
+            img = F.adjust_saturation(img, self.saturation)
+        if self.hue != 0.0:
+            img = F.adjust_hue(img, self.hue)
+        if flip:
+            img = img.flip(-3)
+        return tv_tensors.wrap(img.contiguous(), like=x) if isinstance(x, tv_tensors.TVTensor) else img.contiguous()
+
+    def apply_coords(self, coords):
+        return np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+
+    def apply_box(self, boxes):
+        return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
 class RotationTransform(Transform):
     """Rotate by `angle` degrees counter-clockwise about the image centre. With `expand`, the canvas grows to hold
-    the whole rotated image; otherwise it keeps its size (corners are cut). Uncovered pixels are 0."""
+    the whole rotated image; otherwise it keeps its size (corners are cut). Uncovered pixels are 0.
+
+    Hand-written (cv2.warpAffine), not v2: v2's rotate sizes the expanded canvas by its own rounding and maps
+    integer pixel indices, which would change this module's output sizes and box coordinates. Boxes become the
+    box enclosing the rotated corners; masks are warped nearest."""
 
     def __init__(self, h: int, w: int, angle: float, expand: bool = True, interp: int = cv2.INTER_LINEAR):
         self.h, self.w, self.angle, self.expand, self.interp = int(h), int(w), float(angle), expand, interp
+        self._in_size = (self.h, self.w)
         a = math.radians(self.angle)
         c, s = abs(math.cos(a)), abs(math.sin(a))
         if expand:
@@ -155,15 +345,34 @@ class RotationTransform(Transform):
         m[1, 2] += self.out_h / 2.0 - self.h / 2.0
         self.matrix = m
 
-    def apply_image(self, img):
+    def _warp(self, img: np.ndarray, interp: int) -> np.ndarray:
         if self.angle % 360 == 0:
             return img
         # cv2 maps pixel centres (integer indices); convert the continuous-coordinate matrix to index space
         m = self.matrix.copy()
         m[:, 2] += m[:, 0] * 0.5 + m[:, 1] * 0.5 - 0.5
-        out = cv2.warpAffine(img, m, (self.out_w, self.out_h), flags=self.interp, borderMode=cv2.BORDER_CONSTANT,
+        out = cv2.warpAffine(img, m, (self.out_w, self.out_h), flags=interp, borderMode=cv2.BORDER_CONSTANT,
                              borderValue=0)
-        return _keep_channels(out, img)
+        return out[:, :, None] if img.ndim == 3 and out.ndim == 2 else out
+
+    def apply(self, x):
+        if isinstance(x, tv_tensors.BoundingBoxes):
+            b = x.as_subclass(torch.Tensor).cpu().numpy().astype(np.float64).reshape(-1, 4)
+            idx = np.array([[0, 1], [2, 1], [0, 3], [2, 3]])
+            pts = self.apply_coords(b[:, idx].reshape(-1, 2)).reshape(-1, 4, 2)
+            out = np.concatenate([pts.min(axis=1), pts.max(axis=1)], axis=1)
+            return tv_tensors.BoundingBoxes(torch.as_tensor(out, dtype=x.dtype), format=x.format,
+                                            canvas_size=(self.out_h, self.out_w), clamping_mode=x.clamping_mode)
+        interp = cv2.INTER_NEAREST if isinstance(x, tv_tensors.Mask) else self.interp
+        t = x.as_subclass(torch.Tensor)
+        lead = t.shape[:-2]
+        hwc = t.reshape(-1, *t.shape[-2:]).permute(1, 2, 0).cpu().numpy()
+        chans = [self._warp(np.ascontiguousarray(hwc[:, :, i:i + 4]), interp) for i in range(0, hwc.shape[2], 4)]
+        out = torch.from_numpy(np.concatenate(chans, axis=2)).permute(2, 0, 1).reshape(*lead, self.out_h, self.out_w)
+        return tv_tensors.wrap(out.contiguous(), like=x) if isinstance(x, tv_tensors.TVTensor) else out.contiguous()
+
+    def apply_image(self, img):
+        return self._warp(np.asarray(img), self.interp)
 
     def apply_coords(self, coords):
         coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
@@ -173,28 +382,11 @@ class RotationTransform(Transform):
         return self.out_h, self.out_w
 
 
-class CropTransform(Transform):
-    """Keep the window [x0, x0 + w) x [y0, y0 + h). Coordinates shift by (-x0, -y0); clipping boxes to the new
-    image (and dropping the empty ones) is the caller's job, as for every transform."""
-
-    def __init__(self, x0: int, y0: int, w: int, h: int):
-        self.x0, self.y0, self.w, self.h = int(x0), int(y0), int(w), int(h)
-
-    def apply_image(self, img):
-        return np.ascontiguousarray(img[self.y0:self.y0 + self.h, self.x0:self.x0 + self.w])
-
-    def apply_coords(self, coords):
-        coords = np.array(coords, dtype=np.float64).reshape(-1, 2)
-        coords[:, 0] -= self.x0
-        coords[:, 1] -= self.y0
-        return coords
-
-    def output_size(self, h, w):
-        return self.h, self.w
-
-
+# ---------------------------------------------------------------------------- augmentations
 class Augmentation:
-    def get_transform(self, image: np.ndarray) -> Transform:
+    def get_transform(self, image, rng=None) -> Transform:
+        """`image`: (H, W, C) numpy array or (C, H, W) tensor. `rng`: numpy Generator / RandomState, or None for
+        numpy's global RNG."""
         raise NotImplementedError
 
 
@@ -203,7 +395,7 @@ class ResizeShortestEdge(Augmentation):
     an integer in [min, max]) and the long side is at most `max_size`. A length of 0 keeps the image."""
 
     def __init__(self, short_edge_length, max_size: int = 0, sample_style: str = "range",
-                 interp: int = cv2.INTER_LINEAR):
+                 interp: InterpolationMode = InterpolationMode.BILINEAR):
         if isinstance(short_edge_length, int):
             short_edge_length = (short_edge_length, short_edge_length)
         short_edge_length = tuple(int(s) for s in short_edge_length)
@@ -223,12 +415,12 @@ class ResizeShortestEdge(Augmentation):
             new_h, new_w = new_h * s, new_w * s
         return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
-    def get_transform(self, image):
-        h, w = image.shape[:2]
+    def get_transform(self, image, rng=None):
+        h, w = _hw(image)
         if self.sample_style == "range":
-            size = int(np.random.randint(self.short_edge_length[0], self.short_edge_length[1] + 1))
+            size = _randint(rng, self.short_edge_length[0], self.short_edge_length[1] + 1)
         else:
-            size = int(np.random.choice(self.short_edge_length))
+            size = int(_np(rng).choice(self.short_edge_length))
         if size == 0:
             return NoOpTransform()
         new_h, new_w = self.get_output_shape(h, w, size, self.max_size)
@@ -241,10 +433,10 @@ class RandomFlip(Augmentation):
             raise ValueError("RandomFlip: choose exactly one of horizontal or vertical")
         self.prob, self.horizontal = float(prob), horizontal
 
-    def get_transform(self, image):
-        h, w = image.shape[:2]
-        if np.random.rand() < self.prob:
-            return HFlipTransform(w) if self.horizontal else VFlipTransform(h)
+    def get_transform(self, image, rng=None):
+        h, w = _hw(image)
+        if _rand(rng) < self.prob:
+            return HFlipTransform(w, h) if self.horizontal else VFlipTransform(h, w)
         return NoOpTransform()
 
 
@@ -256,9 +448,9 @@ class RandomRotation(Augmentation):
             angle = (-abs(float(angle)), abs(float(angle)))
         self.angle, self.expand, self.interp = (float(angle[0]), float(angle[1])), expand, interp
 
-    def get_transform(self, image):
-        h, w = image.shape[:2]
-        a = float(np.random.uniform(self.angle[0], self.angle[1]))
+    def get_transform(self, image, rng=None):
+        h, w = _hw(image)
+        a = _uniform(rng, self.angle[0], self.angle[1])
         if a % 360 == 0:
             return NoOpTransform()
         return RotationTransform(h, w, a, self.expand, self.interp)
@@ -281,54 +473,158 @@ class RandomCrop(Augmentation):
             raise ValueError(f"INPUT.CROP.SIZE for '{crop_type}' must be fractions in (0, 1], got {crop_size}")
         self.crop_type, self.crop_size = crop_type, crop_size
 
-    def get_crop_size(self, h: int, w: int) -> tuple[int, int]:
+    def get_crop_size(self, h: int, w: int, rng=None) -> tuple[int, int]:
         a, b = self.crop_size
         if self.crop_type == "relative":
             return max(1, int(h * a + 0.5)), max(1, int(w * b + 0.5))
         if self.crop_type == "relative_range":
-            fa, fb = np.asarray([a, b]) + np.random.rand(2) * (1 - np.asarray([a, b]))
+            fa, fb = np.asarray([a, b]) + _rand(rng, 2) * (1 - np.asarray([a, b]))
             return max(1, int(h * fa + 0.5)), max(1, int(w * fb + 0.5))
         if self.crop_type == "absolute":
             return min(int(a), h), min(int(b), w)
         lo, hi = int(a), int(b)
         if hi < lo:
             raise ValueError(f"INPUT.CROP.SIZE for 'absolute_range' must be (min, max), got {self.crop_size}")
-        return (int(np.random.randint(min(h, lo), min(h, hi) + 1)),
-                int(np.random.randint(min(w, lo), min(w, hi) + 1)))
+        return _randint(rng, min(h, lo), min(h, hi) + 1), _randint(rng, min(w, lo), min(w, hi) + 1)
 
-    def get_transform(self, image):
-        h, w = image.shape[:2]
-        ch, cw = self.get_crop_size(h, w)
+    def get_transform(self, image, rng=None):
+        h, w = _hw(image)
+        ch, cw = self.get_crop_size(h, w, rng)
         if (ch, cw) == (h, w):
             return NoOpTransform()
-        y0 = int(np.random.randint(h - ch + 1))
-        x0 = int(np.random.randint(w - cw + 1))
-        return CropTransform(x0, y0, cw, ch)
+        y0 = _randint(rng, 0, h - ch + 1)
+        x0 = _randint(rng, 0, w - cw + 1)
+        return CropTransform(x0, y0, cw, ch, h, w)
 
 
-def apply_augmentations(augs: list[Augmentation], image: np.ndarray) -> tuple[np.ndarray, TransformList]:
+class ResizeScale(Augmentation):
+    """Large-scale jitter, step 1 (detectron2's ResizeScale): draw s uniformly in [min_scale, max_scale] and
+    resize, keeping the aspect ratio, to fit in (s * target_height, s * target_width)."""
+
+    def __init__(self, min_scale: float, max_scale: float, target_height: int, target_width: int,
+                 interp: InterpolationMode = InterpolationMode.BILINEAR):
+        if not (0 < float(min_scale) <= float(max_scale)):
+            raise ValueError(f"INPUT.LSJ.SCALE_RANGE must be (min, max) with 0 < min <= max, "
+                             f"got ({min_scale}, {max_scale})")
+        if int(target_height) < 1 or int(target_width) < 1:
+            raise ValueError(f"INPUT.LSJ.SIZE must be positive, got ({target_height}, {target_width})")
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.target_height, self.target_width, self.interp = int(target_height), int(target_width), interp
+
+    def get_transform(self, image, rng=None):
+        h, w = _hw(image)
+        s = _uniform(rng, self.min_scale, self.max_scale)
+        scale = min(s * self.target_height / h, s * self.target_width / w)
+        new_h, new_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        if (new_h, new_w) == (h, w):
+            return NoOpTransform()
+        return ResizeTransform(h, w, new_h, new_w, self.interp)
+
+
+class FixedSizeCrop(Augmentation):
+    """Large-scale jitter, step 2 (detectron2's FixedSizeCrop): a random crop_size window of an image larger than
+    crop_size (one uniform draw places the window along both axes), then, if `pad`, pad right/bottom to exactly
+    crop_size with `pad_value`."""
+
+    def __init__(self, crop_size, pad: bool = True, pad_value: float = 128.0):
+        crop_size = tuple(int(v) for v in crop_size)
+        if len(crop_size) != 2 or min(crop_size) < 1:
+            raise ValueError(f"INPUT.LSJ.SIZE must be two positive integers (H, W), got {crop_size}")
+        self.crop_size, self.pad, self.pad_value = crop_size, bool(pad), float(pad_value)
+
+    def get_transform(self, image, rng=None):
+        h, w = _hw(image)
+        ch, cw = self.crop_size
+        max_off = np.maximum(np.subtract((h, w), (ch, cw)), 0)
+        off = np.round(max_off * _uniform(rng, 0.0, 1.0)).astype(int)
+        out_h, out_w = min(ch, h), min(cw, w)
+        tfms: list[Transform] = []
+        if (out_h, out_w) != (h, w):
+            tfms.append(CropTransform(int(off[1]), int(off[0]), out_w, out_h, h, w))
+        if self.pad and (out_h, out_w) != (ch, cw):
+            tfms.append(PadTransform(out_h, out_w, ch, cw, self.pad_value))
+        return TransformList(tfms)
+
+
+class RandomPhotometricDistort(Augmentation):
+    """Photometric distortion (ColorJitter's ranges): brightness, contrast, saturation factors drawn in
+    [1 - s, 1 + s] and a hue shift in [-hue, hue]; a strength of 0 leaves that property alone (no draw)."""
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0,
+                 image_format: str = "BGR"):
+        for name, v, hi in (("BRIGHTNESS", brightness, 1.0), ("CONTRAST", contrast, 1.0),
+                            ("SATURATION", saturation, 1.0), ("HUE", hue, 0.5)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= hi):
+                raise ValueError(f"INPUT.PHOTOMETRIC.{name} must be a number in [0, {hi}], got {v!r}")
+        self.brightness, self.contrast, self.saturation, self.hue = (float(brightness), float(contrast),
+                                                                     float(saturation), float(hue))
+        self.bgr = image_format == "BGR"
+
+    def get_transform(self, image, rng=None):
+        def factor(s):
+            return _uniform(rng, 1.0 - s, 1.0 + s) if s > 0 else 1.0
+
+        b, c, s = factor(self.brightness), factor(self.contrast), factor(self.saturation)
+        hue = _uniform(rng, -self.hue, self.hue) if self.hue > 0 else 0.0
+        if (b, c, s, hue) == (1.0, 1.0, 1.0, 0.0):
+            return NoOpTransform()
+        return PhotometricTransform(b, c, s, hue, bgr=self.bgr)
+
+
+def apply_augmentations_v2(augs: list[Augmentation], image: torch.Tensor, rng=None
+                           ) -> tuple[torch.Tensor, TransformList]:
+    """(C, H, W) image tensor -> the augmented image and the `TransformList` to apply to boxes, masks (`.apply`)
+    and polygons (`.apply_polygons`)."""
     tfms = []
     for aug in augs:
-        t = aug.get_transform(image)
-        image = t.apply_image(image)
+        t = aug.get_transform(image, rng)
+        image = t.apply(image)
         tfms.append(t)
     return image, TransformList(tfms)
 
 
+def apply_augmentations(augs: list[Augmentation], image: np.ndarray, rng=None) -> tuple[np.ndarray, TransformList]:
+    """(H, W, C) numpy image -> the augmented numpy image and its `TransformList`."""
+    out, tfm = apply_augmentations_v2(augs, to_tv_image(image), rng)
+    out = from_tv_image(out)
+    return (out[:, :, 0] if np.asarray(image).ndim == 2 else out), tfm
+
+
 def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
-    """INPUT.* -> augmentations. Training: [crop if INPUT.CROP.ENABLED], multi-scale resize, flip, rotation if
-    INPUT.ROTATION_ANGLE. Test: resize to MIN_SIZE_TEST / MAX_SIZE_TEST."""
-    if is_train:
-        augs: list[Augmentation] = [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                                                       cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
-        if cfg.INPUT.CROP.ENABLED:  # crop first, then resize (as detectron2)
-            augs.insert(0, RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
-        flip = cfg.INPUT.RANDOM_FLIP
-        if flip not in ("none", "horizontal", "vertical"):
-            raise ValueError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}")
-        if flip != "none":
-            augs.append(RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
-        if cfg.INPUT.ROTATION_ANGLE:
-            augs.append(RandomRotation(float(cfg.INPUT.ROTATION_ANGLE)))
-        return augs
-    return [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    """INPUT.* -> augmentations.
+
+    Training: [photometric if INPUT.PHOTOMETRIC.ENABLED], then either large-scale jitter (INPUT.LSJ.ENABLED:
+    flip, ResizeScale in SCALE_RANGE of SIZE, FixedSizeCrop to SIZE padded with PAD_VALUE; MIN/MAX_SIZE_TRAIN
+    are not used) or [crop if INPUT.CROP.ENABLED], multi-scale resize, flip, rotation if INPUT.ROTATION_ANGLE.
+    Test: resize to MIN_SIZE_TEST / MAX_SIZE_TEST."""
+    if not is_train:
+        return [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    flip = cfg.INPUT.RANDOM_FLIP
+    if flip not in ("none", "horizontal", "vertical"):
+        raise ValueError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}")
+    flips = [RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical")] if flip != "none" else []
+    augs: list[Augmentation] = []
+    ph = cfg.INPUT.get("PHOTOMETRIC")
+    if ph is not None and ph.ENABLED:  # pixels only: first, so LSJ padding keeps its value
+        augs.append(RandomPhotometricDistort(ph.BRIGHTNESS, ph.CONTRAST, ph.SATURATION, ph.HUE, cfg.INPUT.FORMAT))
+    lsj = cfg.INPUT.get("LSJ")
+    if lsj is not None and lsj.ENABLED:
+        if cfg.INPUT.CROP.ENABLED or cfg.INPUT.ROTATION_ANGLE:
+            raise ValueError("INPUT.LSJ.ENABLED cannot be combined with INPUT.CROP.ENABLED or INPUT.ROTATION_ANGLE "
+                             "(large-scale jitter does its own crop to a fixed size); turn one of them off")
+        size = list(lsj.SIZE)
+        if len(size) != 2:
+            raise ValueError(f"INPUT.LSJ.SIZE must be (H, W), got {lsj.SIZE}")
+        if len(list(lsj.SCALE_RANGE)) != 2:
+            raise ValueError(f"INPUT.LSJ.SCALE_RANGE must be (min, max), got {lsj.SCALE_RANGE}")
+        lo, hi = lsj.SCALE_RANGE
+        return augs + flips + [ResizeScale(lo, hi, size[0], size[1]),
+                               FixedSizeCrop(size, pad=True, pad_value=lsj.PAD_VALUE)]
+    if cfg.INPUT.CROP.ENABLED:  # crop first, then resize (as detectron2)
+        augs.append(RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    augs.append(ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                   cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING))
+    augs += flips
+    if cfg.INPUT.ROTATION_ANGLE:
+        augs.append(RandomRotation(float(cfg.INPUT.ROTATION_ANGLE)))
+    return augs
