@@ -50,8 +50,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        # every tensor must come from the weights (a partial load evaluates random layers) unless asked otherwise
-        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(
+        # every tensor must come from the weights (a partial load evaluates random layers) unless asked otherwise;
+        # MODEL_EMA.ENABLED: the checkpoint's EMA weights, the ones training evaluated
+        Checkpointer(model, cfg.OUTPUT_DIR, use_ema_weights=bool(cfg.MODEL_EMA.ENABLED)).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume, allow_partial=getattr(args, "allow_partial_weights", False))
         # MODEL.FUSE_FROZEN_BN / CHANNELS_LAST / COMPILE: the inference fast paths, once the weights are in
         model = optimize_for_inference(model, cfg)

@@ -7,6 +7,9 @@ A full checkpoint (`save(name, **extra)`) is one `torch.save`d dict:
      "format": "RGB"|"BGR", "pixel_mean": [...], "pixel_std": [...], **extra}
 
 The `__format__` tag marks our own checkpoints (converters.py recognises them by it, source "ours").
+With MODEL_EMA.ENABLED the trainer adds "model_ema" (the EMA of the weights and buffers, the model's names,
+float32; engine/ema.py) and "data_position" / "grad_accum_steps" (engine/trainer.py); a Checkpointer made with
+use_ema_weights=True loads "model_ema" into the model instead of "model" (evaluation).
 "format" / "pixel_mean" / "pixel_std" (the input convention the model was trained with, as in a converted
 file) are recorded when the model carries them (`input_format` and `pixel_mean` / `pixel_std` buffers, as
 our meta-architectures do); a bare backbone records none.
@@ -267,13 +270,18 @@ class Checkpointer:
         save_dir: directory for checkpoints and `last_checkpoint`.
         optimizer, scheduler, scaler: objects with state_dict()/load_state_dict(), saved and resumed.
         save_to_disk: write files (default: only on rank 0).
-        **checkpointables: more objects with state_dict()/load_state_dict().
+        use_ema_weights: loading weights into the model (MODEL.WEIGHTS, or --eval-only --resume) takes a
+            checkpoint's "model_ema" state (the EMA of the weights, MODEL_EMA.ENABLED) instead of its "model"
+            when it has one; a file without one loads "model" with a warning. The trainer leaves this False (it
+            resumes "model" and restores the EMA through its "model_ema" checkpointable).
+        **checkpointables: more objects with state_dict()/load_state_dict() (the trainer adds "model_ema").
     """
 
     def __init__(self, model: nn.Module, save_dir: str = "", *, optimizer=None, scheduler=None, scaler=None,
-                 save_to_disk: bool | None = None, **checkpointables):
+                 save_to_disk: bool | None = None, use_ema_weights: bool = False, **checkpointables):
         self.model = _unwrap(model)
         self.save_dir = save_dir
+        self.use_ema_weights = bool(use_ema_weights)
         self.checkpointables = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
                                 **checkpointables}
         self.checkpointables = {k: v for k, v in self.checkpointables.items() if v is not None}
@@ -445,7 +453,7 @@ class Checkpointer:
         if not isinstance(data, dict) or data.get("__format__") != FORMAT_TAG:
             raise CheckpointError(f"'{path}' is not a resnet_backbone training checkpoint (no '__format__' tag); "
                                   "use MODEL.WEIGHTS to load weights from it")
-        self._load_model_state(data["model"], path, strict=True)
+        self._load_model_state(self._weights_of(data, path), path, strict=True)
         for k, obj in self.checkpointables.items():
             if k in data:
                 try:
@@ -459,6 +467,8 @@ class Checkpointer:
         if "best_metric" in data:
             self.best_metric = float(data["best_metric"])
         skip = {"__format__", "model", "rng_state", *PIXEL_KEYS, *self.checkpointables}
+        if self.use_ema_weights:
+            skip.add("model_ema")
         return {k: v for k, v in data.items() if k not in skip}
 
     def load_weights(self, path: str, allow_partial: bool = True) -> None:
@@ -478,9 +488,24 @@ class Checkpointer:
                 logger.info("Loading model weights from %s", path)
                 if is_own_checkpoint(data):
                     self._check_pixel_convention(data, path)
+                    tensors = {k: v for k, v in self._weights_of(data, path).items() if isinstance(v, torch.Tensor)}
                 self._load_model_state(tensors, path, strict=False, allow_partial=allow_partial)
                 return
         self._load_with_converters(path, allow_partial=allow_partial)
+
+    def _weights_of(self, data: dict, path: str) -> dict:
+        """The state to put into the model from our checkpoint: "model", or "model_ema" with use_ema_weights."""
+        has_ema = isinstance(data.get("model_ema"), dict) and bool(data["model_ema"])
+        if self.use_ema_weights:
+            if has_ema:
+                logger.info("Using the EMA weights ('model_ema') of '%s' (MODEL_EMA.ENABLED)", path)
+                return data["model_ema"]
+            logger.warning("MODEL_EMA.ENABLED, but '%s' holds no EMA weights ('model_ema'): using its model "
+                           "weights", path)
+        elif has_ema and "model_ema" not in self.checkpointables:
+            logger.info("'%s' also holds EMA weights ('model_ema'), not used: set MODEL_EMA.ENABLED True to load "
+                        "them", path)
+        return data["model"]
 
     def _check_pixel_convention(self, data: dict, path: str) -> None:
         recorded = {k: data[k] for k in PIXEL_KEYS if k in data}

@@ -16,6 +16,22 @@ Non-finite loss or gradients (SOLVER.NONFINITE_POLICY):
            NaN/Inf; nothing more is saved, so the last good checkpoint stays the last one;
   "skip":  the update is skipped (scheduler still advances), counted in `nonfinite_skipped`.
 
+Gradient accumulation (SOLVER.GRAD_ACCUM_STEPS = k > 1): one iteration is one optimizer step over k
+micro-batches of IMS_PER_BATCH images each (effective batch IMS_PER_BATCH x k); every micro-batch's loss is
+scaled by 1/k before its backward, so the gradient is that of the mean loss over the effective batch. MAX_ITER,
+the LR schedule, CHECKPOINT_PERIOD, EVAL_PERIOD and LOG_PERIOD count optimizer steps; logged losses are the
+means over the k micro-batches. Under DDP the first k-1 backward passes run in `no_sync` (one all-reduce per
+step). The loader advances by micro-batches: the checkpoint records "data_position" (micro-batches consumed),
+and a resumed run reads on from there, so a resume is bit-exact; a step skipped for a non-finite loss still
+consumes its k micro-batches. Each micro-batch m > 0 re-seeds the model RNG from (SEED, iteration, rank, m).
+
+EMA (MODEL_EMA.ENABLED; engine/ema.py): after every optimizer step that updated the weights the EMA of the
+weights and buffers (float32, model's device) is updated; periodic and final evaluation (and model_best's
+metric) run on the EMA weights; every checkpoint stores them as "model_ema" next to the raw "model" (which
+resume continues from); `--eval-only` with MODEL_EMA.ENABLED loads "model_ema", the weights that were evaluated.
+A run started from MODEL.WEIGHTS (or resumed from a checkpoint without "model_ema") starts its EMA from the
+loaded weights.
+
 Every LOG_PERIOD iterations: metrics.json line + TensorBoard scalars + progress bar (rank 0).
 Every CHECKPOINT_PERIOD iterations: model_XXXXXXX.pth; at the end model_final.pth.
 Every TEST.EVAL_PERIOD iterations and at the end: `Trainer.test` on DATASETS.TEST; results are logged,
@@ -23,6 +39,7 @@ written to metrics.json and, with SOLVER.BEST_CHECKPOINT_METRIC, kept as model_b
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -37,6 +54,7 @@ from ..config.validate import validate_cfg
 from ..solver import build_grad_clipper, build_lr_scheduler, build_optimizer
 from ..utils import comm
 from ..utils.events import EventStorage, JSONWriter, TensorboardWriter
+from .ema import ModelEMA
 from .train_loader import build_resumable_train_loader, derive_seed, seed_all_rng
 
 __all__ = ["Trainer", "NonFiniteLossError", "flatten_results", "print_results_table"]
@@ -128,16 +146,30 @@ class Trainer:
         model = self.build_model(cfg)
         self.optimizer = self.build_optimizer(cfg, model)
         self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
+        self.grad_accum_steps = int(cfg.SOLVER.GRAD_ACCUM_STEPS)
+        ema_on = bool(cfg.MODEL_EMA.ENABLED)
         if cfg.OUTPUT_DIR and comm.is_main_process():
-            # two files may exist at once while the next one is written
-            check_output_dir(cfg.OUTPUT_DIR, 2 * estimate_checkpoint_bytes(model, self.optimizer))
+            # two files may exist at once while the next one is written (+ the float32 EMA copy when enabled)
+            ema_bytes = sum(t.numel() * 4 for t in model.state_dict().values()) if ema_on else 0
+            check_output_dir(cfg.OUTPUT_DIR, 2 * (estimate_checkpoint_bytes(model, self.optimizer) + ema_bytes))
         self.device = torch.device(cfg.MODEL.DEVICE)
         self._setup_amp(cfg)
         self.model = self._wrap_ddp(cfg, model)
         self.clipper = build_grad_clipper(cfg)
+        # after the DDP wrap (which may swap SyncBN/BN modules): the EMA holds the trained model's tensors
+        self.ema = ModelEMA(self.unwrapped_model, cfg.MODEL_EMA.DECAY, cfg.MODEL_EMA.START_ITER) if ema_on else None
+        extra_states = {"model_ema": self.ema} if self.ema is not None else {}
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, optimizer=self.optimizer, scheduler=self.scheduler,
-                                         scaler=self.scaler if self.scaler.is_enabled() else None)
+                                         scaler=self.scaler if self.scaler.is_enabled() else None, **extra_states)
+        if self.grad_accum_steps > 1:
+            logger.info("Gradient accumulation: %d micro-batches of %d images per optimizer step (effective batch "
+                        "%d); SOLVER.MAX_ITER and the LR schedule count optimizer steps", self.grad_accum_steps,
+                        int(cfg.SOLVER.IMS_PER_BATCH), int(cfg.SOLVER.IMS_PER_BATCH) * self.grad_accum_steps)
+        if self.ema is not None:
+            logger.info("Model EMA: decay %g from optimizer step %d; evaluation uses the EMA weights",
+                        self.ema.decay, self.ema.start_iter)
         self.start_iter = 0
+        self._data_start = 0  # micro-batch position the train loader starts at
         self.iter = 0
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.storage: EventStorage | None = None
@@ -178,9 +210,10 @@ class Trainer:
         import os
 
         from ..data import MetadataCatalog
+        from ..data.builtin import dataset_folder_name  # a dataset given by path gets a folder-safe name
 
         if output_folder is None and cfg.OUTPUT_DIR:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(dataset_name))
         kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if kind == "coco":
             from ..evaluation import COCOEvaluator
@@ -254,8 +287,18 @@ class Trainer:
         """--resume with a last_checkpoint: restore everything and continue after its iteration.
         Otherwise load cfg.MODEL.WEIGHTS (weights only) and start at iteration 0."""
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if self.ema is not None and not self.ema.restored:
+            self.ema.reset(self.unwrapped_model)  # from the loaded weights, not the random initialisation
+        self._data_start = 0
         if resume and "iteration" in extra:
             self.start_iter = int(extra["iteration"]) + 1
+            # checkpoints from before gradient accumulation existed: one micro-batch per iteration
+            self._data_start = int(extra.get("data_position", self.start_iter * int(extra.get("grad_accum_steps", 1))))
+            saved_steps = int(extra.get("grad_accum_steps", 1))
+            if saved_steps != self.grad_accum_steps:
+                logger.warning("The checkpoint was trained with SOLVER.GRAD_ACCUM_STEPS %d, this run uses %d: the "
+                               "effective batch changes from here on (data continues at micro-batch %d)",
+                               saved_steps, self.grad_accum_steps, self._data_start)
             if "seed" in extra and int(extra["seed"]) != self.seed:
                 logger.info("Resuming with the checkpoint's seed %d (config: %d)", int(extra["seed"]), self.seed)
                 self.seed = int(extra["seed"])
@@ -281,7 +324,8 @@ class Trainer:
             pbar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
                         mininterval=1.0, smoothing=0.1)
         self.model.train()
-        loader = self.build_train_loader(cfg, self.start_iter) if self.start_iter < self.max_iter else None
+        # the loader counts micro-batches (= iterations when SOLVER.GRAD_ACCUM_STEPS is 1)
+        loader = self.build_train_loader(cfg, self._data_start) if self.start_iter < self.max_iter else None
         self._data_iter = iter(loader) if loader is not None else None
         self._loader = loader
         try:
@@ -315,11 +359,50 @@ class Trainer:
         return self.amp.autocast()
 
     def run_step(self) -> None:
-        it = self.iter
+        """One optimizer step over SOLVER.GRAD_ACCUM_STEPS micro-batches (see the module docstring)."""
+        it, steps = self.iter, self.grad_accum_steps
         t0 = time.perf_counter()
-        data = next(self._data_iter)
-        data_time = time.perf_counter() - t0
-        seed_all_rng(derive_seed(self.seed, it, self.rank, _MODEL_TAG))
+        data_time = 0.0
+        sums: dict[str, torch.Tensor] = {}  # loss term -> sum over micro-batches of its rank-mean
+        self.optimizer.zero_grad(set_to_none=True)
+        skipped = False
+        for m in range(steps):
+            t = time.perf_counter()
+            data = next(self._data_iter)  # every micro-batch is consumed, even in a skipped step
+            data_time += time.perf_counter() - t
+            if skipped:
+                continue
+            seed_all_rng(derive_seed(self.seed, it, self.rank, _MODEL_TAG) if m == 0
+                         else derive_seed(self.seed, it, self.rank, _MODEL_TAG, m))
+            ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+            with self.model.no_sync() if ddp and m < steps - 1 else contextlib.nullcontext():
+                skipped = not self._micro_step(data, sums, steps)
+        if not skipped:
+            skipped = not self._optimizer_step()
+        if not skipped and self.ema is not None:
+            self.ema.update(self.unwrapped_model, it)
+        self.scheduler.step()
+        st = self.storage
+        if sums:
+            names = list(sums)
+            reduced = torch.stack([sums[n] for n in names])
+            if steps > 1:
+                reduced = reduced / steps
+            st.put_scalar("total_loss", float(reduced.sum()))
+            for i, n in enumerate(names):
+                st.put_scalar(n, float(reduced[i]))
+        st.put_scalar("lr", self.optimizer.param_groups[0]["lr"], smoothing_hint=False)
+        st.put_scalar("data_time", data_time)
+        st.put_scalar("time", time.perf_counter() - t0)
+        if self.nonfinite_skipped:
+            st.put_scalar("nonfinite_skipped", self.nonfinite_skipped, smoothing_hint=False)
+        skipped_samples = getattr(self._loader, "num_skipped", 0)
+        if skipped_samples:
+            st.put_scalar("bad_samples_skipped", skipped_samples, smoothing_hint=False)
+
+    def _micro_step(self, data, sums: dict, steps: int) -> bool:
+        """Forward + (loss / steps) backward of one micro-batch; False when a loss term is not finite on some
+        rank (NONFINITE_POLICY "skip": the step is skipped; "error" raises)."""
         with self._autocast():
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
@@ -336,39 +419,34 @@ class Trainer:
             reduced, bad_any = both[: len(names)] / self.world_size, both[len(names):]
         else:
             bad_any = bad_local
-        losses = sum(loss_dict.values())
-        self.optimizer.zero_grad(set_to_none=True)
+        for i, n in enumerate(names):
+            sums[n] = reduced[i] if n not in sums else sums[n] + reduced[i]
         if bool((bad_any > 0).any()):
             terms = ", ".join(f"{n}={values[i].item()}" for i, n in enumerate(names) if bad_any[i] > 0)
             self._nonfinite(f"loss term(s) not finite: {terms}")
-        else:
-            self.scaler.scale(losses).backward()
-            if self.clipper is not None:
-                self.scaler.unscale_(self.optimizer)
-                self.clipper([p for g in self.optimizer.param_groups for p in g["params"]])
-            if self.scaler.is_enabled():
-                # the scaler skips steps with inf/nan gradients itself (and lowers the scale)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                bad_params = self._nonfinite_grads()
-                if bad_params:
-                    self._nonfinite("gradient(s) not finite (all loss terms finite) in: " + ", ".join(bad_params))
-                else:
-                    self.optimizer.step()
-        self.scheduler.step()
-        st = self.storage
-        st.put_scalar("total_loss", float(reduced.sum()))
-        for i, n in enumerate(names):
-            st.put_scalar(n, float(reduced[i]))
-        st.put_scalar("lr", self.optimizer.param_groups[0]["lr"], smoothing_hint=False)
-        st.put_scalar("data_time", data_time)
-        st.put_scalar("time", time.perf_counter() - t0)
-        if self.nonfinite_skipped:
-            st.put_scalar("nonfinite_skipped", self.nonfinite_skipped, smoothing_hint=False)
-        skipped = getattr(self._loader, "num_skipped", 0)
-        if skipped:
-            st.put_scalar("bad_samples_skipped", skipped, smoothing_hint=False)
+            return False
+        losses = sum(loss_dict.values())
+        if steps > 1:
+            losses = losses / steps
+        self.scaler.scale(losses).backward()
+        return True
+
+    def _optimizer_step(self) -> bool:
+        """Clip, check the (accumulated) gradients, step; False when the step was skipped for them."""
+        if self.clipper is not None:
+            self.scaler.unscale_(self.optimizer)
+            self.clipper([p for g in self.optimizer.param_groups for p in g["params"]])
+        if self.scaler.is_enabled():
+            # the scaler skips steps with inf/nan gradients itself (and lowers the scale)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return True
+        bad_params = self._nonfinite_grads()
+        if bad_params:
+            self._nonfinite("gradient(s) not finite (all loss terms finite) in: " + ", ".join(bad_params))
+            return False
+        self.optimizer.step()
+        return True
 
     def _nonfinite_grads(self, limit: int = 5) -> list[str]:
         params = [(n, p) for n, p in self.unwrapped_model.named_parameters() if p.grad is not None]
@@ -434,7 +512,10 @@ class Trainer:
             w.write(self.storage)
 
     def _save(self, name: str, it: int) -> None:
-        path = self.checkpointer.save(name, iteration=it, seed=self.seed, nonfinite_skipped=self.nonfinite_skipped)
+        # micro-batches the loader has handed out once iteration `it` is done (the resume point of the data)
+        position = self._data_start + (it + 1 - self.start_iter) * self.grad_accum_steps
+        path = self.checkpointer.save(name, iteration=it, seed=self.seed, nonfinite_skipped=self.nonfinite_skipped,
+                                      data_position=position, grad_accum_steps=self.grad_accum_steps)
         if path:
             self._last_checkpoint_path = path
         comm.synchronize()
@@ -446,7 +527,8 @@ class Trainer:
         import numpy as np
 
         py, npst = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
+        weights = self.ema.applied_to(self.unwrapped_model) if self.ema is not None else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), weights:  # the EMA weights only while testing
             results = self.test(self.cfg, self.unwrapped_model)
         random.setstate(py)
         np.random.set_state(npst)

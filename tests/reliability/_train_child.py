@@ -1,7 +1,7 @@
 """Training process for the crash tests (not a test module).
 
     python _train_child.py run  OUT_DIR MAX_ITER [--resume] [KEY VALUE ...]   # tools/train_net.py in this process
-    python _train_child.py loop OUT_DIR MAX_ITER N_KILLS SEED TIME_BUDGET_S [REF_DIR]  # fork+SIGKILL loop, JSON
+    python _train_child.py loop OUT_DIR MAX_ITER N_KILLS SEED TIME_BUDGET_S [REF_DIR|-] [KEY VALUE ...]  # fork+SIGKILL
 
 Both drive the real tools/train_net.py main (config, default_setup, Trainer, Checkpointer, resumable loader,
 DatasetMapper on the synthetic shapes dataset under $RB_DATASETS) with a tiny registered meta-architecture so a
@@ -10,6 +10,7 @@ run takes seconds. `loop` imports everything once, then for each round forks a c
 land in setup, in steps, in checkpoint writes and in metric writes); it stops after N_KILLS kills or the time
 budget, and prints {"kills": ..., "finished_rounds": ..., "iterations_at_kill": [...], ...}. With REF_DIR it
 then finishes the run (--resume, not killed) and makes an uninterrupted reference run in REF_DIR, both forked.
+KEY VALUE pairs after REF_DIR ("-" for none) are config overrides for every run (e.g. MODEL_EMA.ENABLED True).
 """
 import json
 import os
@@ -81,14 +82,14 @@ def last_iteration(out_dir):
     return int(name[len("model_"):-len(".pth")])
 
 
-def fork_training(out_dir, max_iter, resume):
+def fork_training(out_dir, max_iter, resume, extra=()):
     """Fork a child that runs train_net.main (output to /dev/null) and exits 0, or 3 on any exception."""
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             sys.stdout = sys.stderr = open(os.devnull, "w")
-            train_net.main(argv_for(out_dir, max_iter, resume=resume))
+            train_net.main(argv_for(out_dir, max_iter, resume=resume, extra=extra))
         except BaseException:
             code = 3
         os._exit(code)
@@ -100,7 +101,7 @@ def check_exit(status):
         raise SystemExit(f"training child failed with exit code {os.WEXITSTATUS(status)}")
 
 
-def loop(out_dir, max_iter, n_kills, seed, budget_s):
+def loop(out_dir, max_iter, n_kills, seed, budget_s, extra=()):
     rng = random.Random(seed)
     t_start = time.time()
     kills, finished, at_kill = 0, 0, []
@@ -108,7 +109,7 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s):
     target = max(4, max_iter // (2 * n_kills))  # iterations of progress wanted between kills
     while kills < n_kills and time.time() - t_start < budget_s:
         delay = rng.uniform(0.0, life)
-        pid = fork_training(out_dir, max_iter, resume=True)
+        pid = fork_training(out_dir, max_iter, resume=True, extra=extra)
         t0 = time.time()
         while time.time() - t0 < delay:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -137,9 +138,9 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s):
             "seconds": round(time.time() - t_start, 2)}
 
 
-def run_forked(out_dir, max_iter, resume):
+def run_forked(out_dir, max_iter, resume, extra=()):
     """One uninterrupted train_net.main in a forked child (same isolation as the killed ones)."""
-    _, status = os.waitpid(fork_training(out_dir, max_iter, resume), 0)
+    _, status = os.waitpid(fork_training(out_dir, max_iter, resume, extra), 0)
     check_exit(status)
 
 
@@ -152,10 +153,12 @@ if __name__ == "__main__":
         train_net.main(argv_for(out_dir, max_iter, resume, extra))
     elif mode == "loop":
         n_kills, seed, budget = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-        summary = loop(out_dir, max_iter, n_kills, seed, budget)
-        if len(sys.argv) > 7:  # REF_DIR: finish the killed run and make the reference run, both forked here
-            run_forked(out_dir, max_iter, resume=True)
-            run_forked(sys.argv[7], max_iter, resume=False)
+        ref_dir = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] != "-" else None
+        extra = sys.argv[8:]
+        summary = loop(out_dir, max_iter, n_kills, seed, budget, extra)
+        if ref_dir:  # finish the killed run and make the reference run, both forked here
+            run_forked(out_dir, max_iter, resume=True, extra=extra)
+            run_forked(ref_dir, max_iter, resume=False, extra=extra)
         print(json.dumps(summary), flush=True)
     else:
         raise SystemExit(f"unknown mode {mode}")

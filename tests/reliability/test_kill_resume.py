@@ -60,22 +60,27 @@ def _assert_same_state(a, b, path=""):
         assert a == b, path
 
 
-def kill_loop(tmp_path, root, n_kills, max_iter, seed, budget_s, fresh_interpreters):
+def kill_loop(tmp_path, root, n_kills, max_iter, seed, budget_s, fresh_interpreters, extra=()):
+    """`extra`: config overrides (KEY, VALUE, ...) for every run, the reference included."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     if fresh_interpreters:  # reference run and the final --resume each in a new interpreter
-        ref = _popen(root, "run", straight, max_iter)
-        loop = _popen(root, "loop", killed, max_iter, n_kills, seed, budget_s)
+        ref = _popen(root, "run", straight, max_iter, *extra)
+        loop = _popen(root, "loop", killed, max_iter, n_kills, seed, budget_s, "-", *extra)
         summary = json.loads(_wait(loop, budget_s + 300).strip().splitlines()[-1])
-        _wait(_popen(root, "run", killed, max_iter, "--resume"), 300)
+        _wait(_popen(root, "run", killed, max_iter, "--resume", *extra), 300)
         _wait(ref, 300)
     else:  # one interpreter start: the loop process also finishes the run and makes the reference, forked
-        loop = _popen(root, "loop", killed, max_iter, n_kills, seed, budget_s, straight)
+        loop = _popen(root, "loop", killed, max_iter, n_kills, seed, budget_s, straight, *extra)
         summary = json.loads(_wait(loop, budget_s + 300).strip().splitlines()[-1])
     a, b = _final(straight), _final(killed)
     assert a["iteration"] == b["iteration"] == max_iter - 1
     _assert_same_state(a["model"], b["model"], "model")
     _assert_same_state(a["optimizer"], b["optimizer"], "optimizer")
     _assert_same_state(a["scheduler"], b["scheduler"], "scheduler")
+    assert ("model_ema" in a) == ("model_ema" in b)
+    if "model_ema" in a:  # MODEL_EMA.ENABLED: the EMA of the weights too
+        _assert_same_state(a["model_ema"], b["model_ema"], "model_ema")
+    assert a.get("data_position") == b.get("data_position")
     # every checkpoint left behind is whole, and no temp file outlived the run
     names = os.listdir(killed)
     assert not [n for n in names if ".tmp" in n]
@@ -99,6 +104,17 @@ def test_kill9_three_times_then_resume_equals_uninterrupted(tmp_path, datasets_r
     s = kill_loop(tmp_path, datasets_root, n_kills=3, max_iter=30, seed=1, budget_s=60, fresh_interpreters=False)
     assert s["kills"] >= 1
     assert s["kills"] + s["finished_rounds"] >= 1
+
+
+def test_kill9_with_ema_and_gradient_accumulation_then_resume_equals_uninterrupted(tmp_path, datasets_root):
+    s = kill_loop(tmp_path, datasets_root, n_kills=8, max_iter=20, seed=3, budget_s=60, fresh_interpreters=False,
+                  extra=("MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY", "0.9", "SOLVER.GRAD_ACCUM_STEPS", "2"))
+    # at least one kill after a checkpoint (the kill window grows until kills get past start-up), so a --resume
+    # continued mid-run from a saved EMA and data position
+    assert s["kills"] >= 1 and max(s["iterations_at_kill"]) >= 0, s
+    final = _final(tmp_path / "killed")
+    assert final["grad_accum_steps"] == 2 and final["data_position"] == 2 * 20
+    assert not torch.equal(final["model_ema"]["head.weight"], final["model"]["head.weight"])
 
 
 @pytest.mark.slow
