@@ -1,4 +1,6 @@
-"""`draw_detections`: boxes or polygons with "name 0.93" labels on an RGB image (PIL drawing)."""
+"""On an RGB image (PIL drawing): `draw_detections` (boxes or polygons with "name 0.93" labels) and
+`draw_ground_truth` (annotations: boxes or text polygons with class names; crowd boxes and don't-care text
+dashed in grey)."""
 from __future__ import annotations
 
 import colorsys
@@ -6,7 +8,10 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["draw_detections", "class_color"]
+__all__ = ["draw_detections", "draw_ground_truth", "class_color", "IGNORED_COLOR"]
+
+#: the colour of crowd boxes and don't-care text (drawn dashed, whatever their class)
+IGNORED_COLOR = (150, 150, 150)
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -31,6 +36,57 @@ def _to_numpy(x):
     return np.asarray(x)
 
 
+def _as_rgb_uint8(image_rgb, who: str) -> np.ndarray:
+    img = np.asarray(image_rgb)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"{who}: expected an HxWx3 RGB image, got shape {img.shape}")
+    img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return img
+
+
+def _style(h: int, w: int):
+    """(font, line width) for an image of this size."""
+    font_size = max(10, min(24, int(round(min(h, w) / 28))))
+    return _font(font_size), max(1, int(round(min(h, w) / 200)))
+
+
+def _label(draw, text: str, x0: float, y0: float, color, font, h: int, w: int) -> None:
+    """`text` on a filled `color` tag just above (x0, y0), kept inside the image."""
+    tb = draw.textbbox((0, 0), text, font=font)
+    tw, th = tb[2] - tb[0], tb[3] - tb[1]
+    tx = float(np.clip(x0, 0, max(w - tw - 4, 0)))
+    ty = float(y0 - th - 4) if y0 - th - 4 >= 0 else float(np.clip(y0, 0, max(h - th - 4, 0)))
+    draw.rectangle([tx, ty, tx + tw + 4, ty + th + 4], fill=color)
+    # black or white text, whichever reads better on the label colour
+    lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    draw.text((tx + 2 - tb[0], ty + 2 - tb[1]), text, fill=(0, 0, 0) if lum > 140 else (255, 255, 255), font=font)
+
+
+def _dashed_closed(draw, pts, color, width: int, dash: float) -> None:
+    """A closed polyline through `pts` ((P, 2)) drawn as dashes of `dash` pixels with gaps as long."""
+    pts = np.asarray(pts, dtype=float).reshape(-1, 2)
+    ring = np.concatenate([pts, pts[:1]])
+    offset = 0.0  # where the dash pattern stands at the start of each segment (continuous around corners)
+    for a, b in zip(ring[:-1], ring[1:]):
+        length = float(np.hypot(*(b - a)))
+        if length == 0:
+            continue
+        t = -offset
+        while t < length:
+            s0, s1 = max(t, 0.0), min(t + dash, length)
+            if s1 > s0:
+                p0, p1 = a + (b - a) * (s0 / length), a + (b - a) * (s1 / length)
+                draw.line([tuple(p0), tuple(p1)], fill=color, width=width)
+            t += 2 * dash
+        offset = (offset + length) % (2 * dash)
+
+
 def draw_detections(image_rgb: np.ndarray, boxes, labels, scores, class_names=None, polygons=None,
                     score_thresh: float = 0.5) -> np.ndarray:
     """Draw the detections with score >= score_thresh on a copy of `image_rgb` (HxWx3 uint8, RGB).
@@ -39,14 +95,7 @@ def draw_detections(image_rgb: np.ndarray, boxes, labels, scores, class_names=No
     shown when missing); polygons: optional list of N (P, 2) arrays, drawn instead of the boxes.
     Returns an HxWx3 uint8 RGB array.
     """
-    img = np.asarray(image_rgb)
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"draw_detections: expected an HxWx3 RGB image, got shape {img.shape}")
-    img = img[:, :, :3]
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
+    img = _as_rgb_uint8(image_rgb, "draw_detections")
     boxes = _to_numpy(boxes)
     scores = _to_numpy(scores)
     labels = _to_numpy(labels)
@@ -60,9 +109,7 @@ def draw_detections(image_rgb: np.ndarray, boxes, labels, scores, class_names=No
     h, w = img.shape[:2]
     canvas = Image.fromarray(img).convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    font_size = max(10, min(24, int(round(min(h, w) / 28))))
-    font = _font(font_size)
-    line_w = max(1, int(round(min(h, w) / 200)))
+    font, line_w = _style(h, w)
     order = np.argsort(-scores, kind="stable")
     for i in order[::-1]:  # highest score drawn last (on top)
         if scores[i] < score_thresh:
@@ -80,14 +127,59 @@ def draw_detections(image_rgb: np.ndarray, boxes, labels, scores, class_names=No
         name = str(labels[i])
         if class_names is not None and 0 <= labels[i] < len(class_names):
             name = str(class_names[labels[i]])
-        text = f"{name} {scores[i]:.2f}"
-        tb = draw.textbbox((0, 0), text, font=font)
-        tw, th = tb[2] - tb[0], tb[3] - tb[1]
-        tx = float(np.clip(x0, 0, max(w - tw - 4, 0)))
-        ty = float(y0 - th - 4) if y0 - th - 4 >= 0 else float(np.clip(y0, 0, max(h - th - 4, 0)))
-        draw.rectangle([tx, ty, tx + tw + 4, ty + th + 4], fill=color)
-        # black or white text, whichever reads better on the label colour
-        lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        draw.text((tx + 2 - tb[0], ty + 2 - tb[1]), text, fill=(0, 0, 0) if lum > 140 else (255, 255, 255),
-                  font=font)
+        _label(draw, f"{name} {scores[i]:.2f}", x0, y0, color, font, h, w)
+    return np.asarray(canvas)
+
+
+def draw_ground_truth(image_rgb: np.ndarray, boxes, labels, class_names=None, polygons=None, crowd=None,
+                      ignore=None) -> np.ndarray:
+    """Draw annotations on a copy of `image_rgb` (HxWx3 uint8 RGB; HxW or HxWx1 grey is accepted).
+
+    boxes: (N, 4) xyxy; labels: (N,) class ids (named by `class_names` when given); polygons: optional list of
+    N (P, 2) arrays (an entry None: that instance's box), drawn instead of the boxes (text); crowd / ignore:
+    optional (N,) bools. A crowd box is drawn dashed in IGNORED_COLOR with the label "name (crowd)"; a don't-care
+    instance (ignore) dashed in IGNORED_COLOR with "### (don't care)". Returns an HxWx3 uint8 RGB array.
+    """
+    img = _as_rgb_uint8(image_rgb, "draw_ground_truth")
+    boxes = _to_numpy(boxes)
+    boxes = np.zeros((0, 4)) if boxes is None else boxes.reshape(-1, 4).astype(float)
+    n = len(boxes)
+    labels = np.zeros(n, dtype=int) if labels is None else _to_numpy(labels).reshape(-1).astype(int)
+    crowd = np.zeros(n, bool) if crowd is None else _to_numpy(crowd).reshape(-1).astype(bool)
+    ignore = np.zeros(n, bool) if ignore is None else _to_numpy(ignore).reshape(-1).astype(bool)
+    for what, arr in (("labels", labels), ("crowd", crowd), ("ignore", ignore)):
+        if len(arr) != n:
+            raise ValueError(f"draw_ground_truth: {len(arr)} {what} for {n} boxes")
+    if polygons is not None and len(polygons) != n:
+        raise ValueError(f"draw_ground_truth: {len(polygons)} polygons for {n} boxes")
+
+    h, w = img.shape[:2]
+    canvas = Image.fromarray(img).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    font, line_w = _style(h, w)
+    dash = max(3.0, 3.0 * line_w)
+    # ignored ones first, so that the instances that count are drawn on top
+    for i in sorted(range(n), key=lambda k: not (crowd[k] or ignore[k])):
+        x0, y0, x1, y1 = boxes[i]
+        pts = None
+        if polygons is not None and polygons[i] is not None:
+            pts = np.asarray(polygons[i], dtype=float).reshape(-1, 2)
+            if len(pts) < 2:
+                pts = None
+        if pts is None:
+            pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float)
+        # an edge on the image border (x1 = width) is drawn on the last pixel column / row, not outside
+        pts = np.clip(pts, 0, [max(w - 1, 0), max(h - 1, 0)])
+        lx, ly = pts[:, 0].min(), pts[:, 1].min()
+        name = str(labels[i])
+        if class_names is not None and 0 <= labels[i] < len(class_names):
+            name = str(class_names[labels[i]])
+        if crowd[i] or ignore[i]:
+            _dashed_closed(draw, pts, IGNORED_COLOR, line_w + 1, dash)
+            text = "### (don't care)" if ignore[i] else f"{name} (crowd)"
+            _label(draw, text, lx, ly, IGNORED_COLOR, font, h, w)
+            continue
+        color = class_color(labels[i])
+        draw.line([tuple(p) for p in pts] + [tuple(pts[0])], fill=color, width=line_w + 1)
+        _label(draw, name, lx, ly, color, font, h, w)
     return np.asarray(canvas)
