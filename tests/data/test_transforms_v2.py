@@ -286,3 +286,15 @@ def test_fuzz_lsj_boxes_follow_pixels(h, w, lo, span, seed):
     assume(min(sx, sy) >= 0.4)  # the scene's 10-px gaps stay >= 4 px, so blurred colours never mix
     _, m, b, polys = _run(tfm, img, masks, boxes)
     _check_follows(from_tv_image(out), m, b, polys, tol=2.0)
+
+
+@pytest.mark.parametrize("new_hw", [(160, 160), (120, 200), (300, 260)])
+def test_resize_keeps_the_previous_cv2_bilinear_pixels(new_hw):
+    """v2 replaced a cv2.INTER_LINEAR resize: the pixels a trained model sees must stay within rounding (1 level)
+    of it, down and up (antialiasing moved them by up to 5 levels on the quickstart's 192 -> 160 downscale)."""
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur((rng.random((192, 192, 3)) * 255).astype(np.uint8), (5, 5), 2)
+    ref = cv2.resize(img, (new_hw[1], new_hw[0]), interpolation=cv2.INTER_LINEAR)
+    out = ResizeTransform(192, 192, *new_hw).apply_image(img)
+    assert out.shape == ref.shape
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
