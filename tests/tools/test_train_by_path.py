@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from _tools import load_tool
+from _tools import TINY_FRCNN_MODEL, load_tool
 from PIL import Image
 
 from resnet_backbone.config import ConfigError
@@ -19,12 +19,7 @@ train_net = load_tool("train_net")
 CATS = {3: "cat", 1000007: "dog", 17: "bird"}
 
 TINY = [
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "BN",
-    "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16], [32], [64], [128]]",
-    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "100", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
-    "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+    *TINY_FRCNN_MODEL,
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # an untrained model still reports boxes of every class
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
     "INPUT.MAX_SIZE_TEST", "64", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
