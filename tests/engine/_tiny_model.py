@@ -104,3 +104,11 @@ def tiny_cfg(output_dir, max_iter=6, **overrides):
             node = getattr(node, p)
         setattr(node, last, v)
     return cfg
+
+
+def run_trainer(cfg, resume=False, cls=TinyTrainer):
+    """Build a trainer, resume or load, train to MAX_ITER; the trainer is returned for inspection."""
+    t = cls(cfg)
+    t.resume_or_load(resume=resume)
+    t.train()
+    return t

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from _tiny_model import TinyTrainer, tiny_cfg
+from _tiny_model import TinyTrainer, run_trainer, tiny_cfg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -14,12 +14,7 @@ from resnet_backbone.config import ConfigError
 from resnet_backbone.engine.ema import ModelEMA
 from resnet_backbone.utils.events import read_metrics
 
-
-def _run(cfg, resume=False, cls=TinyTrainer):
-    t = cls(cfg)
-    t.resume_or_load(resume=resume)
-    t.train()
-    return t
+_run = run_trainer
 
 
 def _clone(sd):

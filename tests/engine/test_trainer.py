@@ -3,18 +3,13 @@ import os
 
 import pytest
 import torch
-from _tiny_model import TinyTrainer, tiny_cfg
+from _tiny_model import TinyTrainer, run_trainer, tiny_cfg
 
 from resnet_backbone.checkpoint.checkpointer import Checkpointer, CheckpointError
 from resnet_backbone.engine import NonFiniteLossError
 from resnet_backbone.utils.events import read_metrics
 
-
-def _run(cfg, resume=False, cls=TinyTrainer):
-    t = cls(cfg)
-    t.resume_or_load(resume=resume)
-    t.train()
-    return t
+_run = run_trainer
 
 
 def _loss_lines(out_dir):
