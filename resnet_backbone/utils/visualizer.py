@@ -50,10 +50,13 @@ def _as_rgb_uint8(image_rgb, who: str) -> np.ndarray:
     return img
 
 
-def _style(h: int, w: int):
-    """(font, line width) for an image of this size."""
+def _canvas(img: np.ndarray):
+    """A PIL canvas over an RGB uint8 image, its drawer, and the font and line width for the image's size:
+    (canvas, draw, font, line_width, h, w)."""
+    h, w = img.shape[:2]
+    canvas = Image.fromarray(img).convert("RGB")
     font_size = max(10, min(24, int(round(min(h, w) / 28))))
-    return _font(font_size), max(1, int(round(min(h, w) / 200)))
+    return canvas, ImageDraw.Draw(canvas), _font(font_size), max(1, int(round(min(h, w) / 200))), h, w
 
 
 def _label(draw, text: str, x0: float, y0: float, color, font, h: int, w: int) -> None:
@@ -106,10 +109,7 @@ def draw_detections(image_rgb: np.ndarray, boxes, labels, scores, class_names=No
     if polygons is not None and len(polygons) != n:
         raise ValueError(f"draw_detections: {len(polygons)} polygons for {n} detections")
 
-    h, w = img.shape[:2]
-    canvas = Image.fromarray(img).convert("RGB")
-    draw = ImageDraw.Draw(canvas)
-    font, line_w = _style(h, w)
+    canvas, draw, font, line_w, h, w = _canvas(img)
     order = np.argsort(-scores, kind="stable")
     for i in order[::-1]:  # highest score drawn last (on top)
         if scores[i] < score_thresh:
@@ -153,10 +153,7 @@ def draw_ground_truth(image_rgb: np.ndarray, boxes, labels, class_names=None, po
     if polygons is not None and len(polygons) != n:
         raise ValueError(f"draw_ground_truth: {len(polygons)} polygons for {n} boxes")
 
-    h, w = img.shape[:2]
-    canvas = Image.fromarray(img).convert("RGB")
-    draw = ImageDraw.Draw(canvas)
-    font, line_w = _style(h, w)
+    canvas, draw, font, line_w, h, w = _canvas(img)
     dash = max(3.0, 3.0 * line_w)
     # ignored ones first, so that the instances that count are drawn on top
     for i in sorted(range(n), key=lambda k: not (crowd[k] or ignore[k])):
