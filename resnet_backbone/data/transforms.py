@@ -605,11 +605,10 @@ def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
         raise ValueError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}")
     flips = [RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical")] if flip != "none" else []
     augs: list[Augmentation] = []
-    ph = cfg.INPUT.get("PHOTOMETRIC")
-    if ph is not None and ph.ENABLED:  # pixels only: first, so LSJ padding keeps its value
+    ph, lsj = cfg.INPUT.PHOTOMETRIC, cfg.INPUT.LSJ
+    if ph.ENABLED:  # pixels only: first, so LSJ padding keeps its value
         augs.append(RandomPhotometricDistort(ph.BRIGHTNESS, ph.CONTRAST, ph.SATURATION, ph.HUE, cfg.INPUT.FORMAT))
-    lsj = cfg.INPUT.get("LSJ")
-    if lsj is not None and lsj.ENABLED:
+    if lsj.ENABLED:
         if cfg.INPUT.CROP.ENABLED or cfg.INPUT.ROTATION_ANGLE:
             raise ValueError("INPUT.LSJ.ENABLED cannot be combined with INPUT.CROP.ENABLED or INPUT.ROTATION_ANGLE "
                              "(large-scale jitter does its own crop to a fixed size); turn one of them off")
