@@ -69,6 +69,9 @@ _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
 _C.MODEL.ANCHOR_GENERATOR.ANGLES = [[-90, 0, 90]]
 _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+# ours: round the zero-centred cell anchors to whole pixels (torchvision's AnchorGenerator does; detectron2 does not).
+# True also orders a level's cell anchors ratio-major as torchvision does (detectron2: size-major).
+_C.MODEL.ANCHOR_GENERATOR.ROUND_CELL_ANCHORS = False
 
 _C.MODEL.RPN = CN()
 _C.MODEL.RPN.HEAD_NAME = "StandardRPNHead"
@@ -89,6 +92,9 @@ _C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
 _C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
 _C.MODEL.RPN.NMS_THRESH = 0.7
 _C.MODEL.RPN.CONV_DIMS = [-1]
+# ours: what the RPN losses are divided by: "batch_size" (detectron2: BATCH_SIZE_PER_IMAGE x images, for both
+# terms) or "sampled" (torchvision: the number of anchors actually sampled, positives + negatives)
+_C.MODEL.RPN.LOSS_NORMALIZER = "batch_size"
 
 _C.MODEL.ROI_HEADS = CN()
 _C.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
@@ -101,6 +107,13 @@ _C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 _C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+
+# ours: whose small rules the two-stage detector follows where detectron2 has no key (modeling/rcnn/):
+#   "detectron2": RPN NMS ranks proposals by objectness logit; proposals kept when both sides > PROPOSAL_GENERATOR.
+#                 MIN_SIZE; RoI level = floor(4 + log2(sqrt(area) / 224 + 1e-8)); no minimum detection size
+#   "torchvision": NMS ranks by sigmoid(logit); sides >= max(MIN_SIZE, 1e-3) kept; level = floor(4 +
+#                 log2(sqrt(area) / 224) + 1e-6); detections with a side under 1e-2 px dropped before NMS
+_C.MODEL.RCNN_EDGE_RULES = "detectron2"
 
 _C.MODEL.ROI_BOX_HEAD = CN()
 _C.MODEL.ROI_BOX_HEAD.NAME = ""
@@ -172,6 +185,13 @@ _C.INPUT.CROP = CN({"ENABLED": False})
 _C.INPUT.CROP.TYPE = "relative_range"
 _C.INPUT.CROP.SIZE = [0.9, 0.9]
 _C.INPUT.FORMAT = "BGR"
+# ours: how images are resized (data/transforms.py):
+#   "pil"         detectron2's ResizeShortestEdge: sides rounded (int(x + 0.5)), PIL bilinear on uint8 (antialiased
+#                 when shrinking), uint8 out. DETR's official code resizes with PIL bilinear too.
+#   "bilinear"    sides rounded as "pil", torch bilinear without antialiasing, uint8 out (cv2.INTER_LINEAR-like)
+#   "torchvision" torchvision's GeneralizedRCNNTransform: scale = min(MIN / short, MAX / long) in float32, sides
+#                 floor(side * scale), bilinear without antialiasing on float pixels, float32 out (not rounded)
+_C.INPUT.RESIZE_METHOD = "pil"
 _C.INPUT.MASK_FORMAT = "polygon"
 # ours: random rotation in degrees (text detection); 0 disables
 _C.INPUT.ROTATION_ANGLE = 0.0

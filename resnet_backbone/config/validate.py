@@ -270,6 +270,12 @@ def _check_model(c: _Checker, world_size: int) -> None:
             v = list(c.get(key))
             if any(not _is_num(x) or not 0 <= x <= 1 for x in v) or v != sorted(v):
                 c.add(key, f"must be increasing values in [0, 1], got {v}")
+        from ..modeling.rcnn.build import check_rcnn_config  # the builders' own checks, run before anything is built
+
+        try:
+            check_rcnn_config(cfg)
+        except ValueError as e:
+            c.problems.append(str(e))
     elif arch == "DETR":
         d = m.DETR
         if outputs is not None and "res5" not in outputs:
@@ -380,6 +386,7 @@ def _check_data(c: _Checker) -> None:
     cfg = c.cfg
     i = cfg.INPUT
     c.choice("INPUT.FORMAT", ("BGR", "RGB", "L"))
+    c.choice("INPUT.RESIZE_METHOD", ("pil", "bilinear", "torchvision"))
     sizes = list(i.MIN_SIZE_TRAIN) if isinstance(i.MIN_SIZE_TRAIN, (list, tuple)) else [i.MIN_SIZE_TRAIN]
     if not sizes or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in sizes):
         c.add("INPUT.MIN_SIZE_TRAIN", f"must be positive integers, got {i.MIN_SIZE_TRAIN}")

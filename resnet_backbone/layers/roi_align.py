@@ -86,7 +86,7 @@ class _Plan:
 
 
 def _pool_forward(feats: list[Tensor], rois: Tensor, plan: _Plan, output_size, scales, sampling_ratio,
-                  out_dtype: torch.dtype) -> Tensor:
+                  out_dtype: torch.dtype, aligned: bool = False) -> Tensor:
     inference = torch.is_inference_mode_enabled()
     # every RoI belongs to exactly one level, so every row gets written: no need to zero the result
     result = torch.empty((rois.shape[0], feats[0].shape[1], *output_size), dtype=out_dtype)
@@ -97,7 +97,7 @@ def _pool_forward(feats: list[Tensor], rois: Tensor, plan: _Plan, output_size, s
         with torch.inference_mode(inference), torch.no_grad():
             for level, idx in plan.shares[t]:
                 pooled = roi_align(feats[level], rois[idx], output_size=output_size,
-                                   spatial_scale=scales[level], sampling_ratio=sampling_ratio)
+                                   spatial_scale=scales[level], sampling_ratio=sampling_ratio, aligned=aligned)
                 result[idx] = pooled.to(out_dtype)
 
     _run_shares(plan.threads, share)
@@ -208,35 +208,44 @@ class _ThreadedRoIAlignFunction(torch.autograd.Function):
     kernel is single-threaded and was ~40% of a Faster R-CNN training step on 2 cores."""
 
     @staticmethod
-    def forward(ctx, rois, plan, output_size, scales, sampling_ratio, *feats):
+    def forward(ctx, rois, plan, output_size, scales, sampling_ratio, aligned, *feats):
         contiguous = [f.contiguous() for f in feats]
         ctx.rois, ctx.plan, ctx.output_size = rois, plan, output_size
-        ctx.scales, ctx.sampling_ratio = scales, sampling_ratio
+        ctx.scales, ctx.sampling_ratio, ctx.aligned = scales, sampling_ratio, aligned
         ctx.shapes = [tuple(f.shape) for f in feats]
         ctx.channels_last = [f.dim() == 4 and not f.is_contiguous() and f.is_contiguous(
             memory_format=torch.channels_last) for f in feats]
-        return _pool_forward(contiguous, rois, plan, output_size, scales, sampling_ratio, feats[0].dtype)
+        return _pool_forward(contiguous, rois, plan, output_size, scales, sampling_ratio, feats[0].dtype, aligned)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         grads = roi_align_backward(grad_out, ctx.rois, ctx.plan.by_level, ctx.shapes, ctx.scales,
-                                   ctx.sampling_ratio)
+                                   ctx.sampling_ratio, ctx.aligned)
         # each gradient in its feature's memory order, so the convolution backward that takes it sees one layout
         grads = [g if cl else g.contiguous() for g, cl in zip(grads, ctx.channels_last)]
-        return (None, None, None, None, None, *grads)
+        return (None, None, None, None, None, None, *grads)
 
 
 class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's `MultiScaleRoIAlign` with the RoIs shared out over the intra-op threads on CPU.
 
-    Same constructor and attributes (`featmap_names`, `output_size`, `sampling_ratio`, `scales`, `map_levels`).
+    Same constructor and attributes (`featmap_names`, `output_size`, `sampling_ratio`, `scales`, `map_levels`),
+    plus `aligned` (detectron2's ROIAlignV2: the half-pixel shift; torchvision's class has no such argument) and
+    any `map_levels` callable (boxes -> 0-based level per RoI; e.g. detectron2's level rule). With `aligned` or
+    another level rule, `scales` and `map_levels` must be given (torchvision infers its own on first use).
     Inference: the shares are pooled concurrently; below `min_rois_per_thread` RoIs per thread, or on one
     thread, torchvision's forward runs. Training (float32 CPU features that require grad): the same forward
     (on as many threads as pay) and the sparse-product backward, on any thread count.
     """
 
     min_rois_per_thread = 16
+
+    def __init__(self, featmap_names: list[str], output_size, sampling_ratio: int, *, aligned: bool = False,
+                 canonical_scale: int = 224, canonical_level: int = 4):
+        super().__init__(featmap_names, output_size, sampling_ratio, canonical_scale=canonical_scale,
+                         canonical_level=canonical_level)
+        self.aligned = bool(aligned)
 
     def _threads_for(self, x_filtered: list[Tensor], num_rois: int) -> int:
         """Threads for the forward: 0 = torchvision's path (not CPU, tracing, mixed-precision training)."""
@@ -258,23 +267,36 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
         threads = self._threads_for(x_filtered, num_rois)
         training = self._training(x_filtered)
         # inference on one thread gains nothing over torchvision's forward; training still gains the backward
-        if threads == 0 or (threads == 1 and not training) or self.scales is None or self.map_levels is None:
-            # (torchvision's forward also sets scales / map_levels up on first use when they are not given)
+        if self.scales is None or self.map_levels is None:
+            if self.aligned:
+                raise ValueError("ThreadedMultiScaleRoIAlign(aligned=True) needs its scales and map_levels set")
+            # torchvision's forward sets scales / map_levels up on first use when they are not given
             return super().forward(x, boxes, image_shapes)
-
         rois = _rois_with_batch_index(boxes)
         if len(x_filtered) == 1:
-            levels = torch.zeros(num_rois, dtype=torch.int64)
+            levels = torch.zeros(num_rois, dtype=torch.int64, device=rois.device)
         else:
             levels = self.map_levels(boxes).to(torch.int64)
+        if threads == 0 or (threads == 1 and not training):
+            return self._serial_forward(x_filtered, rois, levels)
         plan = _Plan(levels, len(x_filtered), threads)
         if training:
             return _ThreadedRoIAlignFunction.apply(rois.detach().to(torch.float32), plan, tuple(self.output_size),
-                                                   list(self.scales), self.sampling_ratio, *x_filtered)
+                                                   list(self.scales), self.sampling_ratio, self.aligned, *x_filtered)
         out_dtype = x_filtered[0].dtype
         # The kernel wants NCHW float32 (under autocast torchvision casts to float32 and back): convert each
         # level once here, not once per share inside the kernel.
         feats = [f.to(torch.float32).contiguous() if f.dtype in (torch.float16, torch.bfloat16) else f.contiguous()
                  for f in x_filtered]
         return _pool_forward(feats, rois.to(feats[0].dtype), plan, self.output_size, self.scales,
-                             self.sampling_ratio, out_dtype)
+                             self.sampling_ratio, out_dtype, self.aligned)
+
+    def _serial_forward(self, feats: list[Tensor], rois: Tensor, levels: Tensor) -> Tensor:
+        """torchvision's own multi-level loop (autograd and autocast through its kernel), with `aligned`."""
+        result = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], *self.output_size))
+        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.where(levels == level)[0]
+            pooled = roi_align(feat, rois[idx], output_size=self.output_size, spatial_scale=scale,
+                               sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+            result[idx] = pooled.to(result.dtype)
+        return result

@@ -8,7 +8,7 @@ import torch
 
 from resnet_backbone.config import get_cfg
 from resnet_backbone.modeling.meta_arch import META_ARCH_REGISTRY, build_model
-from resnet_backbone.modeling.meta_arch.faster_rcnn import FasterRCNN, StrideAnchorGenerator
+from resnet_backbone.modeling.meta_arch.faster_rcnn import FasterRCNN, AnchorGenerator
 from resnet_backbone.structures import Instances
 
 NUM_CLASSES = 3
@@ -65,7 +65,7 @@ def test_registered_and_built_from_config():
     assert model.roi_heads.score_thresh == 0.05 and model.roi_heads.nms_thresh == 0.5
     assert model.roi_heads.detections_per_img == 100
     assert model.rpn.head.cls_logits.out_channels == 3  # one size x three ratios per level
-    assert isinstance(model.rpn.anchor_generator, StrideAnchorGenerator)
+    assert isinstance(model.rpn.anchor_generator, AnchorGenerator)
     assert model.rpn.anchor_generator.strides == [4, 8, 16, 32, 64]
     # pixel statistics are buffers that follow the model but are not saved in checkpoints
     assert "pixel_mean" not in model.state_dict()
@@ -76,8 +76,8 @@ def test_registered_and_built_from_config():
 def test_unsupported_settings_are_named():
     with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME"):
         build_model(small_cfg(**{"MODEL.ROI_HEADS.NAME": "Res5ROIHeads"}))
-    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.NUM_FC"):
-        build_model(small_cfg(**{"MODEL.ROI_BOX_HEAD.NUM_FC": 3}))
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"):
+        build_model(small_cfg(**{"MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": True}))
     with pytest.raises(ValueError, match="MODEL.ANCHOR_GENERATOR.SIZES"):
         build_model(small_cfg(**{"MODEL.ANCHOR_GENERATOR.SIZES": [[16], [32]]}))
     with pytest.raises(ValueError, match="MODEL.RPN.IN_FEATURES"):
@@ -86,7 +86,7 @@ def test_unsupported_settings_are_named():
 
 def test_anchor_strides_come_from_the_backbone():
     """P6 of a 96-pixel input padded to 96 has 2 cells: anchors 64 pixels apart (torchvision's rule says 48)."""
-    gen = StrideAnchorGenerator(((32,), (64,)), ((1.0,), (1.0,)), strides=[32, 64])
+    gen = AnchorGenerator(((32,), (64,)), ((1.0,), (1.0,)), strides=[32, 64])
     from torchvision.models.detection.image_list import ImageList as TVImageList
 
     images = TVImageList(torch.zeros(2, 3, 96, 96), [(96, 96), (90, 80)])

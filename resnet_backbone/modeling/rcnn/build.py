@@ -1,0 +1,182 @@
+"""RPN and RoI heads from the config: detectron2's keys with detectron2's meaning, plus ours (defaults.py).
+
+Every key of MODEL.PROPOSAL_GENERATOR / ANCHOR_GENERATOR / RPN / ROI_HEADS / ROI_BOX_HEAD is read here or refused
+when set to a value we do not implement, with the key named (docs/FASTER_RCNN.md lists them all).
+"""
+from __future__ import annotations
+
+from ...layers import ShapeSpec
+from ...layers.batch_norm import NORM_CHOICES
+from .anchors import AnchorGenerator
+from .losses import BOX_LOSS_TYPES
+from .roi_heads import RoIHeads, build_box_head, build_box_pooler, build_box_predictor
+from .rpn import RPN, RPNHead
+
+__all__ = ["build_rpn", "build_roi_heads", "EDGE_RULES", "check_rcnn_config"]
+
+EDGE_RULES = ("detectron2", "torchvision")
+_LOSS_NORMALIZERS = ("batch_size", "sampled")
+_POOLER_TYPES = {"ROIAlignV2": True, "ROIAlign": False}  # -> aligned
+
+
+def _require(ok: bool, key: str, value, why: str) -> None:
+    if not ok:
+        raise ValueError(f"{key} = {value!r} is not supported by FasterRCNN: {why}")
+
+
+def _per_level(values, num_levels: int, key: str) -> list[list]:
+    """detectron2's broadcast rule: one list for all levels, or one list per level."""
+    values = [list(v) if isinstance(v, (list, tuple)) else [v] for v in values]
+    if len(values) == 1:
+        return values * num_levels
+    if len(values) != num_levels:
+        raise ValueError(f"{key}: {len(values)} entries for {num_levels} feature levels (give 1 or {num_levels})")
+    return values
+
+
+def _shared_channels(input_shape: dict[str, ShapeSpec], in_features: list[str], key: str, user: str) -> int:
+    """The channel count of `in_features`, which must all be backbone outputs of one width (`user` shares weights)."""
+    missing = [f for f in in_features if f not in input_shape]
+    if missing:
+        raise ValueError(f"{key}: {missing} not produced by the backbone ({list(input_shape)})")
+    channels = {input_shape[f].channels for f in in_features}
+    if len(channels) != 1:
+        widths = {f: input_shape[f].channels for f in in_features}
+        raise ValueError(f"{key}: {user} needs equal channels, got {widths}")
+    return channels.pop()
+
+
+def _check_box_loss(key_prefix: str, node) -> None:
+    _require(node.BBOX_REG_LOSS_TYPE in BOX_LOSS_TYPES, f"{key_prefix}.BBOX_REG_LOSS_TYPE", node.BBOX_REG_LOSS_TYPE,
+             f"choose from {', '.join(BOX_LOSS_TYPES)}")
+    _require(float(node.SMOOTH_L1_BETA) >= 0, f"{key_prefix}.SMOOTH_L1_BETA", node.SMOOTH_L1_BETA, "must be >= 0")
+    _require(len(node.BBOX_REG_WEIGHTS) == 4, f"{key_prefix}.BBOX_REG_WEIGHTS", node.BBOX_REG_WEIGHTS,
+             "four weights (x, y, w, h)")
+
+
+def check_rcnn_config(cfg) -> None:
+    """The checks that need no backbone: run by validate_cfg before anything is written, and by the builders."""
+    m = cfg.MODEL
+    rpn, ag, rh, bh = m.RPN, m.ANCHOR_GENERATOR, m.ROI_HEADS, m.ROI_BOX_HEAD
+    _require(m.RCNN_EDGE_RULES in EDGE_RULES, "MODEL.RCNN_EDGE_RULES", m.RCNN_EDGE_RULES,
+             f"choose from {', '.join(EDGE_RULES)}")
+    _require(m.PROPOSAL_GENERATOR.NAME == "RPN", "MODEL.PROPOSAL_GENERATOR.NAME", m.PROPOSAL_GENERATOR.NAME,
+             "only 'RPN'")
+    _require(float(m.PROPOSAL_GENERATOR.MIN_SIZE) >= 0, "MODEL.PROPOSAL_GENERATOR.MIN_SIZE",
+             m.PROPOSAL_GENERATOR.MIN_SIZE, "must be >= 0")
+    _require(ag.NAME == "DefaultAnchorGenerator", "MODEL.ANCHOR_GENERATOR.NAME", ag.NAME,
+             "only 'DefaultAnchorGenerator' (axis-aligned anchors)")
+    _require([list(a) if isinstance(a, (list, tuple)) else a for a in ag.ANGLES] == [[-90, 0, 90]],
+             "MODEL.ANCHOR_GENERATOR.ANGLES", ag.ANGLES, "angles are for rotated anchors (RRPN), not implemented")
+    _require(0.0 <= float(ag.OFFSET) < 1.0, "MODEL.ANCHOR_GENERATOR.OFFSET", ag.OFFSET, "must be in [0, 1)")
+    _require(rpn.HEAD_NAME == "StandardRPNHead", "MODEL.RPN.HEAD_NAME", rpn.HEAD_NAME, "only 'StandardRPNHead'")
+    _require(len(rpn.IOU_THRESHOLDS) == 2, "MODEL.RPN.IOU_THRESHOLDS", rpn.IOU_THRESHOLDS,
+             "give [background_below, foreground_at_or_above]")
+    _require(list(rpn.IOU_LABELS) == [0, -1, 1], "MODEL.RPN.IOU_LABELS", rpn.IOU_LABELS, "only [0, -1, 1]")
+    _require(rpn.LOSS_NORMALIZER in _LOSS_NORMALIZERS, "MODEL.RPN.LOSS_NORMALIZER", rpn.LOSS_NORMALIZER,
+             f"choose from {', '.join(_LOSS_NORMALIZERS)}")
+    _require(len(rpn.CONV_DIMS) >= 1 and all(int(d) == -1 or int(d) > 0 for d in rpn.CONV_DIMS),
+             "MODEL.RPN.CONV_DIMS", rpn.CONV_DIMS, "one width (or -1: the input's) per conv, at least one conv")
+    _check_box_loss("MODEL.RPN", rpn)
+    _require(rh.NAME == "StandardROIHeads", "MODEL.ROI_HEADS.NAME", rh.NAME,
+             "only 'StandardROIHeads' (FPN); start from configs/Base-RCNN-FPN.yaml")
+    _require(len(rh.IOU_THRESHOLDS) in (1, 2), "MODEL.ROI_HEADS.IOU_THRESHOLDS", rh.IOU_THRESHOLDS,
+             "give [t] or [background_below, foreground_at_or_above]")
+    _require(list(rh.IOU_LABELS) == ([0, 1] if len(rh.IOU_THRESHOLDS) == 1 else [0, -1, 1]),
+             "MODEL.ROI_HEADS.IOU_LABELS", rh.IOU_LABELS, "background 0, (ignore -1,) foreground 1")
+    _require(rh.NUM_CLASSES >= 1, "MODEL.ROI_HEADS.NUM_CLASSES", rh.NUM_CLASSES, "must be >= 1")
+    _require(bh.NAME == "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.NAME", bh.NAME, "only 'FastRCNNConvFCHead'")
+    _require(bh.NUM_CONV >= 0 and bh.NUM_FC >= 0 and bh.NUM_CONV + bh.NUM_FC > 0, "MODEL.ROI_BOX_HEAD.NUM_CONV/NUM_FC",
+             (bh.NUM_CONV, bh.NUM_FC), "at least one conv or fc layer")
+    _require(bh.NORM in NORM_CHOICES, "MODEL.ROI_BOX_HEAD.NORM", bh.NORM, f"choose from {NORM_CHOICES}")
+    _require(bh.NUM_CONV > 0 or bh.NORM in ("", "none"), "MODEL.ROI_BOX_HEAD.NORM", bh.NORM,
+             "the norm applies to the box head's convs and MODEL.ROI_BOX_HEAD.NUM_CONV is 0")
+    _require(bh.NUM_CONV > 0 or bh.CONV_DIM == 256, "MODEL.ROI_BOX_HEAD.CONV_DIM", bh.CONV_DIM,
+             "the width of the box head's convs, and MODEL.ROI_BOX_HEAD.NUM_CONV is 0")
+    _require(bh.NUM_FC > 0 or bh.FC_DIM == 1024, "MODEL.ROI_BOX_HEAD.FC_DIM", bh.FC_DIM,
+             "the width of the box head's fc layers, and MODEL.ROI_BOX_HEAD.NUM_FC is 0")
+    _require(bh.POOLER_TYPE in _POOLER_TYPES, "MODEL.ROI_BOX_HEAD.POOLER_TYPE", bh.POOLER_TYPE,
+             "ROIAlignV2 (aligned) or ROIAlign")
+    _require(bh.POOLER_RESOLUTION >= 1, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", bh.POOLER_RESOLUTION, "must be >= 1")
+    _require(bh.POOLER_SAMPLING_RATIO >= 0, "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", bh.POOLER_SAMPLING_RATIO,
+             "0 (adaptive) or a positive count")
+    _require(not bh.CLS_AGNOSTIC_BBOX_REG, "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", bh.CLS_AGNOSTIC_BBOX_REG,
+             "the predictor regresses one box per class")
+    _require(not bh.TRAIN_ON_PRED_BOXES, "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", bh.TRAIN_ON_PRED_BOXES,
+             "not implemented")
+    _check_box_loss("MODEL.ROI_BOX_HEAD", bh)
+
+
+def build_rpn(cfg, input_shape: dict[str, ShapeSpec]) -> RPN:
+    """The RPN from MODEL.ANCHOR_GENERATOR / MODEL.RPN / MODEL.PROPOSAL_GENERATOR."""
+    check_rcnn_config(cfg)
+    rpn_cfg, ag = cfg.MODEL.RPN, cfg.MODEL.ANCHOR_GENERATOR
+    in_features = list(rpn_cfg.IN_FEATURES)
+    channels = _shared_channels(input_shape, in_features, "MODEL.RPN.IN_FEATURES", "the shared RPN head")
+    sizes = _per_level(ag.SIZES, len(in_features), "MODEL.ANCHOR_GENERATOR.SIZES")
+    ratios = _per_level(ag.ASPECT_RATIOS, len(in_features), "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")
+    anchor_generator = AnchorGenerator(tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in ratios),
+                                       strides=[input_shape[f].stride for f in in_features], offset=float(ag.OFFSET),
+                                       round_cell_anchors=ag.ROUND_CELL_ANCHORS)
+    num_anchors = set(anchor_generator.num_anchors_per_location())
+    if len(num_anchors) != 1:
+        raise ValueError("MODEL.ANCHOR_GENERATOR: every level needs the same number of anchors per location "
+                         f"(the RPN head is shared), got {anchor_generator.num_anchors_per_location()}")
+    bg_thresh, fg_thresh = rpn_cfg.IOU_THRESHOLDS
+    return RPN(
+        anchor_generator,
+        RPNHead(channels, num_anchors.pop(), conv_dims=[int(d) for d in rpn_cfg.CONV_DIMS]),
+        in_features=in_features,
+        min_size=float(cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE),
+        edge_rules=cfg.MODEL.RCNN_EDGE_RULES,
+        loss_normalizer=rpn_cfg.LOSS_NORMALIZER,
+        box_loss_type=rpn_cfg.BBOX_REG_LOSS_TYPE,
+        smooth_l1_beta=float(rpn_cfg.SMOOTH_L1_BETA),
+        loss_weight=float(rpn_cfg.LOSS_WEIGHT),
+        bbox_reg_loss_weight=float(rpn_cfg.BBOX_REG_LOSS_WEIGHT),
+        bbox_reg_weights=tuple(float(w) for w in rpn_cfg.BBOX_REG_WEIGHTS),
+        boundary_thresh=float(rpn_cfg.BOUNDARY_THRESH),
+        fg_iou_thresh=fg_thresh,
+        bg_iou_thresh=bg_thresh,
+        batch_size_per_image=rpn_cfg.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=rpn_cfg.POSITIVE_FRACTION,
+        pre_nms_top_n={"training": rpn_cfg.PRE_NMS_TOPK_TRAIN, "testing": rpn_cfg.PRE_NMS_TOPK_TEST},
+        post_nms_top_n={"training": rpn_cfg.POST_NMS_TOPK_TRAIN, "testing": rpn_cfg.POST_NMS_TOPK_TEST},
+        nms_thresh=rpn_cfg.NMS_THRESH,
+    )
+
+
+def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
+    """Box RoI heads from MODEL.ROI_HEADS / MODEL.ROI_BOX_HEAD (and TEST.DETECTIONS_PER_IMAGE)."""
+    check_rcnn_config(cfg)
+    rh, bh = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
+    in_features = list(rh.IN_FEATURES)
+    channels = _shared_channels(input_shape, in_features, "MODEL.ROI_HEADS.IN_FEATURES", "the RoI pooler")
+    strides = [input_shape[f].stride for f in in_features]
+    if any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES: levels must be finest first with doubling strides, "
+                         f"got {dict(zip(in_features, strides))}")
+    resolution = bh.POOLER_RESOLUTION
+    pooler = build_box_pooler(in_features, strides, resolution, bh.POOLER_SAMPLING_RATIO,
+                              aligned=_POOLER_TYPES[bh.POOLER_TYPE], edge_rules=cfg.MODEL.RCNN_EDGE_RULES)
+    box_head, out_dim = build_box_head(channels, resolution, bh.NUM_CONV, bh.CONV_DIM, bh.NUM_FC, bh.FC_DIM, bh.NORM)
+    ious = list(rh.IOU_THRESHOLDS)
+    bg_thresh, fg_thresh = (ious[0], ious[0]) if len(ious) == 1 else ious
+    return RoIHeads(
+        pooler,
+        box_head,
+        build_box_predictor(out_dim, rh.NUM_CLASSES),
+        fg_iou_thresh=fg_thresh,
+        bg_iou_thresh=bg_thresh,
+        batch_size_per_image=rh.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=rh.POSITIVE_FRACTION,
+        bbox_reg_weights=tuple(float(w) for w in bh.BBOX_REG_WEIGHTS),
+        score_thresh=rh.SCORE_THRESH_TEST,
+        nms_thresh=rh.NMS_THRESH_TEST,
+        detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
+        proposal_append_gt=rh.PROPOSAL_APPEND_GT,
+        edge_rules=cfg.MODEL.RCNN_EDGE_RULES,
+        box_loss_type=bh.BBOX_REG_LOSS_TYPE,
+        smooth_l1_beta=float(bh.SMOOTH_L1_BETA),
+        bbox_reg_loss_weight=float(bh.BBOX_REG_LOSS_WEIGHT),
+    )
