@@ -188,9 +188,11 @@ _C.INPUT.FORMAT = "BGR"
 # ours: how images are resized (data/transforms.py):
 #   "pil"         detectron2's ResizeShortestEdge: sides rounded (int(x + 0.5)), PIL bilinear on uint8 (antialiased
 #                 when shrinking), uint8 out. DETR's official code resizes with PIL bilinear too.
-#   "bilinear"    sides rounded as "pil", torch bilinear without antialiasing, uint8 out (cv2.INTER_LINEAR-like)
-#   "torchvision" torchvision's GeneralizedRCNNTransform: scale = min(MIN / short, MAX / long) in float32, sides
-#                 floor(side * scale), bilinear without antialiasing on float pixels, float32 out (not rounded)
+#   "bilinear"    the earlier behaviour: torch bilinear without antialiasing, uint8 out (cv2.INTER_LINEAR-like),
+#                 sides by the earlier rule (one pixel off detectron2's where a side lands on .5, e.g. 1:2 images)
+#   "torchvision" torchvision's GeneralizedRCNNTransform: scale = min(MIN / short, MAX / long) (a Python float, as its
+#                 eager path), sides floor(side * scale), bilinear without antialiasing on float pixels, float32 out
+#                 (not rounded)
 _C.INPUT.RESIZE_METHOD = "pil"
 _C.INPUT.MASK_FORMAT = "polygon"
 # ours: random rotation in degrees (text detection); 0 disables

@@ -16,7 +16,8 @@ __all__ = ["DatasetMapper"]
 class DatasetMapper:
     """Read the image, apply the augmentations, and build the model input.
 
-    Output: {"image": (C, H, W) uint8 tensor in `image_format`, "height", "width" (ORIGINAL size), "file_name",
+    Output: {"image": (C, H, W) tensor in `image_format` (uint8; float32 on the same 0-255 scale, not rounded,
+    with INPUT.RESIZE_METHOD="torchvision"), "height", "width" (ORIGINAL size), "file_name",
     "image_id"} plus, in training, "instances" (`Instances` in the augmented image's coordinates: gt_boxes,
     gt_classes, and gt_polygons / gt_ignore when the annotations carry segmentation / ignore). Crowd annotations
     and boxes that are empty after the transform (e.g. rotated out of the canvas) are left out.

@@ -16,10 +16,23 @@ Coordinates are continuous pixel coordinates: the image spans [0, W] x [0, H], t
 (j + 0.5, i + 0.5). Resizing scales them by new/old size; a horizontal flip maps x to W - x. Boxes are not
 clamped to the canvas by the transforms (clamping_mode=None); the caller clips (DatasetMapper does).
 
-Resize: v2 bilinear without antialiasing, the behaviour of the cv2.INTER_LINEAR resize it replaced (pixel values
-within 1 level of it: rounding). Antialiasing (closer to detectron2's PIL resize on downscaling) was tried and
-left off: it moved pixels by up to 5 levels on the quickstart's 192 -> 160 downscale and the measured demo with
-it (AVX2 emulated) ended at AP50 40.0 against 41.7 without, so it would change results users already have.
+Resize (INPUT.RESIZE_METHOD; ResizeShortestEdge sizes, ResizeTransform pixels), three conventions:
+- "pil" (the config default): detectron2's ResizeShortestEdge exactly: its output-size rule and PIL's
+  Image.resize(BILINEAR) on the uint8 image (PIL's filter widens when shrinking, i.e. antialiases), uint8 out; a
+  float image is resized as detectron2 resizes one (F.interpolate, bilinear, align_corners=False). Boxes and
+  polygons scale by new/old in float64. Slower: 480x640 -> 800x1067 takes ~9 ms against ~1.3 ms for "bilinear"
+  (one CPU thread; nearly all of it PIL's own resize), ~18 ms "torchvision" (float kernel).
+- "bilinear": this module's earlier behaviour, kept for results users already have: v2 bilinear without
+  antialiasing, uint8 out, within 1 level of the cv2.INTER_LINEAR resize it replaced. Its sides are rounded
+  like detectron2's but computed in a different order (one pixel off where a side lands on .5, e.g. 1:2 images
+  at 800 / 1333). Antialiasing was tried on this path and left off: it moved pixels by up to 5 levels on the
+  quickstart's 192 -> 160 downscale and the measured demo with it (AVX2 emulated) ended at AP50 40.0 against
+  41.7 without.
+- "torchvision": torchvision's GeneralizedRCNNTransform resize exactly: scale = min(MIN / short, MAX / long),
+  sides floor(side * scale), F.interpolate(bilinear, align_corners=False) on the float image; the image comes
+  out float32 on the 0-255 scale (not rounded; the detectors normalise any float input with PIXEL_MEAN/STD),
+  boxes scaled as resize_boxes (float32 ratios). Transforms after it (flip, rotation, pad) keep the float.
+Masks are resized nearest by v2 for all three. The large-scale jitter's ResizeScale uses "bilinear".
 
 Still hand-written (v2 has no equivalent with this module's geometry): rotation (`RotationTransform`, cv2
 warpAffine with the canvas-expansion rule and pixel-centre convention of this module; v2's rotate sizes the
@@ -32,15 +45,16 @@ import math
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 __all__ = ["Transform", "TransformList", "NoOpTransform", "ResizeTransform", "HFlipTransform", "VFlipTransform",
            "RotationTransform", "CropTransform", "PadTransform", "PhotometricTransform", "Augmentation",
-           "ResizeShortestEdge", "RandomFlip", "RandomRotation", "RandomCrop", "ResizeScale", "FixedSizeCrop",
-           "RandomPhotometricDistort", "apply_augmentations", "apply_augmentations_v2", "build_augmentation",
-           "to_tv_image", "from_tv_image", "to_tv_boxes"]
+           "ResizeShortestEdge", "RESIZE_METHODS", "RandomFlip", "RandomRotation", "RandomCrop", "ResizeScale",
+           "FixedSizeCrop", "RandomPhotometricDistort", "apply_augmentations", "apply_augmentations_v2",
+           "build_augmentation", "to_tv_image", "from_tv_image", "to_tv_boxes"]
 
 
 # ---------------------------------------------------------------------------- tv_tensor conversions
@@ -177,13 +191,79 @@ class TransformList(Transform):
         return len(self.transforms)
 
 
+RESIZE_METHODS = ("pil", "bilinear", "torchvision")
+
+_PIL_RESAMPLE = {InterpolationMode.BILINEAR: Image.BILINEAR, InterpolationMode.NEAREST: Image.NEAREST,
+                 InterpolationMode.BICUBIC: Image.BICUBIC}
+_AXIS_BOX_FORMATS = (tv_tensors.BoundingBoxFormat.XYXY, tv_tensors.BoundingBoxFormat.XYWH,
+                     tv_tensors.BoundingBoxFormat.CXCYWH)  # x terms scale by the width ratio, y terms by the height's
+_TORCH_MODE = {InterpolationMode.BILINEAR: "bilinear", InterpolationMode.NEAREST: "nearest",
+               InterpolationMode.BICUBIC: "bicubic"}
+
+
+def _check_resize_method(method: str) -> str:
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"INPUT.RESIZE_METHOD must be one of {RESIZE_METHODS}, got {method!r}")
+    return method
+
+
+def _pil_resize(img: torch.Tensor, new_h: int, new_w: int, resample) -> torch.Tensor:
+    """(..., H, W) uint8 tensor -> resized with PIL's Image.resize, as detectron2's ResizeTransform does (3 channels
+    as one RGB image, 1 as an "L" image; other channel counts band by band as "L", PIL's per-band arithmetic;
+    fromarray infers those modes from the uint8 (H, W, 3) / (H, W) arrays)."""
+    h, w = img.shape[-2:]
+    lead = img.shape[:-2]
+    chw = img.reshape(-1, h, w)
+    hwc = np.ascontiguousarray(chw.permute(1, 2, 0).cpu().numpy())
+    if hwc.shape[2] == 3:
+        out = np.array(Image.fromarray(hwc).resize((new_w, new_h), resample))  # a writable copy
+    else:
+        out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(hwc[:, :, c]))
+                                   .resize((new_w, new_h), resample)) for c in range(hwc.shape[2])], axis=2)
+    return torch.from_numpy(out).permute(2, 0, 1).reshape(*lead, new_h, new_w).to(img.device)
+
+
+def _interpolate(img: torch.Tensor, new_h: int, new_w: int, mode: str) -> torch.Tensor:
+    """(..., H, W) floating tensor -> F.interpolate to (new_h, new_w), align_corners=False, no antialiasing."""
+    h, w = img.shape[-2:]
+    lead = img.shape[:-2]
+    out = torch.nn.functional.interpolate(img.reshape(1, -1, h, w).contiguous(), size=(new_h, new_w), mode=mode,
+                                          align_corners=None if mode == "nearest" else False)
+    return out.reshape(*lead, new_h, new_w)
+
+
 class ResizeTransform(Transform):
-    """Resize (h, w) -> (new_h, new_w) with v2.functional.resize (bilinear, not antialiased; masks nearest)."""
+    """Resize (h, w) -> (new_h, new_w). `method` (INPUT.RESIZE_METHOD) says how the image's pixels are computed:
+
+    - "pil": detectron2's ResizeTransform.apply_image: a uint8 image goes through PIL's Image.resize with `interp`
+      (bilinear: PIL's filter, which antialiases when shrinking), uint8 out; a floating image through
+      F.interpolate (align_corners=False, no antialiasing), keeping its dtype, as detectron2 does (PIL has no
+      float bilinear); other dtypes are refused.
+    - "bilinear" (the default here; ResizeScale uses it): v2.functional.resize without antialiasing, dtype kept
+      (the behaviour this module always had).
+    - "torchvision": GeneralizedRCNNTransform's resize: the image becomes float32 (a floating one keeps its dtype),
+      on the same 0-255 scale, not rounded, and is resized by F.interpolate(bilinear, align_corners=False) to
+      exactly (new_h, new_w) (what its scale_factor + recompute_scale_factor=True call resizes to). Boxes and
+      polygon points are scaled like torchvision's resize_boxes: by float32 ratios new/old, in float32.
+
+    Masks are resized nearest by v2 for every method. Boxes are scaled by new/old per axis: "bilinear" by v2
+    (float32-rounded ratios), "pil" in float64 as detectron2, "torchvision" in float32 as resize_boxes."""
 
     def __init__(self, h: int, w: int, new_h: int, new_w: int,
-                 interp: InterpolationMode = InterpolationMode.BILINEAR):
+                 interp: InterpolationMode = InterpolationMode.BILINEAR, method: str = "bilinear"):
         self.h, self.w, self.new_h, self.new_w, self.interp = int(h), int(w), int(new_h), int(new_w), interp
+        self.method = _check_resize_method(method)
+        if method == "pil" and interp not in _PIL_RESAMPLE:
+            raise ValueError(f"ResizeTransform(method='pil'): no PIL filter for {interp}")
+        if method == "torchvision" and interp != InterpolationMode.BILINEAR:
+            raise ValueError(f"ResizeTransform(method='torchvision') resizes bilinear only, got {interp}")
         self._in_size = (self.h, self.w)
+
+    def _tv_ratios(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(width ratio, height ratio) as torchvision's resize_boxes computes them: float32 new / float32 old."""
+        def ratio(new, old):
+            return torch.tensor(new, dtype=torch.float32) / torch.tensor(old, dtype=torch.float32)
+        return ratio(self.new_w, self.w), ratio(self.new_h, self.h)
 
     def apply(self, x):
         if isinstance(x, tv_tensors.BoundingBoxes):
@@ -191,12 +271,43 @@ class ResizeTransform(Transform):
                 raise ValueError(f"ResizeTransform expects boxes on a {self.h}x{self.w} canvas, got {x.canvas_size}")
         elif _hw(x) != (self.h, self.w):
             raise ValueError(f"ResizeTransform expects an image of {self.h}x{self.w}, got {_hw(x)}")
-        if (self.new_h, self.new_w) == (self.h, self.w):
-            return x
-        return F.resize(x, [self.new_h, self.new_w], interpolation=self.interp, antialias=False)
+        same = (self.new_h, self.new_w) == (self.h, self.w)
+        if isinstance(x, tv_tensors.Mask) or self.method == "bilinear":
+            return x if same else F.resize(x, [self.new_h, self.new_w], interpolation=self.interp, antialias=False)
+        if isinstance(x, tv_tensors.BoundingBoxes):
+            if same:
+                return x
+            if x.format not in _AXIS_BOX_FORMATS:  # rotated formats: v2's geometry
+                return F.resize(x, [self.new_h, self.new_w], antialias=False)
+            b = x.as_subclass(torch.Tensor)
+            if self.method == "pil":  # detectron2's apply_coords: x * (new_w / w) in float64
+                r = torch.tensor([self.new_w / self.w, self.new_h / self.h] * 2, dtype=torch.float64)
+                out = (b.to(torch.float64) * r.to(b.device)).to(b.dtype)
+            else:  # torchvision's resize_boxes: float32 boxes times float32 ratios
+                rw, rh = self._tv_ratios()
+                out = (b.to(torch.float32) * torch.stack([rw, rh, rw, rh]).to(b.device)).to(b.dtype)
+            return tv_tensors.wrap(out, like=x, canvas_size=(self.new_h, self.new_w))
+        t = x.as_subclass(torch.Tensor)
+        if self.method == "pil":
+            if t.dtype == torch.uint8:
+                out = t if same else _pil_resize(t, self.new_h, self.new_w, _PIL_RESAMPLE[self.interp])
+            elif t.is_floating_point():
+                out = t if same else _interpolate(t, self.new_h, self.new_w, _TORCH_MODE[self.interp])
+            else:
+                raise TypeError(f"INPUT.RESIZE_METHOD='pil' resizes uint8 images (PIL) or floating ones "
+                                f"(F.interpolate, as detectron2), got {t.dtype}")
+        else:  # torchvision
+            t = t if t.is_floating_point() else t.to(torch.float32)
+            out = t if same else _interpolate(t, self.new_h, self.new_w, "bilinear")
+        return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.TVTensor) else out
 
     def apply_coords(self, coords):
         coords = np.array(coords, dtype=np.float64).reshape(-1, 2)
+        if self.method == "torchvision":
+            rw, rh = (float(r) for r in self._tv_ratios())
+            coords[:, 0] = (coords[:, 0].astype(np.float32) * np.float32(rw)).astype(np.float64)
+            coords[:, 1] = (coords[:, 1].astype(np.float32) * np.float32(rh)).astype(np.float64)
+            return coords
         coords[:, 0] *= self.new_w / self.w
         coords[:, 1] *= self.new_h / self.h
         return coords
@@ -300,6 +411,9 @@ class PhotometricTransform(Transform):
         if isinstance(x, (tv_tensors.BoundingBoxes, tv_tensors.Mask)):
             return x
         img = x.as_subclass(torch.Tensor)
+        if img.is_floating_point():  # v2's colour ops take floats on [0, 1]: a 0-255 float image would be clipped
+            raise TypeError("PhotometricTransform works on uint8 images; a floating image (e.g. after "
+                            "INPUT.RESIZE_METHOD='torchvision') must be distorted before it is resized")
         flip = self.bgr and img.shape[-3] == 3
         # the colour ops are ~10x slower on an (H, W, C)-strided view (what to_tv_image gives): make it (C, H, W)
         img = (img.flip(-3) if flip else img).contiguous()
@@ -393,10 +507,19 @@ class Augmentation:
 
 class ResizeShortestEdge(Augmentation):
     """Resize so the short side is a length drawn from `short_edge_length` ("choice": one of the values; "range":
-    an integer in [min, max]) and the long side is at most `max_size`. A length of 0 keeps the image."""
+    an integer in [min, max]) and the long side is at most `max_size` (0: no limit). A length of 0 keeps the image.
+
+    `method` (INPUT.RESIZE_METHOD; see ResizeTransform for the pixels) also sets the output-size rule:
+    "pil": detectron2's ResizeShortestEdge.get_output_shape (short side = length, long side = length / short *
+    long, both scaled down to max_size if the long one exceeds it, then int(x + 0.5)); "bilinear": this module's
+    earlier rule (each side times length / short, then the same max_size cap and rounding: one pixel off
+    detectron2's where a side lands on .5 up to float error, e.g. a 1:2 image at 800 / 1333 gets 667 against 666);
+    "torchvision": GeneralizedRCNNTransform's (scale = min(length / short, max_size / long) as a Python float,
+    each side floor(side * scale), as F.interpolate's recompute_scale_factor does). The length is drawn the same
+    way for every method (torchvision's torch_choice picks among its min sizes; ours from numpy's RNG)."""
 
     def __init__(self, short_edge_length, max_size: int = 0, sample_style: str = "range",
-                 interp: InterpolationMode = InterpolationMode.BILINEAR):
+                 interp: InterpolationMode = InterpolationMode.BILINEAR, method: str = "pil"):
         if isinstance(short_edge_length, int):
             short_edge_length = (short_edge_length, short_edge_length)
         short_edge_length = tuple(int(s) for s in short_edge_length)
@@ -406,13 +529,26 @@ class ResizeShortestEdge(Augmentation):
             raise ValueError(f"'range' sampling needs (min, max) sizes, got {short_edge_length}")
         self.short_edge_length, self.max_size, self.sample_style, self.interp = (
             short_edge_length, int(max_size), sample_style, interp)
+        self.method = _check_resize_method(method)
 
     @staticmethod
-    def get_output_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, int]:
-        scale = short_edge / min(h, w)
-        new_h, new_w = h * scale, w * scale
+    def get_output_shape(h: int, w: int, short_edge: int, max_size: int, method: str = "pil") -> tuple[int, int]:
+        """(new_h, new_w) for an (h, w) image, short side `short_edge`, long side at most `max_size` (0: no cap)."""
+        _check_resize_method(method)
+        if method == "torchvision":
+            scale = short_edge / min(h, w)
+            if max_size > 0:
+                scale = min(scale, max_size / max(h, w))
+            return max(1, math.floor(float(h) * scale)), max(1, math.floor(float(w) * scale))
+        if method == "pil":  # detectron2's arithmetic, step by step (the float results decide the .5 cases)
+            size = short_edge * 1.0
+            scale = size / min(h, w)
+            new_h, new_w = (size, scale * w) if h < w else (scale * h, size)
+        else:
+            scale = short_edge / min(h, w)
+            new_h, new_w = h * scale, w * scale
         if max_size > 0 and max(new_h, new_w) > max_size:
-            s = max_size / max(new_h, new_w)
+            s = max_size * 1.0 / max(new_h, new_w)
             new_h, new_w = new_h * s, new_w * s
         return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
@@ -424,8 +560,8 @@ class ResizeShortestEdge(Augmentation):
             size = int(_np(rng).choice(self.short_edge_length))
         if size == 0:
             return NoOpTransform()
-        new_h, new_w = self.get_output_shape(h, w, size, self.max_size)
-        return ResizeTransform(h, w, new_h, new_w, self.interp)
+        new_h, new_w = self.get_output_shape(h, w, size, self.max_size, self.method)
+        return ResizeTransform(h, w, new_h, new_w, self.interp, self.method)
 
 
 class RandomFlip(Augmentation):
@@ -500,7 +636,8 @@ class RandomCrop(Augmentation):
 
 class ResizeScale(Augmentation):
     """Large-scale jitter, step 1 (detectron2's ResizeScale): draw s uniformly in [min_scale, max_scale] and
-    resize, keeping the aspect ratio, to fit in (s * target_height, s * target_width)."""
+    resize, keeping the aspect ratio, to fit in (s * target_height, s * target_width). Resizes with
+    ResizeTransform's "bilinear" method (v2, dtype kept) whatever INPUT.RESIZE_METHOD says."""
 
     def __init__(self, min_scale: float, max_scale: float, target_height: int, target_width: int,
                  interp: InterpolationMode = InterpolationMode.BILINEAR):
@@ -597,16 +734,23 @@ def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
     Training: [photometric if INPUT.PHOTOMETRIC.ENABLED], then either large-scale jitter (INPUT.LSJ.ENABLED:
     flip, ResizeScale in SCALE_RANGE of SIZE, FixedSizeCrop to SIZE padded with PAD_VALUE; MIN/MAX_SIZE_TRAIN
     are not used) or [crop if INPUT.CROP.ENABLED], multi-scale resize, flip, rotation if INPUT.ROTATION_ANGLE.
-    Test: resize to MIN_SIZE_TEST / MAX_SIZE_TEST."""
+    Test: resize to MIN_SIZE_TEST / MAX_SIZE_TEST. Both resizes (train and test) follow INPUT.RESIZE_METHOD
+    ("pil", "bilinear" or "torchvision", see ResizeShortestEdge / ResizeTransform); the large-scale jitter's
+    ResizeScale always resizes "bilinear" (v2, uint8) and rotation is cv2's warpAffine, whatever the method."""
+    method = cfg.INPUT.RESIZE_METHOD
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"INPUT.RESIZE_METHOD must be one of {RESIZE_METHODS}, got {method!r}")
     if not is_train:
-        return [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+        return [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice", method=method)]
     flip = cfg.INPUT.RANDOM_FLIP
     if flip not in ("none", "horizontal", "vertical"):
         raise ValueError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}")
     flips = [RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical")] if flip != "none" else []
     augs: list[Augmentation] = []
     ph, lsj = cfg.INPUT.PHOTOMETRIC, cfg.INPUT.LSJ
-    if ph.ENABLED:  # pixels only: first, so LSJ padding keeps its value
+    # pixels only: first, so LSJ padding keeps its value and the image is still uint8 (a "torchvision" resize
+    # makes it float)
+    if ph.ENABLED:
         augs.append(RandomPhotometricDistort(ph.BRIGHTNESS, ph.CONTRAST, ph.SATURATION, ph.HUE, cfg.INPUT.FORMAT))
     if lsj.ENABLED:
         if cfg.INPUT.CROP.ENABLED or cfg.INPUT.ROTATION_ANGLE:
@@ -618,12 +762,13 @@ def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
         if len(list(lsj.SCALE_RANGE)) != 2:
             raise ValueError(f"INPUT.LSJ.SCALE_RANGE must be (min, max), got {lsj.SCALE_RANGE}")
         lo, hi = lsj.SCALE_RANGE
+        # ResizeScale resizes "bilinear" (v2, uint8 out) whatever INPUT.RESIZE_METHOD says
         return augs + flips + [ResizeScale(lo, hi, size[0], size[1]),
                                FixedSizeCrop(size, pad=True, pad_value=lsj.PAD_VALUE)]
     if cfg.INPUT.CROP.ENABLED:  # crop first, then resize (as detectron2)
         augs.append(RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     augs.append(ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                                   cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING))
+                                   cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING, method=method))
     augs += flips
     if cfg.INPUT.ROTATION_ANGLE:
         augs.append(RandomRotation(float(cfg.INPUT.ROTATION_ANGLE)))
