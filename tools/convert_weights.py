@@ -1,13 +1,28 @@
 #!/usr/bin/env python
-"""Convert ResNet weights (torchvision / timm / detectron2 / Caffe2-MSRA) to our names.
+"""Convert ResNet weights (torchvision / timm / detectron2 / Caffe2-MSRA) or whole Faster R-CNNs to our names.
 
     python tools/convert_weights.py resnet50-0676ba61.pth weights/R-50-torchvision.pth
     python tools/convert_weights.py R-50.pkl weights/R-50-msra.pth --source caffe2
     python tools/convert_weights.py resnet50-0676ba61.pth weights/R-50-tv-for-d2.pkl --to detectron2
+    python tools/convert_weights.py model_final_b275ba.pkl weights/faster_rcnn_R_50_FPN_1x.pth
+    python tools/convert_weights.py fasterrcnn_resnet50_fpn_coco-258fb6c6.pth weights/frcnn_tv.pth
+    python tools/convert_weights.py output/model_final.pth for_detectron2.pkl --to detectron2
 
 OUT is a torch.save'd dict {"model": state dict (stem.conv1.weight, res2.0.conv1.norm.weight, ..., linear.*),
 "format": "RGB"|"BGR", "pixel_mean": [...], "pixel_std": [...], "source": ...}; set INPUT.FORMAT,
-MODEL.PIXEL_MEAN/STD to the recorded values. Our own checkpoints (what tools/train_net.py saves) are recognised
+MODEL.PIXEL_MEAN/STD to the recorded values.
+
+Whole detectors: a detectron2 Faster R-CNN (GeneralizedRCNN with an FPN: model-zoo .pkl or DetectionCheckpointer
+.pth) or a torchvision fasterrcnn_resnet50_fpn / _v2 state dict is recognised by its head names (--source auto) and
+converted whole: "model" is then our FasterRCNN's state dict (backbone.bottom_up.*, backbone.fpn_*, rpn.head.*,
+roi_heads.*), with "architecture": "FasterRCNN", "num_classes" and "dropped" (the source keys a Faster R-CNN does
+not use, also printed). torchvision's 91-way COCO head becomes our 80 classes. --source detectron2_detector /
+torchvision_detector insist on a whole detector; --source detectron2 / torchvision convert a detector file's
+ResNet names only (its other keys unchanged), as for backbone files. Files of other detectors (Mask / Keypoint /
+Cascade / C4 R-CNN, RetinaNet, FCOS, Panoptic FPN) are refused. --to detectron2 on our own FasterRCNN checkpoint
+(or a torchvision one) writes detectron2's GeneralizedRCNN names, heads included.
+
+Our own checkpoints (what tools/train_net.py saves) are recognised
 by their format tag (source "ours") and keep the convention they record; one that records none gets none
 (the config's values apply; --format / --pixel-mean / --pixel-std record one). .pkl files are read by a
 restricted unpickler (numpy arrays and plain values only); a .pth that needs full unpickling is refused unless
@@ -23,9 +38,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from resnet_backbone.checkpoint import CheckpointError  # noqa: E402
 from resnet_backbone.checkpoint.converters import SOURCES, convert_checkpoint, save_converted  # noqa: E402
+from resnet_backbone.checkpoint.detector_converters import convert_detector, identify_detector  # noqa: E402
+from resnet_backbone.checkpoint.safe_pickle import load_checkpoint_file  # noqa: E402
 from resnet_backbone.utils.cli import run_tool  # noqa: E402
 
 TOOL = os.path.basename(__file__)
+DETECTOR_SOURCES = ("detectron2_detector", "torchvision_detector")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="weights file (.pth/.pt/.pkl)")
     parser.add_argument("output", help="converted .pth to write")
-    parser.add_argument("--source", default="auto", choices=["auto", *SOURCES, "detr"],
-                        help="naming of the input (detr: an official DETR checkpoint, whole model; docs/DETR.md)")
+    parser.add_argument("--source", default="auto", choices=["auto", *SOURCES, *DETECTOR_SOURCES, "detr"],
+                        help="naming of the input (auto: detected, whole detectors included; detectron2_detector / "
+                             "torchvision_detector: a whole Faster R-CNN; detr: an official DETR checkpoint, whole "
+                             "model, docs/DETR.md)")
     parser.add_argument("--trust", action="store_true",
                         help="allow a .pth that needs full unpickling (can run code: trusted files only)")
     parser.add_argument("--format", choices=["RGB", "BGR"], default=None, help="override the recorded format")
@@ -53,18 +73,49 @@ def main(argv: list[str] | None = None) -> int:
 
             converted = convert_detr_checkpoint(args.input, trust=args.trust)
         else:
-            converted = convert_checkpoint(args.input, source=args.source, trust=args.trust, format=args.format,
-                                           pixel_mean=args.pixel_mean, pixel_std=args.pixel_std)
+            converted = _convert(args)
         save_converted(converted, args.output)
     except CheckpointError as e:
         print(f"{TOOL}: error: {e}", file=sys.stderr)
         return 2  # the tools' status for the library's own errors (utils.cli)
     state = converted["model"]
+    if converted.get("architecture") == "FasterRCNN":
+        print(f"{args.input} (whole {converted['source']} Faster R-CNN) -> {args.output}: {len(state)} tensors in "
+              f"our FasterRCNN names, {converted['num_classes']} classes (MODEL.ROI_HEADS.NUM_CLASSES)")
+        for note in converted["notes"]:
+            print(f"  {note}")
+        dropped = converted["dropped"]
+        print(f"dropped {len(dropped)} source keys a Faster R-CNN does not use" + (f": {', '.join(dropped)}"
+                                                                                   if dropped else ""))
+        print(f"input convention: {_convention(converted['format'], converted['pixel_mean'], converted['pixel_std'])}")
+        return 0
     ours = sum(1 for k in state if k.split(".", 1)[0] in ("stem", "res2", "res3", "res4", "res5", "linear"))
     print(f"{args.input} ({converted['source']} names) -> {args.output}: {len(state)} tensors "
           f"({ours} ResNet, {len(state) - ours} other)")
     print(f"input convention: {_convention(converted['format'], converted['pixel_mean'], converted['pixel_std'])}")
     return 0
+
+
+def _convert(args) -> dict:
+    """The converted-file dict: a whole detectron2 / torchvision Faster R-CNN through detector_converters (auto, or
+    forced by --source *_detector), anything else through converters (backbone names) as before."""
+    pixels = {"format": args.format, "pixel_mean": args.pixel_mean, "pixel_std": args.pixel_std}
+    if args.source not in ("auto", *DETECTOR_SOURCES):
+        return convert_checkpoint(args.input, source=args.source, trust=args.trust, **pixels)
+    obj = load_checkpoint_file(args.input, trust=args.trust)
+    found = identify_detector(obj)
+    family = args.source[: -len("_detector")] if args.source in DETECTOR_SOURCES else None
+    if family is not None and (found is None or found[0] != family):
+        what = f"a {found[1]} in {found[0]} names" if found else "no detector heads found"
+        raise CheckpointError(f"'{args.input}': --source {args.source} given, but it is not a whole {family} "
+                              f"Faster R-CNN ({what})")
+    if found is not None and found[0] in ("detectron2", "torchvision"):
+        if found[1] != "Faster R-CNN":
+            raise CheckpointError(f"'{args.input}' is a {found[1]} file, not a Faster R-CNN: only Faster R-CNN (FPN, "
+                                  f"box head only) converts whole (--source {found[0]} converts its ResNet names "
+                                  "only, the other keys unchanged)")
+        return convert_detector(obj, source=found[0], name=args.input, **pixels)
+    return convert_checkpoint(obj, source="auto", trust=args.trust, name=args.input, **pixels)
 
 
 def _convention(fmt, mean, std) -> str:
@@ -83,15 +134,17 @@ def _to_detectron2(args) -> int:
 
     try:
         converted = convert_to_detectron2(args.input, layout=args.layout, source=args.source, trust=args.trust)
-        save_detectron2_checkpoint(converted["model"], args.output)
+        fmt = args.format or converted["format"]
+        mean = args.pixel_mean or converted["pixel_mean"]
+        std = args.pixel_std or converted["pixel_std"]
+        save_detectron2_checkpoint(converted["model"], args.output,
+                                   extra={"format": fmt, "pixel_mean": mean, "pixel_std": std})
     except CheckpointError as e:
         print(f"{TOOL}: error: {e}", file=sys.stderr)
         return 2  # the tools' status for the library's own errors (utils.cli)
+    whole = " (a whole Faster R-CNN, heads included)" if converted.get("architecture") == "FasterRCNN" else ""
     print(f"{args.input} ({converted['source']} names) -> {args.output}: {len(converted['model'])} tensors in "
-          "detectron2 names (load with MODEL.WEIGHTS)")
-    fmt = args.format or converted["format"]
-    mean = args.pixel_mean or converted["pixel_mean"]
-    std = args.pixel_std or converted["pixel_std"]
+          f"detectron2 names{whole} (load with MODEL.WEIGHTS)")
     print(f"set in the detectron2 config: {_convention(fmt, mean, std)}")
     return 0
 

@@ -29,8 +29,12 @@ otherwise unusable pointer, or one naming a missing file, is a CheckpointError n
 `resume_or_load(path, resume, allow_partial=True)`:
   - resume=True and `save_dir/last_checkpoint` exists: load everything from it (model, optimizer,
     scheduler, scaler, RNG states) and return its extra data ("iteration", ...);
-  - otherwise load weights only from `path` (cfg.MODEL.WEIGHTS): our own full checkpoints (by their tag), or a
-    plain state dict in the model's own names (all of its names in the model, or half the model's), load
+  - otherwise load weights only from `path` (cfg.MODEL.WEIGHTS): into our FasterRCNN, a whole detectron2 (.pkl /
+    .pth) or torchvision Faster R-CNN file is converted whole, heads included (detector_converters.py; a class
+    count other than MODEL.ROI_HEADS.NUM_CLASSES, a missing head key or another detector architecture is a
+    CheckpointError; a pixel convention other than the config's is a warning naming both); our own full
+    checkpoints (by their tag), or a plain state dict in the model's own names (all of its names in the model,
+    or half the model's; a converted file of tools/convert_weights.py included), load
     directly (a shape mismatch is a CheckpointError naming the key and both shapes; missing/unexpected keys
     are logged by name); any other file (torchvision / detectron2 / Caffe2 / timm backbone weights) goes
     through `resnet_backbone.checkpoint.converters`.
@@ -472,11 +476,14 @@ class Checkpointer:
         return {k: v for k, v in data.items() if k not in skip}
 
     def load_weights(self, path: str, allow_partial: bool = True) -> None:
-        """Weights only: our checkpoints / whole-model state dicts directly, anything else via converters.
+        """Weights only: our checkpoints / whole-model state dicts directly, a whole detectron2 / torchvision
+        Faster R-CNN (into our FasterRCNN) via detector_converters, anything else via converters.
         allow_partial=False: a CheckpointError (nothing loaded) unless the file covers every model tensor."""
         data = None
         if path.endswith((".pth", ".pt", ".pth.tar", ".bin")):
             data = self._read(path)
+        if self._load_whole_detector(path, data, allow_partial):
+            return
         if isinstance(data, dict):
             state = data.get("model", data) if isinstance(data.get("model", None), dict) else data
             own = self.model.state_dict()
@@ -489,9 +496,45 @@ class Checkpointer:
                 if is_own_checkpoint(data):
                     self._check_pixel_convention(data, path)
                     tensors = {k: v for k, v in self._weights_of(data, path).items() if isinstance(v, torch.Tensor)}
+                elif data.get("architecture") == "FasterRCNN":  # a converted whole-detector file (convert_weights)
+                    self._check_pixel_convention(data, path)
+                self._check_num_classes(tensors, path)
                 self._load_model_state(tensors, path, strict=False, allow_partial=allow_partial)
                 return
         self._load_with_converters(path, allow_partial=allow_partial)
+
+    def _check_num_classes(self, state: dict, path: str) -> None:
+        """A box predictor for another class count than our FasterRCNN's: CheckpointError naming the config key."""
+        from . import detector_converters
+
+        if detector_converters.is_faster_rcnn_model(self.model):
+            num_classes = self.model.state_dict()[f"{detector_converters.CLS_SCORE}.weight"].shape[0] - 1
+            detector_converters.check_num_classes(state, num_classes, path)
+
+    def _load_whole_detector(self, path: str, data, allow_partial: bool) -> bool:
+        """A whole detectron2 / torchvision Faster R-CNN file into our FasterRCNN: converted (heads included) and
+        loaded; True when done. False (nothing done) for any other model or file. A detector file of another
+        architecture (Mask R-CNN, RetinaNet, ...) is a CheckpointError naming it."""
+        from . import detector_converters
+
+        if not detector_converters.is_faster_rcnn_model(self.model):
+            return False
+        if data is None and path.endswith(".pkl"):
+            from .safe_pickle import load_checkpoint_file
+
+            data = load_checkpoint_file(path, trust=False)
+        if not isinstance(data, dict) or is_own_checkpoint(data):
+            return False
+        found = detector_converters.identify_detector(data)
+        if found is None or found[0] == "ours":
+            return False
+        num_classes = self.model.state_dict()[f"{detector_converters.CLS_SCORE}.weight"].shape[0] - 1
+        converted = detector_converters.convert_detector(data, source=found[0], num_classes=num_classes, name=path)
+        logger.info("Loading a whole %s Faster R-CNN from %s (converted to our names%s)", found[0], path,
+                    f"; dropped {', '.join(converted['dropped'])}" if converted["dropped"] else "")
+        self._check_pixel_convention(converted, path)
+        self._load_model_state(converted["model"], path, strict=False, allow_partial=allow_partial)
+        return True
 
     def _weights_of(self, data: dict, path: str) -> dict:
         """The state to put into the model from our checkpoint: "model", or "model_ema" with use_ema_weights."""

@@ -38,7 +38,9 @@ names and load where the module has exactly that name; otherwise they are report
 
 A converted file (`save_converted`, tools/convert_weights.py) is a torch.save'd dict
 {"model": state dict in our ResNet names, "format": "RGB"|"BGR", "pixel_mean": [...], "pixel_std": [...],
- "source": "torchvision"|"timm"|"detectron2"|"caffe2"|"ours"}.
+ "source": "torchvision"|"timm"|"detectron2"|"caffe2"|"ours"}. Whole detectron2 / torchvision Faster R-CNN files
+are detector_converters.py's job (the whole detector in our FasterRCNN names, + "architecture": "FasterRCNN",
+"num_classes", "dropped", "notes"); this module's functions keep treating them as backbone weights.
 
 Our own checkpoints (what the Checkpointer / Trainer writes) are recognised by their `__format__` tag
 ("resnet_backbone.checkpoint/<version>") on a dict with a "model" state dict, never by key names (ours are
@@ -303,15 +305,17 @@ def convert_state_dict(state: Mapping[str, Any], source: str = "auto", name: str
     return _convert_detectron2(tensors, name), "detectron2"
 
 
-def convert_checkpoint(path_or_obj, source: str = "auto", trust: bool = False, **pixel_overrides) -> dict:
+def convert_checkpoint(path_or_obj, source: str = "auto", trust: bool = False, name: str | None = None,
+                       **pixel_overrides) -> dict:
     """Read (if a path) and convert a checkpoint; returns the converted-file dict described above.
 
     Our own converted files keep the source and pixel convention they record. `pixel_overrides`
-    (format=, pixel_mean=, pixel_std=) replace the source's default input convention.
+    (format=, pixel_mean=, pixel_std=) replace the source's default input convention. `name`: what errors call
+    an already loaded object (default: the path, or "<in-memory checkpoint>").
     """
     is_path = isinstance(path_or_obj, (str, os.PathLike))
-    name = os.fspath(path_or_obj) if is_path else "<in-memory checkpoint>"
-    obj = load_checkpoint_file(name, trust=trust) if is_path else path_or_obj
+    name = name or (os.fspath(path_or_obj) if is_path else "<in-memory checkpoint>")
+    obj = load_checkpoint_file(os.fspath(path_or_obj), trust=trust) if is_path else path_or_obj
     tensors, file_meta = _unwrap(obj, name)
     state, naming = convert_state_dict(tensors, source, name)
     recorded = {k: file_meta[k] for k in _PIXEL_KEYS if k in file_meta}
@@ -340,12 +344,13 @@ def convert_checkpoint(path_or_obj, source: str = "auto", trust: bool = False, *
 
 def save_converted(converted: dict, path: str) -> None:
     """torch.save a converted checkpoint (tensors and plain values only: loads with weights_only=True), atomically.
-    An input convention value that is None (not recorded by our own checkpoint) is left out."""
+    An input convention value that is None (not recorded by our own checkpoint) is left out. A whole-detector
+    conversion (detector_converters) also keeps "architecture", "num_classes", "dropped" and "notes"."""
     from .checkpointer import atomic_torch_save
 
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    keys = ("model", *_PIXEL_KEYS, "source")
+    keys = ("model", *_PIXEL_KEYS, "source", "architecture", "num_classes", "dropped", "notes")
     atomic_torch_save({k: converted[k] for k in keys if converted.get(k) is not None}, path)
 
 

@@ -10,7 +10,8 @@ not about renaming layers:
     backbone.top_block.p6.weight (RetinaNet P6/P7)     FPN: top_block.p6.weight
     backbone.res4.0.conv1.weight (C4 / DC5 models)     ResNet: res4.0.conv1.weight
     roi_heads.res5.0.conv1.weight (C4 models only)     ResNet: res5.0.conv1.weight (with include_roi_res5)
-    proposal_generator.*, roi_heads.* (heads)          not part of the backbone: left out
+    proposal_generator.*, roi_heads.* (heads)          not part of the backbone: left out (whole Faster R-CNNs:
+                                                       detector_converters.py; back: ours_detector_to_detectron2)
 
 Accepted inputs: a detectron2 model state dict, a detectron2 checkpoint {"model": ..., "iteration": ...}, the
 model-zoo .pkl layout {"model": {name: numpy array}, "__author__": ...}, DDP-wrapped names ("module.backbone..."),
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -199,6 +201,67 @@ def ours_to_detectron2(state_dict: Mapping[str, torch.Tensor], layout: str | Non
     return out
 
 
+_OURS_RPN = re.compile(r"^rpn\.head\.(?:conv\.(\d+)\.0|(cls_logits|bbox_pred))\.(weight|bias)$")
+_OURS_BOX_HEAD = re.compile(r"^roi_heads\.box_head\.(fc6|fc7|\d+)\.(?:([01])\.)?(.+)$")
+_CLS_SCORE = "roi_heads.box_predictor.cls_score"
+_BBOX_PRED = "roi_heads.box_predictor.bbox_pred"
+
+
+def ours_detector_to_detectron2(state_dict: Mapping[str, Any], numpy: bool = False,
+                                source: str = "ours_detector_to_detectron2") -> dict[str, Any]:
+    """Our whole FasterRCNN state dict -> detectron2 GeneralizedRCNN names (FPN, StandardROIHeads, box head only).
+
+    The inverse of detector_converters' detectron2 -> ours: backbone.* unchanged; rpn.head.conv.{k}.0 ->
+    proposal_generator.rpn_head.conv (one conv) or .conv.conv{k} (several), cls_logits -> objectness_logits,
+    bbox_pred -> anchor_deltas; roi_heads.box_head fc6/fc7 (or the FastRCNNConvFCHead sequence {i}.0 / {i}.1 /
+    {C+1+2j}) -> conv{i+1}[.norm] / fc{j+1}; box_predictor.cls_score's background row 0 moved last, bbox_pred's 4
+    background rows dropped. Any other key is a CheckpointError naming it.
+    """
+    state = _unwrap(state_dict, source)
+    rpn_convs = sorted({int(m.group(1)) for k in state if (m := _OURS_RPN.match(k)) and m.group(1) is not None})
+    # box head: sequence indices holding convs ({i}.0.weight 4-d) and fcs ({n}.weight 2-d), in order
+    conv_idx = sorted({int(m.group(1)) for k in state if (m := _OURS_BOX_HEAD.match(k)) and m.group(2) is not None})
+    fc_idx = sorted({int(m.group(1)) for k in state
+                     if (m := _OURS_BOX_HEAD.match(k)) and m.group(2) is None and m.group(1).isdigit()})
+    out: dict[str, Any] = {}
+    unknown = []
+    for k, v in state.items():
+        if k.startswith(D2_BACKBONE):
+            name = k
+        elif m := _OURS_RPN.match(k):
+            conv, head, field = m.groups()
+            if head is not None:
+                name = f"proposal_generator.rpn_head.{'objectness_logits' if head == 'cls_logits' else 'anchor_deltas'}"
+            elif len(rpn_convs) == 1:
+                name = "proposal_generator.rpn_head.conv"
+            else:
+                name = f"proposal_generator.rpn_head.conv.conv{rpn_convs.index(int(conv))}"
+            name += f".{field}"
+        elif m := _OURS_BOX_HEAD.match(k):
+            module, part, field = m.groups()
+            if module in ("fc6", "fc7"):
+                name = f"roi_heads.box_head.fc{1 if module == 'fc6' else 2}.{field}"
+            elif part is not None:
+                name = f"roi_heads.box_head.conv{conv_idx.index(int(module)) + 1}." + (
+                    field if part == "0" else f"norm.{field}")
+            else:
+                name = f"roi_heads.box_head.fc{fc_idx.index(int(module)) + 1}.{field}"
+        elif k in (f"{_CLS_SCORE}.weight", f"{_CLS_SCORE}.bias"):
+            v = _to_tensor(k, v, source)
+            name, v = k, torch.cat([v[1:], v[:1]])  # background: row 0 -> last
+        elif k in (f"{_BBOX_PRED}.weight", f"{_BBOX_PRED}.bias"):
+            name, v = k, _to_tensor(k, v, source)[4:]  # the 4 background rows are never used
+        else:
+            unknown.append(k)
+            continue
+        v = _to_tensor(k, v, source)
+        out[name] = v.detach().cpu().numpy() if numpy else v
+    if unknown:
+        raise CheckpointError(f"{source}: keys that are not part of our FasterRCNN (FPN, box head only): "
+                              f"{unknown[:10]}" + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""))
+    return out
+
+
 def load_detectron2_checkpoint(path: str, target: str = "fpn", include_roi_res5: bool = True, trust: bool = False
                                ) -> dict[str, torch.Tensor]:
     """Read a detectron2 checkpoint file (.pth from its trainer, or a model-zoo .pkl) and return the backbone
@@ -209,37 +272,64 @@ def load_detectron2_checkpoint(path: str, target: str = "fpn", include_roi_res5:
     return detectron2_to_ours(data, target=target, include_roi_res5=include_roi_res5, source=f"'{path}'")
 
 
-def save_detectron2_checkpoint(d2_state: Mapping[str, Any], path: str, author: str = "resnet_backbone") -> None:
+def save_detectron2_checkpoint(d2_state: Mapping[str, Any], path: str, author: str = "resnet_backbone",
+                               extra: Mapping[str, Any] | None = None) -> None:
     """Write detectron2-named weights where detectron2's DetectionCheckpointer reads them by exact name:
     .pkl -> {"model": numpy arrays, "__author__": author, "matching_heuristics": False}; else torch.save
-    {"model": tensors, "__author__": author}."""
+    {"model": tensors, "__author__": author}. `extra`: more top-level plain values (tools/convert_weights.py
+    records "format" / "pixel_mean" / "pixel_std" there; detectron2 ignores them, our readers take them)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
     if path.endswith(".pkl"):
         model = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
                  for k, v in d2_state.items()}
         with open(path, "wb") as f:
-            pickle.dump({"model": model, "__author__": author, "matching_heuristics": False}, f)
+            pickle.dump({"model": model, "__author__": author, "matching_heuristics": False, **extra}, f)
     else:
         model = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)))
                  for k, v in d2_state.items()}
-        torch.save({"model": model, "__author__": author}, path)
+        torch.save({"model": model, "__author__": author, **extra}, path)
 
 
 def convert_to_detectron2(path_or_obj, layout: str | None = None, source: str = "auto", trust: bool = False) -> dict:
     """Any weights we can read -> detectron2 names (what `tools/convert_weights.py --to detectron2` writes).
 
-    A checkpoint that holds an FPN (ours, e.g. from our FasterRCNN trainer, or detectron2's) keeps the whole FPN
-    ("backbone.bottom_up.*", "backbone.fpn_*", "backbone.top_block.*"); heads are left out (ours are torchvision's,
-    not detectron2's). Anything else goes through converters.py (torchvision / timm / Caffe2 / detectron2 ResNet
-    names) and its ResNet is written for `layout` ("fpn": under backbone.bottom_up., "resnet", "c4"; see
-    `ours_to_detectron2`). Returns {"model": detectron2-named tensors, "format", "pixel_mean", "pixel_std",
-    "source"}: the input convention detectron2's INPUT.FORMAT / MODEL.PIXEL_MEAN / PIXEL_STD must be set to.
+    A whole Faster R-CNN (ours: our checkpoint or state dict, or a converted file of one; with source "auto" also a
+    detectron2 / torchvision one, "detectron2_detector" / "torchvision_detector" insist on it) is written whole in
+    detectron2's GeneralizedRCNN names (`ours_detector_to_detectron2`; layout "fpn" only). Another checkpoint that
+    holds an FPN (e.g. ours with partial heads, or a detectron2 Mask R-CNN) keeps the whole FPN
+    ("backbone.bottom_up.*", "backbone.fpn_*", "backbone.top_block.*"); heads are left out. Anything else goes
+    through converters.py (torchvision / timm / Caffe2 / detectron2 ResNet names) and its ResNet is written for
+    `layout` ("fpn": under backbone.bottom_up., "resnet", "c4"; see `ours_to_detectron2`). Returns {"model":
+    detectron2-named tensors, "format", "pixel_mean", "pixel_std", "source"[, "architecture"]}: the input convention
+    detectron2's INPUT.FORMAT / MODEL.PIXEL_MEAN / PIXEL_STD must be set to.
     """
     from .converters import convert_checkpoint  # converters imports this package; keep the import lazy
+    from .detector_converters import DETECTOR_SOURCES, convert_detector, identify_detector
 
     is_path = isinstance(path_or_obj, (str, os.PathLike))
     name = f"'{os.fspath(path_or_obj)}'" if is_path else "<in-memory checkpoint>"
     obj = load_checkpoint_file(os.fspath(path_or_obj), trust=trust) if is_path else path_or_obj
+    whole = {"auto": None, "ours": "ours", "detectron2_detector": "detectron2", "torchvision_detector": "torchvision"}
+    found = identify_detector(obj) if source in whole else None
+    if source == "ours" and found is not None and found[0] != "ours":
+        found = None  # --source ours on a file in torchvision / detectron2 names: not a whole detector of ours
+    if source.endswith("_detector") and (found is None or found[0] != whole[source]):
+        raise CheckpointError(f"{name}: --source {source} given, but it is not a whole {whole[source]} Faster R-CNN "
+                              f"({'a ' + found[1] + ' in ' + found[0] + ' names' if found else 'no detector heads'})")
+    if found is not None and found[1] == "Faster R-CNN" and layout in (None, "fpn"):
+        # a whole Faster R-CNN: ours directly, a torchvision / detectron2 one through our names
+        if found[0] == "ours":
+            pixels, ours = convert_checkpoint(obj, source="ours"), _unwrap(obj, name)
+            used = obj["source"] if obj.get("source") in DETECTOR_SOURCES else "ours"  # one of our converted files
+        else:
+            pixels = convert_detector(obj, source=found[0], name=name.strip("'"))
+            ours, used = pixels["model"], found[0]
+        d2 = ours_detector_to_detectron2(ours, source=name)
+        return {"model": d2, **{k: pixels[k] for k in ("format", "pixel_mean", "pixel_std")}, "source": used,
+                "architecture": "FasterRCNN"}
+    if source in ("detectron2_detector", "torchvision_detector"):
+        raise CheckpointError(f"{name} is a {found[1]} file: only a Faster R-CNN converts whole (layout 'fpn')")
     converted = convert_checkpoint(obj, source=source, trust=trust)
     raw = _unwrap(obj, name)
     backbone = _select(raw, D2_BACKBONE) or raw
