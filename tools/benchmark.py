@@ -10,10 +10,13 @@ Rows (select with --rows, by name or number):
   3 frcnn_infer     Faster R-CNN R50-FPN inference, one image, 512x512 and 800x1333, vs torchvision
                     fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None): 1000 pre/post-NMS proposals,
                     score threshold 0.05, NMS 0.5, 100 detections, 91 classes (incl. background) in both;
-                    torchvision's transform min/max size set to the image size so it does not resize.
+                    torchvision's transform min/max size set to the image size so it does not resize. "ours" is
+                    faster_rcnn_R_50_FPN_torchvision.yaml holding torchvision's weights (whole-detector
+                    converter): the same function; "ours_detectron2_mode" is faster_rcnn_R_50_FPN_1x.yaml's
+                    semantics (ROIAlignV2 with adaptive sampling, ...) on the same weights.
   4 frcnn_train     Faster R-CNN training step (forward + backward + SGD step), batch 4, 256x256, vs the same
                     torchvision model built as for fine-tuning (FrozenBN, 3 trainable backbone stages = our
-                    FREEZE_AT 2), transform sizes set to 256.
+                    FREEZE_AT 2), transform sizes set to 256; ours in torchvision's convention (same losses).
   5 detr_dbnet      DETR R50 and DBNet R50-FPN inference, one 512x512 image, ours only.
   6 gemm            fp32 (and bf16) GEMM throughput of this machine (n x n matmul), interleaved with row 1's
                     backbone; the backbone's achieved GFLOP/s (fvcore conv MACs x 2) as a fraction of GEMM.
@@ -44,7 +47,6 @@ import json
 import logging
 import os
 import platform
-import re
 import resource
 import statistics
 import sys
@@ -306,43 +308,40 @@ def build_backbone_pair(device: str, depth: int = 50):
     return ours.to(device), trunk.to(device)
 
 
-def frcnn_cfg(depth: int = 50, num_classes: int = 90):
-    """Our Faster R-CNN config with torchvision's class count (+ background = 91) and pixel convention, so
-    torchvision's weights give the same function."""
+FRCNN_CONFIGS = {"torchvision": "faster_rcnn_R_50_FPN_torchvision.yaml", "detectron2": "faster_rcnn_R_50_FPN_1x.yaml"}
+
+
+def frcnn_cfg(depth: int = 50, num_classes: int = 90, convention: str = "torchvision"):
+    """Our Faster R-CNN config in one of its two conventions (configs/COCO-Detection/), with torchvision's class
+    count (+ background = 91) and pixel convention, so torchvision's weights load into either. "torchvision" is
+    the function of torchvision's model (the same detections); "detectron2" is detectron2's (ROIAlignV2 with
+    adaptive sampling, unrounded anchors, ...) on the same weights: what that mode costs."""
     cfg = get_cfg()
-    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "Base-RCNN-FPN.yaml"))
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "COCO-Detection",
+                                     FRCNN_CONFIGS[convention]))
+    cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000  # _tv_frcnn's value, for both conventions
     _resnet_cfg(cfg, depth)
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
     cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
-    # torchvision's RoI pooler takes 2x2 samples per bin; detectron2's default (0) adapts the count to the RoI
-    # size and costs 2-3x more RoIAlign time on large RoIs. Same work in both: use torchvision's value here.
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
     return cfg
 
 
 def copy_torchvision_detector_weights(ours: nn.Module, tv: nn.Module) -> int:
-    """Load a torchvision Faster R-CNN's weights into ours (ResNet via the converter, FPN renamed, RPN and RoI
-    heads share torchvision's names). Returns the number of tensors loaded; raises if any does not fit."""
-    from resnet_backbone.checkpoint.converters import load_backbone_weights
+    """Load a torchvision Faster R-CNN's weights into ours through the whole-detector converter (every tensor;
+    raises if one does not fit). Returns the number of tensors loaded."""
+    from resnet_backbone.checkpoint.detector_converters import convert_detector
 
-    sd = tv.state_dict()
-    body = {k[len("backbone.body."):]: v for k, v in sd.items() if k.startswith("backbone.body.")}
-    load_backbone_weights(ours, body, prefix="backbone.bottom_up.", source="torchvision")
-    rest = {}
-    for k, v in sd.items():
-        m = re.match(r"backbone\.fpn\.(inner|layer)_blocks\.(\d)\.0\.(weight|bias)$", k)
-        if m:
-            rest[f"backbone.fpn_{'lateral' if m[1] == 'inner' else 'output'}{int(m[2]) + 2}.{m[3]}"] = v
-        elif k.startswith(("rpn.", "roi_heads.")):
-            rest[k] = v
-    target = ours.state_dict()
-    bad = [k for k, v in rest.items() if k not in target or target[k].shape != v.shape]
-    if bad:
-        raise RuntimeError(f"torchvision weights that do not fit our Faster R-CNN: {bad[:10]}")
-    ours.load_state_dict(rest, strict=False)
-    return len(body) + len(rest)
+    converted = convert_detector(tv.state_dict(), source="torchvision", num_classes=ours.num_classes,
+                                 name="torchvision Faster R-CNN")
+    result = ours.load_state_dict(converted["model"], strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"torchvision weights that do not fit our Faster R-CNN: missing {missing[:10]}, "
+                           f"unexpected {result.unexpected_keys[:10]}")
+    return len(converted["model"])
 
 
 def _inference(fn, amp: str | None = None, device: str = "cpu", force: bool = False):
@@ -437,12 +436,15 @@ def row_frcnn_infer(args) -> list[dict]:
 
     dev = args.device
     sizes = [(128, 128)] if args.quick else [(512, 512), (800, 1333)]
-    cfg = _fast_cfg(frcnn_cfg(args.depth))
-    cfg.MODEL.DEVICE = dev
-    ours = build_model(cfg).eval()
     tv = _tv_frcnn(min(sizes[0]), max(sizes[0]), train=False, depth=args.depth).to(dev)
-    copy_torchvision_detector_weights(ours, tv)  # the same function in both: outputs are compared below
-    ours = optimize_for_inference(ours, cfg)
+    models = {}
+    for convention in ("torchvision", "detectron2"):
+        cfg = _fast_cfg(frcnn_cfg(args.depth, convention=convention))
+        cfg.MODEL.DEVICE = dev
+        model = build_model(cfg).eval()
+        copy_torchvision_detector_weights(model, tv)  # torchvision convention: the same function as tv
+        models[convention] = optimize_for_inference(model, cfg)
+    ours, ours_d2 = models["torchvision"], models["detectron2"]
     rows = []
     for h, w in sizes:
         # torchvision resizes so that the short side is min_size unless the long side would pass max_size:
@@ -456,13 +458,22 @@ def row_frcnn_infer(args) -> list[dict]:
             o, r = ours(ours_in)[0], tv(tv_in)[0]
             # what the RPN hands to the box head, in both: the same count by construction
             tv_images, _ = tv.transform(tv_in)
+        same = o["boxes"].shape == r["boxes"].shape
         extra = {"image": [h, w], "tv_transform_size": list(tv_images.tensors.shape[-2:]),
                  "detections_ours": int(o["boxes"].shape[0]), "detections_reference": int(r["boxes"].shape[0]),
+                 "max_box_diff_px_ours_vs_reference": float((o["boxes"] - r["boxes"]).abs().max()) if same and
+                 o["boxes"].numel() else None,
+                 "ours": "configs/COCO-Detection/faster_rcnn_R_50_FPN_torchvision.yaml (torchvision's function)",
+                 "ours_detectron2_mode": "faster_rcnn_R_50_FPN_1x.yaml's semantics, same weights",
                  "settings": {"pre_nms_topk_test_per_level": 1000, "post_nms_topk_test": 1000, "score_thresh": 0.05,
                               "nms": 0.5, "detections_per_image": 100, "classes_with_background": 91}}
         fns = {"ours": _inference(lambda i=ours_in: ours(i), device=dev),
-               "reference": _inference(lambda i=tv_in: tv(i), device=dev)}
+               "reference": _inference(lambda i=tv_in: tv(i), device=dev),
+               "ours_detectron2_mode": _inference(lambda i=ours_in: ours_d2(i), device=dev)}
         row = run_pair(f"frcnn_infer_{h}x{w}", fns, 1, args, extra=extra)
+        entries = row["entries"]
+        row["ratio_reference_vs_ours_detectron2_mode"] = (entries["reference"]["median_ms"]
+                                                          / entries["ours_detectron2_mode"]["median_ms"])
         # where the time goes, per stage (sequential calls after the timed ones; same stage names in both)
         stages = ["backbone", "rpn", "roi_heads"]
         per = {k: stage_times_ms(m, stages, fns[k], max(1, min(3, args.repeats)))
