@@ -32,7 +32,7 @@ from torchvision.models.detection.image_list import ImageList as TVImageList
 
 from ..backbone import Backbone, build_backbone
 from ..rcnn import RPN, AnchorGenerator, RoIHeads, build_roi_heads, build_rpn
-from ..rcnn.build import _require
+from ..rcnn.build import check_rcnn_config
 from .build import META_ARCH_REGISTRY
 from .image_input import ImageInputMixin, describe_input
 
@@ -67,10 +67,7 @@ class FasterRCNN(ImageInputMixin, nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> FasterRCNN:
-        _require(not cfg.MODEL.MASK_ON, "MODEL.MASK_ON", cfg.MODEL.MASK_ON, "no mask head")
-        _require(not cfg.MODEL.KEYPOINT_ON, "MODEL.KEYPOINT_ON", cfg.MODEL.KEYPOINT_ON, "no keypoint head")
-        _require(not cfg.MODEL.LOAD_PROPOSALS, "MODEL.LOAD_PROPOSALS", cfg.MODEL.LOAD_PROPOSALS,
-                 "proposals come from the RPN")
+        check_rcnn_config(cfg)  # every refused value, named, before the backbone is built
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         return cls(

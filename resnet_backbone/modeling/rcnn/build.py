@@ -58,6 +58,9 @@ def check_rcnn_config(cfg) -> None:
     """The checks that need no backbone: run by validate_cfg before anything is written, and by the builders."""
     m = cfg.MODEL
     rpn, ag, rh, bh = m.RPN, m.ANCHOR_GENERATOR, m.ROI_HEADS, m.ROI_BOX_HEAD
+    _require(not m.MASK_ON, "MODEL.MASK_ON", m.MASK_ON, "no mask head")
+    _require(not m.KEYPOINT_ON, "MODEL.KEYPOINT_ON", m.KEYPOINT_ON, "no keypoint head")
+    _require(not m.LOAD_PROPOSALS, "MODEL.LOAD_PROPOSALS", m.LOAD_PROPOSALS, "proposals come from the RPN")
     _require(m.RCNN_EDGE_RULES in EDGE_RULES, "MODEL.RCNN_EDGE_RULES", m.RCNN_EDGE_RULES,
              f"choose from {', '.join(EDGE_RULES)}")
     _require(m.PROPOSAL_GENERATOR.NAME == "RPN", "MODEL.PROPOSAL_GENERATOR.NAME", m.PROPOSAL_GENERATOR.NAME,
