@@ -1,4 +1,4 @@
-"""DatasetMapper: one dataset record -> the model input dict (see DESIGN.md "Model I/O")."""
+"""DatasetMapper: one dataset record -> the model input dict (docs/ARCHITECTURE.md, "Model I/O")."""
 from __future__ import annotations
 
 import copy

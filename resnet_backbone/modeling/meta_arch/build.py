@@ -7,7 +7,7 @@ from fvcore.common.registry import Registry
 META_ARCH_REGISTRY = Registry("META_ARCH")
 META_ARCH_REGISTRY.__doc__ = """
 Registry for detectors. A registered class is called as `cls(cfg)` (or has `from_config(cfg)`) and
-returns an nn.Module following the Model I/O contract in DESIGN.md.
+returns an nn.Module following the Model I/O contract in docs/ARCHITECTURE.md.
 """
 
 
