@@ -7,6 +7,8 @@ import importlib
 import math
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -280,3 +282,283 @@ def test_frozen_bn_types_differ_but_agree():
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 8, 5, 5) * 10
     assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+# --- the detectron2-facing classes are static, importable by name; registration goes through register() only ---
+
+_SMALL = {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64, "MODEL.FPN.OUT_CHANNELS": 64}
+
+# kind -> (detectron2's own config file, our builder's name, class of model.backbone, class of its bottom_up)
+_KINDS = {
+    "fpn": ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", "build_rb_resnet_fpn_backbone",
+            "Detectron2FPN", "Detectron2ResNet"),
+    "c4": ("COCO-Detection/faster_rcnn_R_50_C4_1x.yaml", "build_rb_resnet_backbone", "Detectron2ResNet", None),
+    "retinanet": ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", "build_rb_retinanet_resnet_fpn_backbone",
+                  "Detectron2FPN", "Detectron2ResNet"),
+}
+
+
+def _small_cfg(kind):
+    config, builder, _, _ = _KINDS[kind]
+    cfg = _d2_cfg(builder, config)
+    for dotted, value in _SMALL.items():
+        section, key = dotted.rsplit(".", 1)
+        _get_node(cfg, section)[key] = value
+    return cfg
+
+
+def _get_node(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+class _ClassAssignmentSpy:
+    """Records every `module.__class__ = ...` on an nn.Module (the assignment goes through nn.Module.__setattr__)."""
+
+    def __init__(self, monkeypatch):
+        self.reassigned = []
+        original = torch.nn.Module.__setattr__
+
+        def spy(module, name, value):
+            if name == "__class__":
+                self.reassigned.append((type(module).__name__, value.__name__))
+            original(module, name, value)
+
+        monkeypatch.setattr(torch.nn.Module, "__setattr__", spy)
+
+
+def test_builders_construct_the_static_classes_directly(monkeypatch):
+    for cls, ours in ((rb_d2.Detectron2ResNet, rb_d2.ResNet), (rb_d2.Detectron2FPN, RBFPN)):
+        assert cls.__module__ == "resnet_backbone.integrations.detectron2" and cls.__qualname__ == cls.__name__
+        assert getattr(importlib.import_module(cls.__module__), cls.__qualname__) is cls  # what pickle looks up
+        assert issubclass(cls, ours) and issubclass(cls, D2Backbone) and issubclass(cls, RBBackbone)
+    spy = _ClassAssignmentSpy(monkeypatch)
+    for kind, (_, _, top, bottom) in _KINDS.items():
+        cfg = _small_cfg(kind)
+        if kind == "c4":
+            cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res4"]
+        backbone = d2_build_backbone(cfg)
+        assert type(backbone) is getattr(rb_d2, top), kind
+        if bottom:
+            assert type(backbone.bottom_up) is getattr(rb_d2, bottom), kind
+        shapes = backbone.output_shape()
+        assert all(type(s).__module__.startswith("detectron2.") for s in shapes.values()), kind
+    assert spy.reassigned == []  # built as the right class, never re-classed
+    assert [s.stride for s in shapes.values()] == [8, 16, 32, 64, 128]  # retinanet: p3..p7
+
+
+def test_as_detectron2_backbone_gives_a_built_module_its_static_class(monkeypatch):
+    cfg = rb_get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    ours = rb_build_backbone(cfg).eval()
+    assert type(ours) is RBFPN
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = ours(x)
+    spy = _ClassAssignmentSpy(monkeypatch)  # also shows the spy above would see a re-classing
+    assert rb_d2.as_detectron2_backbone(ours) is ours
+    assert sorted(spy.reassigned) == [("FPN", "Detectron2FPN"), ("ResNet", "Detectron2ResNet")]
+    assert type(ours) is rb_d2.Detectron2FPN and type(ours.bottom_up) is rb_d2.Detectron2ResNet
+    assert rb_d2.as_detectron2_backbone(ours) is ours and len(spy.reassigned) == 2  # already done: no-op
+    copied = pickle.loads(pickle.dumps(ours))
+    assert type(copied) is rb_d2.Detectron2FPN
+    with torch.no_grad():
+        for got in (ours(x), copied(x)):
+            assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert all(torch.equal(v, before[k]) for k, v in copied.state_dict().items())
+
+    # a subclass of ours has no static detectron2 class: refused, and nothing inside it changed
+    from resnet_backbone.layers import ShapeSpec as RBShapeSpec
+    from resnet_backbone.modeling.backbone import ResNet, build_resnet_fpn_backbone
+
+    class MyFPN(RBFPN):
+        pass
+
+    mine = build_resnet_fpn_backbone(cfg, RBShapeSpec(channels=3), fpn_class=MyFPN)
+    with pytest.raises(TypeError, match="MyFPN"):
+        rb_d2.as_detectron2_backbone(mine)
+    assert type(mine) is MyFPN and type(mine.bottom_up) is ResNet
+    with pytest.raises(TypeError, match="not a resnet_backbone Backbone"):
+        rb_d2.as_detectron2_backbone(torch.nn.Conv2d(3, 3, 1))
+
+
+_OUR_BUILDERS = ("build_rb_resnet_backbone", "build_rb_resnet_fpn_backbone", "build_rb_retinanet_resnet_fpn_backbone")
+
+
+class _WatchedMap(dict):
+    """detectron2's registry dict that fails on any write made outside BACKBONE_REGISTRY.register()."""
+
+    def __init__(self, items, allowed):
+        super().__init__(items)
+        self.allowed = allowed
+        self.writes = []
+
+    def __setitem__(self, key, value):
+        if not self.allowed:
+            raise AssertionError(f"BACKBONE_REGISTRY._obj_map[{key!r}] written outside BACKBONE_REGISTRY.register()")
+        self.writes.append(key)
+        super().__setitem__(key, value)
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("BACKBONE_REGISTRY._obj_map changed outside BACKBONE_REGISTRY.register()")
+
+    __delitem__ = pop = popitem = update = setdefault = clear = _refuse
+
+
+def test_registration_goes_through_register_only_also_on_reload_and_reimport(monkeypatch):
+    import resnet_backbone.integrations as rb_integrations
+
+    module_name = rb_d2.__name__
+    with monkeypatch.context() as m:
+        allowed = []
+        watched = _WatchedMap(((k, v) for k, v in D2_REGISTRY if k not in _OUR_BUILDERS), allowed)
+        m.setattr(D2_REGISTRY, "_obj_map", watched)  # the test's own stand-in; the module must only call register()
+        real_register = D2_REGISTRY.register
+
+        def register(obj=None):
+            assert obj is not None, "expected register(fn), not the decorator form"
+            allowed.append(True)
+            try:
+                return real_register(obj)
+            finally:
+                allowed.pop()
+
+        m.setattr(D2_REGISTRY, "register", register)
+
+        # first import (names absent): each builder registered through register()
+        importlib.reload(rb_d2)
+        assert sorted(watched.writes) == sorted(_OUR_BUILDERS)
+        for name in _OUR_BUILDERS:
+            assert D2_REGISTRY.get(name) is getattr(rb_d2, name) and callable(D2_REGISTRY.get(name))
+        first = {name: D2_REGISTRY.get(name) for name in _OUR_BUILDERS}
+
+        # importing again: reload, then a fresh module object (removed from sys.modules, imported anew)
+        importlib.reload(rb_d2)
+        m.delitem(sys.modules, module_name)
+        m.setattr(rb_integrations, "detectron2", rb_d2)  # restored after the test, like sys.modules
+        fresh = importlib.import_module(module_name)
+        assert fresh is not rb_d2
+        fresh.register()
+        assert sorted(watched.writes) == sorted(_OUR_BUILDERS)  # no further write at all
+        for name in _OUR_BUILDERS:
+            assert D2_REGISTRY.get(name) is first[name] is getattr(fresh, name)
+        # the kept builders build the classes of the module that is imported now, so the result pickles
+        backbone = d2_build_backbone(_small_cfg("fpn"))
+        assert type(backbone) is fresh.Detectron2FPN and type(backbone.bottom_up) is fresh.Detectron2ResNet
+        assert type(pickle.loads(pickle.dumps(backbone))) is fresh.Detectron2FPN
+
+    importlib.reload(rb_d2)  # the real registry again: point this module's names at its entries
+    assert D2_REGISTRY.get("build_rb_resnet_fpn_backbone") is rb_d2.build_rb_resnet_fpn_backbone
+
+
+def test_register_refuses_a_name_taken_by_someone_else(monkeypatch):
+    def foreign(cfg, input_shape):
+        raise AssertionError("not to be called")
+
+    foreign.__name__ = foreign.__qualname__ = "build_rb_resnet_fpn_backbone"
+    taken = _WatchedMap(((k, v) for k, v in D2_REGISTRY), allowed=[])
+    dict.__setitem__(taken, "build_rb_resnet_fpn_backbone", foreign)  # as if another package registered it
+    monkeypatch.setattr(D2_REGISTRY, "_obj_map", taken)
+    with pytest.raises(RuntimeError, match="already has a 'build_rb_resnet_fpn_backbone' from .*will not overwrite"):
+        rb_d2.register()
+    assert D2_REGISTRY.get("build_rb_resnet_fpn_backbone") is foreign and taken.writes == []
+
+
+# --- whole detectron2 models holding our backbone: torch.save(model), torch.load in a new python process ---
+
+# Run in this process before saving and in the new process after loading (exec'd in both, so the two agree).
+_EXTRACT = '''
+import torch
+
+
+def extract(model, images, x):
+    with torch.no_grad():
+        outputs = model(images)
+        features = model.backbone(x)
+    result = {"feature." + k: v for k, v in features.items()}
+    for i, out in enumerate(outputs):
+        inst = out["instances"]
+        result[f"{i}.boxes"] = inst.pred_boxes.tensor
+        result[f"{i}.scores"] = inst.scores
+        result[f"{i}.classes"] = inst.pred_classes
+    return result
+'''
+
+_CHILD = _EXTRACT + '''
+import sys
+
+folder, threads, kinds = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+torch.set_num_threads(threads)
+imported_before = sorted(m for m in sys.modules if m.split(".")[0] in ("resnet_backbone", "detectron2"))
+inputs = torch.load(f"{folder}/inputs.pt", weights_only=True)
+result = {"imported_before_load": imported_before}
+for kind in kinds:
+    model = torch.load(f"{folder}/{kind}.pt", weights_only=False)  # the whole pickled model
+    result[kind] = extract(model, inputs["images"], inputs["x"])
+    result[kind + ".classes"] = [f"{type(m).__module__}.{type(m).__qualname__}"
+                                 for m in (model, model.backbone, getattr(model.backbone, "bottom_up", model.backbone))]
+from detectron2.modeling import BACKBONE_REGISTRY
+
+result["registered"] = sorted(k for k, _ in BACKBONE_REGISTRY if k.startswith("build_rb_"))
+torch.save(result, f"{folder}/outputs.pt")
+'''
+
+
+def _small_detector(kind):
+    cfg = _small_cfg(kind)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.RETINANET.NUM_CLASSES = 3
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0  # random init: RetinaNet's prior (0.01) sits below the 0.05 default
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
+    torch.manual_seed(0)
+    return _randomize_norms(d2_build_model(cfg)).eval()
+
+
+@pytest.fixture(scope="module")
+def pickled_in_new_process(tmp_path_factory):
+    """Each kind of detector: outputs before torch.save(model), and those of torch.load(...) in a new process."""
+    folder = tmp_path_factory.mktemp("d2_pickled")
+    g = torch.Generator().manual_seed(0)
+    images = [{"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
+              for h, w in ((64, 96), (56, 80))]
+    x = torch.randn(1, 3, 64, 64, generator=g) * 50
+    torch.save({"images": images, "x": x}, folder / "inputs.pt")
+    namespace = {}
+    exec(_EXTRACT, namespace)
+    before, classes = {}, {}
+    for kind in _KINDS:
+        model = _small_detector(kind)
+        before[kind] = namespace["extract"](model, images, x)
+        classes[kind] = [f"{type(m).__module__}.{type(m).__qualname__}"
+                         for m in (model, model.backbone, getattr(model.backbone, "bottom_up", model.backbone))]
+        torch.save(model, folder / f"{kind}.pt")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(folder), str(torch.get_num_threads()), ",".join(_KINDS)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=str(folder))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    after = torch.load(folder / "outputs.pt", weights_only=True)
+    return before, classes, after
+
+
+@pytest.mark.parametrize("kind", list(_KINDS))
+def test_whole_pickled_model_loads_in_a_new_process_with_the_same_outputs(kind, pickled_in_new_process):
+    before, classes, after = pickled_in_new_process
+    assert after["imported_before_load"] == []  # the new process imported nothing of ours or detectron2's itself
+    assert after["registered"] == sorted(_OUR_BUILDERS)  # unpickling imported the integration, which registered
+    _, _, top, bottom = _KINDS[kind]
+    module = "resnet_backbone.integrations.detectron2"
+    assert classes[kind][1:] == [f"{module}.{top}", f"{module}.{bottom or top}"]
+    assert after[kind + ".classes"] == classes[kind]
+    ours, theirs = before[kind], after[kind]
+    assert sorted(ours) == sorted(theirs)
+    assert len(ours["0.scores"]) > 0 and len(ours["1.scores"]) > 0  # there is something to compare
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), (kind, key, (ours[key] - theirs[key]).abs().max())

@@ -196,17 +196,22 @@ class FPN(Backbone):
         return dict(zip(self._out_features, results))
 
 
-def _resnet_bottom_up(cfg, input_shape: ShapeSpec) -> Backbone:
+def _resnet_bottom_up(cfg, input_shape: ShapeSpec, resnet_class: type | None) -> Backbone:
     from .resnet import build_resnet_backbone  # imported here: resnet.py registers itself on import
 
-    return build_resnet_backbone(cfg, input_shape)
+    return build_resnet_backbone(cfg, input_shape, resnet_class=resnet_class)
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """ResNet + FPN with P6 from max-pooling P5 (detectron2's builder of the same name; MODEL.FPN.* keys)."""
-    return FPN(
-        bottom_up=_resnet_bottom_up(cfg, input_shape),
+def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec, *, fpn_class: type[FPN] | None = None,
+                              resnet_class: type | None = None) -> FPN:
+    """ResNet + FPN with P6 from max-pooling P5 (detectron2's builder of the same name; MODEL.FPN.* keys).
+
+    `fpn_class` / `resnet_class` (default FPN / ResNet) are the classes built, subclasses taking the same
+    arguments (e.g. the detectron2-facing classes of resnet_backbone.integrations.detectron2).
+    """
+    return (fpn_class or FPN)(
+        bottom_up=_resnet_bottom_up(cfg, input_shape, resnet_class),
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
@@ -216,15 +221,19 @@ def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
 
 
 @BACKBONE_REGISTRY.register()
-def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """ResNet + FPN with RetinaNet's P6/P7 computed from C5 (detectron2's builder of the same name)."""
-    bottom_up = _resnet_bottom_up(cfg, input_shape)
+def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec, *, fpn_class: type[FPN] | None = None,
+                                        resnet_class: type | None = None) -> FPN:
+    """ResNet + FPN with RetinaNet's P6/P7 computed from C5 (detectron2's builder of the same name).
+
+    `fpn_class` / `resnet_class`: as for build_resnet_fpn_backbone.
+    """
+    bottom_up = _resnet_bottom_up(cfg, input_shape, resnet_class)
     if "res5" not in bottom_up.output_shape():
         raise ValueError("build_retinanet_resnet_fpn_backbone computes P6/P7 from res5; add 'res5' to "
                          "MODEL.RESNETS.OUT_FEATURES")
     in_channels_p6p7 = bottom_up.output_shape()["res5"].channels
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
+    return (fpn_class or FPN)(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,

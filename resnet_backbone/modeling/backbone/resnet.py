@@ -387,10 +387,13 @@ class ResNet(Backbone):
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> ResNet:
+def build_resnet_backbone(cfg, input_shape: ShapeSpec | None = None, *,
+                          resnet_class: type[ResNet] | None = None) -> ResNet:
     """ResNet from MODEL.RESNETS.* and MODEL.BACKBONE.FREEZE_AT (detectron2's builder of the same name).
 
     MODEL.RESNETS.NUM_CLASSES > 0 (ours) adds the classifier; its logits are the "linear" output.
+    `resnet_class` (default ResNet) is the class built: a subclass taking ResNet's arguments, e.g. the
+    detectron2-facing class of resnet_backbone.integrations.detectron2.
     """
     r = cfg.MODEL.RESNETS
     in_channels = input_shape.channels if input_shape is not None and input_shape.channels else 3
@@ -413,5 +416,5 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> ResNet:
         deform_num_groups=r.DEFORM_NUM_GROUPS,
         zero_init_residual=r.ZERO_INIT_RESIDUAL,
     )
-    return ResNet(stem, stages, num_classes=num_classes, out_features=out_features,
-                  freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return (resnet_class or ResNet)(stem, stages, num_classes=num_classes, out_features=out_features,
+                                    freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
