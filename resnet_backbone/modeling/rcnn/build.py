@@ -79,7 +79,7 @@ def check_rcnn_config(cfg) -> None:
     _require(rpn.LOSS_NORMALIZER in _LOSS_NORMALIZERS, "MODEL.RPN.LOSS_NORMALIZER", rpn.LOSS_NORMALIZER,
              f"choose from {', '.join(_LOSS_NORMALIZERS)}")
     _require(len(rpn.CONV_DIMS) >= 1 and all(int(d) == -1 or int(d) > 0 for d in rpn.CONV_DIMS),
-             "MODEL.RPN.CONV_DIMS", rpn.CONV_DIMS, "one width (or -1: the input's) per conv, at least one conv")
+             "MODEL.RPN.CONV_DIMS", rpn.CONV_DIMS, "one width per conv (-1: the previous width), at least one conv")
     _check_box_loss("MODEL.RPN", rpn)
     _require(rh.NAME == "StandardROIHeads", "MODEL.ROI_HEADS.NAME", rh.NAME,
              "only 'StandardROIHeads' (FPN); start from configs/Base-RCNN-FPN.yaml")

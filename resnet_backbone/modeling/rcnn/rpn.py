@@ -33,10 +33,12 @@ __all__ = ["RPNHead", "RPN"]
 
 class RPNHead(_TVRPNHead):
     """torchvision's RPNHead (names `conv.{k}.0`, `cls_logits`, `bbox_pred`) with one conv per entry of
-    `conv_dims` (detectron2's StandardRPNHead; -1 = the input's channels)."""
+    `conv_dims` (detectron2's StandardRPNHead; -1 = that conv's input channels, i.e. the previous width)."""
 
     def __init__(self, in_channels: int, num_anchors: int, conv_dims: list[int] = (-1,)):
-        dims = [in_channels if d == -1 else int(d) for d in conv_dims]
+        dims = []
+        for d in conv_dims:  # detectron2: -1 keeps the current width (the previous conv's, not the head's input)
+            dims.append((dims[-1] if dims else in_channels) if int(d) == -1 else int(d))
         if not dims or any(d <= 0 for d in dims):
             raise ValueError(f"MODEL.RPN.CONV_DIMS = {list(conv_dims)}: give one positive width (or -1) per conv")
         super().__init__(in_channels, num_anchors, conv_depth=len(dims))
