@@ -431,6 +431,17 @@ def _tv_frcnn(min_size: int, max_size: int, train: bool, depth: int = 50):
     return model.train(train)
 
 
+def _matching_detections(ours: dict, ref: dict, tol: float = 0.5) -> int:
+    """How many of our detections the reference also made: same class (ours are ids 0..89 for its 1..90) and
+    every box side within `tol` px. Counted as a set: with random weights many scores saturate and tie, and
+    ties may come out of NMS in another order."""
+    if not len(ours["boxes"]) or not len(ref["boxes"]):
+        return 0
+    close = (ours["boxes"][:, None, :] - ref["boxes"][None, :, :]).abs().amax(-1) <= tol
+    same = ours["labels"][:, None] + 1 == ref["labels"][None, :]
+    return int((close & same).any(dim=1).sum())
+
+
 def row_frcnn_infer(args) -> list[dict]:
     from resnet_backbone.modeling.meta_arch import build_model
 
@@ -458,11 +469,9 @@ def row_frcnn_infer(args) -> list[dict]:
             o, r = ours(ours_in)[0], tv(tv_in)[0]
             # what the RPN hands to the box head, in both: the same count by construction
             tv_images, _ = tv.transform(tv_in)
-        same = o["boxes"].shape == r["boxes"].shape
         extra = {"image": [h, w], "tv_transform_size": list(tv_images.tensors.shape[-2:]),
                  "detections_ours": int(o["boxes"].shape[0]), "detections_reference": int(r["boxes"].shape[0]),
-                 "max_box_diff_px_ours_vs_reference": float((o["boxes"] - r["boxes"]).abs().max()) if same and
-                 o["boxes"].numel() else None,
+                 "detections_matching_reference": _matching_detections(o, r),
                  "ours": "configs/COCO-Detection/faster_rcnn_R_50_FPN_torchvision.yaml (torchvision's function)",
                  "ours_detectron2_mode": "faster_rcnn_R_50_FPN_1x.yaml's semantics, same weights",
                  "settings": {"pre_nms_topk_test_per_level": 1000, "post_nms_topk_test": 1000, "score_thresh": 0.05,
