@@ -278,8 +278,10 @@ def _check_model(c: _Checker, world_size: int) -> None:
 
             try:
                 check_rcnn_config(cfg)
-            except ValueError as e:
-                c.problems.append(str(e))
+            except ValueError as e:  # unless a check above already named the key
+                key = str(e).split(" = ", 1)[0]
+                if not any(p.startswith((f"{key}:", f"{key} ")) for p in c.problems):
+                    c.problems.append(str(e))
     elif arch == "DETR":
         d = m.DETR
         if outputs is not None and "res5" not in outputs:
