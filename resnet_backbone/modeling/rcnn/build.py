@@ -9,7 +9,14 @@ from ...layers import ShapeSpec
 from ...layers.batch_norm import NORM_CHOICES
 from .anchors import AnchorGenerator
 from .losses import BOX_LOSS_TYPES
-from .roi_heads import RoIHeads, build_box_head, build_box_pooler, build_box_predictor
+from .roi_heads import (
+    RoIHeads,
+    build_box_head,
+    build_box_pooler,
+    build_box_predictor,
+    init_box_head,
+    init_box_predictor,
+)
 from .rpn import RPN, RPNHead
 
 __all__ = ["build_rpn", "build_roi_heads", "EDGE_RULES", "check_rcnn_config"]
@@ -163,12 +170,17 @@ def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
     pooler = build_box_pooler(in_features, strides, resolution, bh.POOLER_SAMPLING_RATIO,
                               aligned=_POOLER_TYPES[bh.POOLER_TYPE], edge_rules=cfg.MODEL.RCNN_EDGE_RULES)
     box_head, out_dim = build_box_head(channels, resolution, bh.NUM_CONV, bh.CONV_DIM, bh.NUM_FC, bh.FC_DIM, bh.NORM)
+    predictor = build_box_predictor(out_dim, rh.NUM_CLASSES)
+    # both built before either is initialised: the order in which the seeded init draws its random numbers,
+    # kept from the first release so that seeded runs (the README's measured demo) reproduce
+    init_box_head(box_head)
+    init_box_predictor(predictor)
     ious = list(rh.IOU_THRESHOLDS)
     bg_thresh, fg_thresh = (ious[0], ious[0]) if len(ious) == 1 else ious
     return RoIHeads(
         pooler,
         box_head,
-        build_box_predictor(out_dim, rh.NUM_CLASSES),
+        predictor,
         fg_iou_thresh=fg_thresh,
         bg_iou_thresh=bg_thresh,
         batch_size_per_image=rh.BATCH_SIZE_PER_IMAGE,

@@ -36,7 +36,8 @@ from torchvision.ops.poolers import LevelMapper
 from ...layers import ThreadedMultiScaleRoIAlign, get_norm
 from .losses import box_regression_loss
 
-__all__ = ["RoIHeads", "Detectron2LevelMapper", "build_box_pooler", "build_box_head"]
+__all__ = ["RoIHeads", "Detectron2LevelMapper", "build_box_pooler", "build_box_head", "build_box_predictor",
+           "init_box_head", "init_box_predictor"]
 
 
 class Detectron2LevelMapper:
@@ -70,7 +71,7 @@ def build_box_pooler(in_features: list[str], strides: list[int], resolution: int
 
 def build_box_head(in_channels: int, resolution: int, num_conv: int, conv_dim: int, num_fc: int, fc_dim: int,
                    norm: str) -> tuple[nn.Module, int]:
-    """(box head, its output width). detectron2's init: convs kaiming-normal fan_out, fcs kaiming-uniform a=1."""
+    """(box head, its output width), with PyTorch's default init: `init_box_head` gives it detectron2's."""
     if num_conv == 0 and num_fc == 2:
         head: nn.Module = TwoMLPHead(in_channels * resolution * resolution, fc_dim)
         out = fc_dim
@@ -79,6 +80,11 @@ def build_box_head(in_channels: int, resolution: int, num_conv: int, conv_dim: i
         head = FastRCNNConvFCHead((in_channels, resolution, resolution), [conv_dim] * num_conv, [fc_dim] * num_fc,
                                   norm_layer=norm_layer)
         out = fc_dim if num_fc else (conv_dim if num_conv else in_channels) * resolution * resolution
+    return head, out
+
+
+def init_box_head(head: nn.Module) -> None:
+    """detectron2's init: convs kaiming-normal fan_out, fcs kaiming-uniform a=1, biases 0."""
     for layer in head.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
@@ -88,18 +94,20 @@ def build_box_head(in_channels: int, resolution: int, num_conv: int, conv_dim: i
             continue
         if layer.bias is not None:
             nn.init.constant_(layer.bias, 0)
-    return head, out
 
 
 def build_box_predictor(in_dim: int, num_classes: int) -> FastRCNNPredictor:
     """torchvision's predictor (NUM_CLASSES + 1 scores, background 0; 4 deltas per class incl. background),
-    detectron2's init (scores N(0, 0.01), deltas N(0, 0.001), biases 0)."""
-    predictor = FastRCNNPredictor(in_dim, num_classes + 1)
+    with PyTorch's default init: `init_box_predictor` gives it detectron2's."""
+    return FastRCNNPredictor(in_dim, num_classes + 1)
+
+
+def init_box_predictor(predictor: FastRCNNPredictor) -> None:
+    """detectron2's init: scores N(0, 0.01), deltas N(0, 0.001), biases 0."""
     nn.init.normal_(predictor.cls_score.weight, std=0.01)
     nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
     for layer in (predictor.cls_score, predictor.bbox_pred):
         nn.init.constant_(layer.bias, 0)
-    return predictor
 
 
 class RoIHeads(_TVRoIHeads):

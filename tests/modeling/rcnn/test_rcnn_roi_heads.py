@@ -20,7 +20,7 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from resnet_backbone.config import get_cfg
 from resnet_backbone.layers import ShapeSpec
 from resnet_backbone.modeling.rcnn import build_roi_heads
-from resnet_backbone.modeling.rcnn.roi_heads import build_box_head
+from resnet_backbone.modeling.rcnn.roi_heads import build_box_head, init_box_head
 
 D2_REASON = "detectron2 is not installed (run with PYTHONPATH=/tmp/d2/src:/tmp/d2/site for the detectron2 checks)"
 K = 3  # foreground classes
@@ -300,6 +300,7 @@ def test_box_head_equals_detectron2(num_conv, num_fc, norm):
 
     torch.manual_seed(0)
     ours, out_dim = build_box_head(8, 7, num_conv, 32, num_fc, 24, norm)
+    init_box_head(ours)
     torch.manual_seed(0)
     ref = D2Head(D2ShapeSpec(channels=8, height=7, width=7), conv_dims=[32] * num_conv, fc_dims=[24] * num_fc,
                  conv_norm=norm)
