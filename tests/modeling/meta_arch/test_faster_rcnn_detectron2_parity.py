@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _parity import assert_same_detections  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 
 from resnet_backbone.checkpoint.checkpointer import Checkpointer
 from resnet_backbone.config import get_cfg
@@ -122,10 +123,7 @@ def test_same_detections(reference):
         out = ours(inputs)
     for o, r in zip(out, ref):
         assert len(r) == 100  # TEST.DETECTIONS_PER_IMAGE: at threshold 0 every image fills its quota
-        assert len(o["boxes"]) == len(r)
-        torch.testing.assert_close(o["boxes"], r.pred_boxes.tensor, atol=1e-3, rtol=0)
-        torch.testing.assert_close(o["scores"], r.scores, atol=1e-5, rtol=0)
-        assert torch.equal(o["labels"], r.pred_classes)
+        assert_same_detections(o["boxes"], o["scores"], o["labels"], r.pred_boxes.tensor, r.scores, r.pred_classes)
 
 
 def test_same_losses_for_the_same_samples(reference):

@@ -9,6 +9,7 @@ tests/data/test_resize_methods.py.
 """
 import pytest
 import torch
+from _parity import assert_same_detections  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -109,10 +110,8 @@ def test_same_detections(pair):
     coco_to_ours = {cid: c for c, cid in enumerate(COCO_CATEGORY_IDS)}
     for o, r in zip(out, ref):
         assert len(r["boxes"]) >= 5, "the reference must detect something for the comparison to mean anything"
-        assert len(o["boxes"]) == len(r["boxes"])
-        torch.testing.assert_close(o["boxes"], r["boxes"], atol=1e-3, rtol=0)
-        torch.testing.assert_close(o["scores"], r["scores"], atol=1e-5, rtol=0)
-        assert o["labels"].tolist() == [coco_to_ours[int(c)] for c in r["labels"]]
+        ref_labels = torch.tensor([coco_to_ours[int(c)] for c in r["labels"]])
+        assert_same_detections(o["boxes"], o["scores"], o["labels"], r["boxes"], r["scores"], ref_labels)
 
 
 def test_same_losses_with_every_candidate_sampled(pair):
