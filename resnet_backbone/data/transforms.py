@@ -32,7 +32,7 @@ Resize (INPUT.RESIZE_METHOD; ResizeShortestEdge sizes, ResizeTransform pixels), 
   sides floor(side * scale), F.interpolate(bilinear, align_corners=False) on the float image; the image comes
   out float32 on the 0-255 scale (not rounded; the detectors normalise any float input with PIXEL_MEAN/STD),
   boxes scaled as resize_boxes (float32 ratios). Transforms after it (flip, rotation, pad) keep the float.
-Masks are resized nearest by v2 for all three. The large-scale jitter's ResizeScale uses "bilinear".
+Masks are resized nearest by v2 for all three. The large-scale jitter's ResizeScale follows the method too.
 
 Still hand-written (v2 has no equivalent with this module's geometry): rotation (`RotationTransform`, cv2
 warpAffine with the canvas-expansion rule and pixel-centre convention of this module; v2's rotate sizes the
@@ -239,7 +239,7 @@ class ResizeTransform(Transform):
       (bilinear: PIL's filter, which antialiases when shrinking), uint8 out; a floating image through
       F.interpolate (align_corners=False, no antialiasing), keeping its dtype, as detectron2 does (PIL has no
       float bilinear); other dtypes are refused.
-    - "bilinear" (the default here; ResizeScale uses it): v2.functional.resize without antialiasing, dtype kept
+    - "bilinear" (the default of this class and of ResizeScale): v2.functional.resize without antialiasing, dtype kept
       (the behaviour this module always had).
     - "torchvision": GeneralizedRCNNTransform's resize: the image becomes float32 (a floating one keeps its dtype),
       on the same 0-255 scale, not rounded, and is resized by F.interpolate(bilinear, align_corners=False) to
@@ -636,11 +636,11 @@ class RandomCrop(Augmentation):
 
 class ResizeScale(Augmentation):
     """Large-scale jitter, step 1 (detectron2's ResizeScale): draw s uniformly in [min_scale, max_scale] and
-    resize, keeping the aspect ratio, to fit in (s * target_height, s * target_width). Resizes with
-    ResizeTransform's "bilinear" method (v2, dtype kept) whatever INPUT.RESIZE_METHOD says."""
+    resize, keeping the aspect ratio, to fit in (s * target_height, s * target_width), with ResizeTransform's
+    `method` (build_augmentation passes INPUT.RESIZE_METHOD; detectron2's ResizeScale resizes with PIL, "pil")."""
 
     def __init__(self, min_scale: float, max_scale: float, target_height: int, target_width: int,
-                 interp: InterpolationMode = InterpolationMode.BILINEAR):
+                 interp: InterpolationMode = InterpolationMode.BILINEAR, method: str = "bilinear"):
         if not (0 < float(min_scale) <= float(max_scale)):
             raise ValueError(f"INPUT.LSJ.SCALE_RANGE must be (min, max) with 0 < min <= max, "
                              f"got ({min_scale}, {max_scale})")
@@ -648,6 +648,7 @@ class ResizeScale(Augmentation):
             raise ValueError(f"INPUT.LSJ.SIZE must be positive, got ({target_height}, {target_width})")
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         self.target_height, self.target_width, self.interp = int(target_height), int(target_width), interp
+        self.method = _check_resize_method(method)
 
     def get_transform(self, image, rng=None):
         h, w = _hw(image)
@@ -656,7 +657,7 @@ class ResizeScale(Augmentation):
         new_h, new_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
         if (new_h, new_w) == (h, w):
             return NoOpTransform()
-        return ResizeTransform(h, w, new_h, new_w, self.interp)
+        return ResizeTransform(h, w, new_h, new_w, self.interp, method=self.method)
 
 
 class FixedSizeCrop(Augmentation):
@@ -762,8 +763,7 @@ def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
         if len(list(lsj.SCALE_RANGE)) != 2:
             raise ValueError(f"INPUT.LSJ.SCALE_RANGE must be (min, max), got {lsj.SCALE_RANGE}")
         lo, hi = lsj.SCALE_RANGE
-        # ResizeScale resizes "bilinear" (v2, uint8 out) whatever INPUT.RESIZE_METHOD says
-        return augs + flips + [ResizeScale(lo, hi, size[0], size[1]),
+        return augs + flips + [ResizeScale(lo, hi, size[0], size[1], method=method),
                                FixedSizeCrop(size, pad=True, pad_value=lsj.PAD_VALUE)]
     if cfg.INPUT.CROP.ENABLED:  # crop first, then resize (as detectron2)
         augs.append(RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))

@@ -251,17 +251,25 @@ def test_build_augmentation_uses_the_method_and_refuses_unknown():
         ResizeShortestEdge(800, 1333, method="PIL")
 
 
-def test_lsj_resize_stays_bilinear():
+@pytest.mark.parametrize("method,dtype", [("pil", torch.uint8), ("bilinear", torch.uint8),
+                                          ("torchvision", torch.float32)])
+def test_lsj_resize_follows_the_resize_method(method, dtype):
+    """INPUT.RESIZE_METHOD reaches the large-scale jitter's resize too (detectron2's ResizeScale resizes with PIL):
+    the key is not ignored when INPUT.LSJ.ENABLED."""
     cfg = get_cfg()
-    cfg.INPUT.RESIZE_METHOD = "torchvision"
+    cfg.INPUT.RESIZE_METHOD = method
     cfg.INPUT.LSJ.ENABLED = True
     cfg.INPUT.LSJ.SIZE = [64, 64]
     augs = build_augmentation(cfg, True)
     scale = [a for a in augs if isinstance(a, ResizeScale)][0]
     tfm = scale.get_transform(np.zeros((50, 70, 3), np.uint8), np.random.default_rng(0))
-    assert tfm.method == "bilinear"
+    assert tfm.method == method
     out, _ = apply_augmentations_v2(augs, to_tv_image(_image(50, 70)), np.random.default_rng(1))
-    assert out.dtype == torch.uint8
+    assert out.dtype == dtype and tuple(out.shape[-2:]) == (64, 64)
+    if method == "pil":  # the resized pixels are PIL's
+        img = _image(50, 70)
+        ref = np.asarray(Image.fromarray(img).resize((tfm.new_w, tfm.new_h), Image.BILINEAR))
+        assert np.array_equal(np.asarray(tfm.apply_image(img)), ref)
 
 
 def test_photometric_refuses_float_images():
