@@ -479,9 +479,13 @@ class Checkpointer:
         """Weights only: our checkpoints / whole-model state dicts directly, a whole detectron2 / torchvision
         Faster R-CNN (into our FasterRCNN) via detector_converters, anything else via converters.
         allow_partial=False: a CheckpointError (nothing loaded) unless the file covers every model tensor."""
-        data = None
+        data = None  # read once here; the detector and backbone converters take the loaded object
         if path.endswith((".pth", ".pt", ".pth.tar", ".bin")):
             data = self._read(path)
+        elif path.endswith(".pkl"):
+            from .safe_pickle import load_checkpoint_file
+
+            data = load_checkpoint_file(path, trust=False)
         if self._load_whole_detector(path, data, allow_partial):
             return
         if isinstance(data, dict):
@@ -491,6 +495,8 @@ class Checkpointer:
             # ours by the tag; a plain state dict when its names are the model's (all of them in the model, or
             # at least half the model's): loading it through the converters would give the same names
             names_fit = bool(tensors) and (set(tensors) <= set(own) or len(set(tensors) & set(own)) >= 0.5 * len(own))
+            if path.endswith(".pkl"):  # model-zoo / Caffe2 pickles hold numpy arrays: always the converters
+                names_fit = False
             if is_own_checkpoint(data) or names_fit:
                 logger.info("Loading model weights from %s", path)
                 if is_own_checkpoint(data):
@@ -501,7 +507,7 @@ class Checkpointer:
                 self._check_num_classes(tensors, path)
                 self._load_model_state(tensors, path, strict=False, allow_partial=allow_partial)
                 return
-        self._load_with_converters(path, allow_partial=allow_partial)
+        self._load_with_converters(path, allow_partial=allow_partial, data=data)
 
     def _check_num_classes(self, state: dict, path: str) -> None:
         """A box predictor for another class count than our FasterRCNN's: CheckpointError naming the config key."""
@@ -519,10 +525,6 @@ class Checkpointer:
 
         if not detector_converters.is_faster_rcnn_model(self.model):
             return False
-        if data is None and path.endswith(".pkl"):
-            from .safe_pickle import load_checkpoint_file
-
-            data = load_checkpoint_file(path, trust=False)
         if not isinstance(data, dict) or is_own_checkpoint(data):
             return False
         found = detector_converters.identify_detector(data)
@@ -570,13 +572,14 @@ class Checkpointer:
             f"trained with (e.g. MODEL.RESNETS.DEPTH), or pass {ALLOW_PARTIAL_FLAG} (allow_partial=True) to use it "
             "anyway")
 
-    def _load_with_converters(self, path: str, allow_partial: bool = True) -> None:
+    def _load_with_converters(self, path: str, allow_partial: bool = True, data=None) -> None:
+        """`data`: the file's contents when load_weights already read them (None: the converters read `path`)."""
         from . import converters
 
         logger.info("Loading backbone weights from %s (converted)", path)
         target = self.model
         backup = None if allow_partial else {k: v.detach().clone() for k, v in target.state_dict().items()}
-        result = converters.load_backbone_weights(target, path)
+        result = converters.load_backbone_weights(target, path if data is None else data, name=path)
         if not allow_partial:
             loaded = set(getattr(result, "loaded_keys", ()))
             own_keys = [k for k in backup if not k.endswith("num_batches_tracked")]

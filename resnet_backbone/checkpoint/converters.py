@@ -368,10 +368,12 @@ def find_resnet_prefix(module: nn.Module) -> str:
 
 
 def load_backbone_weights(module: nn.Module, path_or_state, prefix: str | None = None, trust: bool = False,
-                          source: str = "auto") -> LoadResult:
-    """Convert and load ResNet weights into `module`; see the module docstring for the contract."""
-    name = os.fspath(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else "<in-memory checkpoint>"
-    converted = convert_checkpoint(path_or_state, source=source, trust=trust)
+                          source: str = "auto", name: str | None = None) -> LoadResult:
+    """Convert and load ResNet weights into `module`; see the module docstring for the contract. `name`: what
+    messages call an already loaded object (the Checkpointer passes the file it read it from)."""
+    if name is None:
+        name = os.fspath(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else "<in-memory checkpoint>"
+    converted = convert_checkpoint(path_or_state, source=source, trust=trust, name=name)
     if prefix is None:
         prefix = find_resnet_prefix(module)
     target = module.state_dict()
