@@ -246,7 +246,7 @@ def _check_model(c: _Checker, world_size: int) -> None:
             if len(v) not in (1, n_levels):
                 c.add(f"{key} / MODEL.RPN.IN_FEATURES", f"{len(v)} entries for {n_levels} RPN level(s); give one "
                       "(shared) or one per level")
-            levels = [list(x) if isinstance(x, (list, tuple)) else [x] for x in v]  # faster_rcnn._per_level
+            levels = [list(x) if isinstance(x, (list, tuple)) else [x] for x in v]  # rcnn/build._per_level
             bad = [x for lv in levels for x in lv if not _is_num(x) or not math.isfinite(x) or x <= 0]
             if bad:  # a negative size or ratio builds anchors that train without error, on nonsense
                 c.add(key, f"every value must be a finite number > 0, got {bad} in {v}")

@@ -1,10 +1,10 @@
 """ThreadedMultiScaleRoIAlign must give torchvision's MultiScaleRoIAlign results exactly, threaded or not."""
-import contextlib
 import math
 
 import pytest
 import torch
 import torchvision
+from _threads import num_threads
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
@@ -13,16 +13,6 @@ from resnet_backbone.layers import roi_align as roi_align_module
 
 NAMES = ["p2", "p3", "p4", "p5"]
 STRIDES = [4, 8, 16, 32]
-
-
-@contextlib.contextmanager
-def num_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _poolers(sampling_ratio=2):

@@ -2,11 +2,11 @@
 (detectron2's assign_boxes_to_levels, torchvision's LevelMapper), a box on which the two rules disagree, and
 aligned (ROIAlignV2) pooling against torchvision's roi_align(aligned=True) and detectron2's ROIPooler, on the
 threaded and the serial path."""
-import contextlib
 import math
 
 import pytest
 import torch
+from _threads import num_threads
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import LevelMapper
 
@@ -19,16 +19,6 @@ STRIDES = [4, 8, 16, 32]
 # sqrt(area) 223.99995: log2(s / 224) = -3.2e-7. detectron2: floor(4 + log2(s / 224 + 1e-8)) = 3;
 # torchvision: floor(4 + log2(s / 224) + 1e-6) = 4
 EDGE_SIDE = 223.99995
-
-
-@contextlib.contextmanager
-def num_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _boxes(num_images=2, per_image=40, size=256, seed=0):
