@@ -34,25 +34,37 @@ def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
 
 
-class TransformerEncoderLayer(nn.Module):
-    """Self-attention + feed-forward, post-norm (default) or pre-norm. Tensors are (S, B, C)."""
+class _Layer(nn.Module):
+    """What both layer kinds share: `attentions` multi-head attentions (self_attn, then multihead_attn), the
+    feed-forward linear1 -> activation -> dropout -> linear2, and one LayerNorm + dropout per sub-block
+    (norm1 / dropout1, ...). Attribute names are the official checkpoint's."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str = "relu", normalize_before: bool = False):
+    def __init__(self, attentions: int, d_model: int, nhead: int, dim_feedforward: int, dropout: float,
+                 activation: str, normalize_before: bool):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        if attentions == 2:
+            self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        for i in range(1, attentions + 2):  # one per attention + the feed-forward
+            setattr(self, f"norm{i}", nn.LayerNorm(d_model))
+        for i in range(1, attentions + 2):
+            setattr(self, f"dropout{i}", nn.Dropout(dropout))
         self.activation = _activation(activation)
         self.normalize_before = normalize_before
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+
+class TransformerEncoderLayer(_Layer):
+    """Self-attention + feed-forward, post-norm (default) or pre-norm. Tensors are (S, B, C)."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation: str = "relu", normalize_before: bool = False):
+        super().__init__(1, d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
 
     def forward(self, src: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None,
                 pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,28 +82,12 @@ class TransformerEncoderLayer(nn.Module):
         return src
 
 
-class TransformerDecoderLayer(nn.Module):
+class TransformerDecoderLayer(_Layer):
     """Self-attention over queries, cross-attention to the encoder memory, feed-forward. Tensors (L, B, C)."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: str = "relu", normalize_before: bool = False):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
-        self.activation = _activation(activation)
-        self.normalize_before = normalize_before
-
-    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        super().__init__(2, d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor,
                 memory_key_padding_mask: torch.Tensor | None = None, pos: torch.Tensor | None = None,
