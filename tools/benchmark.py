@@ -280,7 +280,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------------ models
 def _fast_cfg(cfg):
+    """Every fast path for cfg.MODEL.DEVICE: folded norms, channels_last and, on the CPU, prepacked oneDNN convs."""
     cfg.MODEL.FUSE_FROZEN_BN = True
+    cfg.MODEL.MKLDNN_PREPACK = torch.device(cfg.MODEL.DEVICE).type == "cpu"
     cfg.MODEL.CHANNELS_LAST = True
     return cfg
 
@@ -357,7 +359,8 @@ def row_backbone(args, bf16: bool) -> dict:
     dev = args.device
     batch, size = (2, 64) if args.quick else (8, 224)
     ours_plain, trunk = build_backbone_pair(dev, args.depth)
-    ours = optimize_for_inference(copy.deepcopy(ours_plain), fuse_bn=True, channels_last=True)
+    ours = optimize_for_inference(copy.deepcopy(ours_plain), fuse_bn=True, channels_last=True,
+                                  mkldnn=torch.device(dev).type == "cpu")
     x = torch.randn(batch, 3, size, size, device=dev)
     with torch.inference_mode():
         ref_out = trunk(x)
@@ -450,8 +453,9 @@ def row_frcnn_infer(args) -> list[dict]:
     tv = _tv_frcnn(min(sizes[0]), max(sizes[0]), train=False, depth=args.depth).to(dev)
     models = {}
     for convention in ("torchvision", "detectron2"):
-        cfg = _fast_cfg(frcnn_cfg(args.depth, convention=convention))
+        cfg = frcnn_cfg(args.depth, convention=convention)
         cfg.MODEL.DEVICE = dev
+        _fast_cfg(cfg)
         model = build_model(cfg).eval()
         copy_torchvision_detector_weights(model, tv)  # torchvision convention: the same function as tv
         models[convention] = optimize_for_inference(model, cfg)
@@ -589,7 +593,7 @@ def row_gemm(args) -> dict:
     flops.unsupported_ops_warnings(False)
     flops.uncalled_modules_warnings(False)
     conv_macs = flops.by_operator().get("conv", 0)
-    ours = optimize_for_inference(ours_plain, fuse_bn=True, channels_last=True)
+    ours = optimize_for_inference(ours_plain, fuse_bn=True, channels_last=True, mkldnn=torch.device(dev).type == "cpu")
     not_native = low_precision_not_native(args)
     fns = {"ours": _inference(lambda: ours(x), device=dev),
            "gemm_fp32": _inference(lambda: torch.mm(a, b), device=dev)}

@@ -4,7 +4,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FrozenBatchNorm2d", "get_norm", "NORM_CHOICES"]
+__all__ = ["FrozenBatchNorm2d", "get_norm", "NORM_CHOICES", "batch_norm_scale_shift"]
+
+
+def batch_norm_scale_shift(weight: torch.Tensor | None, bias: torch.Tensor | None, running_mean: torch.Tensor,
+                           running_var: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) with batch_norm(x) == x * scale + shift under constant statistics: the one
+    formula for FrozenBatchNorm2d and for folding a norm into a conv (modeling/fast_paths). weight / bias None
+    (a BatchNorm2d without affine) count as 1 / 0."""
+    scale = (running_var + eps).rsqrt()
+    if weight is not None:
+        scale = weight * scale
+    shift = -(running_mean * scale) if bias is None else bias - running_mean * scale
+    return scale, shift
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -26,9 +38,7 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
     def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return scale, shift
+        return batch_norm_scale_shift(self.weight, self.bias, self.running_mean, self.running_var, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.scale_and_shift()

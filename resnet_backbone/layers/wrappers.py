@@ -7,6 +7,13 @@ from torch import nn
 from .batch_norm import FrozenBatchNorm2d
 
 
+def fold_scale_shift(weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor,
+                     shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of the conv that computes conv(x, weight, bias) * scale + shift (per output channel): the
+    one way a norm is folded into a conv, per call here and once for inference in modeling/fast_paths."""
+    return weight * scale.reshape(-1, 1, 1, 1), (shift if bias is None else bias * scale + shift)
+
+
 class Conv2d(nn.Conv2d):
     """nn.Conv2d with optional `norm` and `activation` applied after the convolution.
 
@@ -27,9 +34,7 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.norm, FrozenBatchNorm2d):
             scale, shift = (t.to(self.weight.dtype) for t in self.norm.scale_and_shift())
-            weight = self.weight * scale.reshape(-1, 1, 1, 1)
-            bias = shift if self.bias is None else self.bias * scale + shift
-            x = self._conv_forward(x, weight, bias)
+            x = self._conv_forward(x, *fold_scale_shift(self.weight, self.bias, scale, shift))
         else:
             x = self._conv_forward(x, self.weight, self.bias)
             if self.norm is not None:

@@ -9,13 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_backbone.config import get_cfg
+from resnet_backbone.config import ConfigError, get_cfg
+from resnet_backbone.config.validate import find_cfg_problems
 from resnet_backbone.layers import Conv2d, FrozenBatchNorm2d
 from resnet_backbone.modeling.backbone import build_backbone
+from resnet_backbone.modeling.backbone.resnet import FusedResidualBlock, FusedStem
 from resnet_backbone.modeling.fast_paths import (
     MkldnnConv2d,
     autocast_dtype,
-    compile_model,
+    fast_path_problems,
     fuse_conv_frozen_bn,
     inference_autocast,
     mkldnn_available,
@@ -136,8 +138,8 @@ def test_channels_last_parity(r50_and_ref):
 def test_prepack_mkldnn_resnet50_parity(r50_and_ref):
     model, x, ref = r50_and_ref
     fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=False, mkldnn=True)
-    assert type(fast.res2[0]).__name__ == "_FusedResidualBlock"
-    assert type(fast.stem).__name__ == "_FusedStem"
+    assert type(fast.res2[0]) is FusedResidualBlock
+    assert type(fast.stem) is FusedStem
     assert not any(isinstance(m, (nn.Conv2d, FrozenBatchNorm2d)) for m in fast.modules())
     assert fast.output_shape() == model.output_shape()
     out = _run(fast, x)
@@ -386,6 +388,8 @@ def test_cuda_autocast_and_channels_last(dtype):
     ref = _run(model, x)
     fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=True)
     assert not any(isinstance(m, MkldnnConv2d) for m in fast.modules())  # oneDNN prepack is CPU only
+    with pytest.raises(ValueError, match="CPU only"):
+        optimize_for_inference(copy.deepcopy(model), mkldnn=True)
     with torch.inference_mode(), inference_autocast("cuda", dtype):
         out = fast(x)
     for k in ref:
@@ -402,27 +406,147 @@ def test_optimize_for_inference_reads_config(r50_and_ref):
     cfg.MODEL.CHANNELS_LAST = True
     m = optimize_for_inference(copy.deepcopy(model), cfg)
     assert not any(isinstance(c, FrozenBatchNorm2d) for c in m.modules())
+    assert not any(isinstance(c, MkldnnConv2d) for c in m.modules())  # folding does not prepack
+    assert m.res5[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    cfg.MODEL.MKLDNN_PREPACK = True
+    packed = optimize_for_inference(copy.deepcopy(model), cfg)
     if mkldnn_available():
-        assert any(isinstance(c, MkldnnConv2d) for c in m.modules())
-    out = _run(m, x)
-    for k in ref:
-        assert _rel_err(out[k], ref[k]) < 1e-5, k
+        assert type(packed.res5[0]) is FusedResidualBlock
+    for fast in (m, packed):
+        out = _run(fast, x)
+        for k in ref:
+            assert _rel_err(out[k], ref[k]) < 1e-5, k
     assert "COMPILE" in cfg.MODEL and cfg.MODEL.COMPILE is False
 
 
-def test_compile_switch_parity():
+def _conv_kinds(model: nn.Module) -> set[str]:
+    return {type(m).__name__ for m in model.modules() if isinstance(m, (nn.Conv2d, MkldnnConv2d))}
+
+
+def test_fuse_frozen_bn_alone_folds_and_leaves_convs_as_convs(r50_and_ref):
+    model, x, ref = r50_and_ref
+    cfg = get_cfg()
+    cfg.MODEL.FUSE_FROZEN_BN = True
+    fast = optimize_for_inference(copy.deepcopy(model), cfg)
+    assert _conv_kinds(fast) == {"Conv2d"} and all(type(m) is Conv2d for m in fast.modules()
+                                                   if isinstance(m, nn.Conv2d))
+    assert all(m.norm is None for m in fast.modules() if isinstance(m, Conv2d))
+    assert type(fast.stem).__name__ == "BasicStem" and type(fast.res2[0]).__name__ == "BottleneckBlock"
+    assert fast.stem.conv1.weight.is_contiguous()  # CHANNELS_LAST is its own key
+    out = _run(fast, x)
+    for k in ref:
+        assert _rel_err(out[k], ref[k]) < 1e-5, k
+
+
+@needs_mkldnn
+def test_mkldnn_prepack_alone_prepacks_a_model_without_norms():
+    torch.manual_seed(0)
+    model = _resnet(18, norm="", freeze_at=0)
+    x = torch.randn(1, 3, 64, 64)
+    ref = _run(model, x)
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.NORM = ""
+    cfg.MODEL.MKLDNN_PREPACK = True
+    assert fast_path_problems(cfg) == []
+    fast = optimize_for_inference(copy.deepcopy(model), cfg)
+    assert _conv_kinds(fast) == {"MkldnnConv2d"}
+    assert type(fast.stem) is FusedStem and all(type(b) is FusedResidualBlock for s in fast.stages for b in s)
+    assert fast.res2[0].conv1.weight.is_contiguous()  # not channels_last: that is MODEL.CHANNELS_LAST
+    out = _run(fast, x)
+    for k in ref:
+        assert _rel_err(out[k], ref[k]) < 1e-5, k
+
+
+def test_mkldnn_prepack_refused_off_the_cpu_and_over_unfolded_norms():
+    cfg = get_cfg()
+    cfg.MODEL.MKLDNN_PREPACK = True
+    cfg.MODEL.FUSE_FROZEN_BN = True
+    assert fast_path_problems(cfg) == []
+    cfg.MODEL.DEVICE = "cuda"
+    (problem,) = fast_path_problems(cfg)
+    assert problem.startswith("MODEL.MKLDNN_PREPACK:") and "CPU only" in problem and "'cuda'" in problem
+    assert problem in find_cfg_problems(cfg, 1, model=False)  # validate_cfg refuses it before anything is written
+    with pytest.raises(ConfigError, match=r"MODEL\.MKLDNN_PREPACK: .*CPU only"):
+        optimize_for_inference(nn.Sequential(nn.Conv2d(3, 4, 1)), cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.FUSE_FROZEN_BN = False  # FrozenBN convs cannot be prepacked unless folded first
+    (problem,) = fast_path_problems(cfg)
+    assert problem.startswith("MODEL.MKLDNN_PREPACK:") and "MODEL.FUSE_FROZEN_BN" in problem and "FrozenBN" in problem
+    cfg.MODEL.RESNETS.NORM = "GN"  # nothing to fold: prepacking the norm-free convs is all it can do
+    assert fast_path_problems(cfg) == []
+    # a model whose tensors live elsewhere: refused, naming the key (from the config) or the argument
+    off_cpu = nn.Sequential(nn.Conv2d(3, 4, 1, device="meta"))
+    with pytest.raises(ConfigError, match=r"MODEL\.MKLDNN_PREPACK: .*the model is on meta"):
+        optimize_for_inference(off_cpu, cfg)
+    with pytest.raises(ValueError, match=r"mkldnn=True\): .*CPU only, and the model is on meta"):
+        optimize_for_inference(off_cpu, mkldnn=True)
+
+
+def test_prepack_without_onednn_warns_and_leaves_the_model(monkeypatch, caplog):
+    from resnet_backbone.modeling.fast_paths import mkldnn as mkldnn_pass
+
+    monkeypatch.setattr(mkldnn_pass, "mkldnn_available", lambda: False)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()).eval()
+    with caplog.at_level("WARNING", logger=mkldnn_pass.__name__):
+        assert optimize_for_inference(model, mkldnn=True) is model
+    assert _conv_kinds(model) == {"Conv2d"}
+    assert "no oneDNN" in caplog.text and "unchanged" in caplog.text
+
+
+@needs_mkldnn
+def test_prepack_alone_over_frozen_bn_says_what_stayed_unpacked(caplog):
+    model = _resnet(18)
+    with caplog.at_level("WARNING", logger="resnet_backbone.modeling.fast_paths.mkldnn"):
+        prepack_mkldnn(model)
+    n_convs = sum(1 for m in model.modules() if isinstance(m, Conv2d))
+    assert _conv_kinds(model) == {"Conv2d"}
+    assert f"{n_convs} convs carry a norm that could be folded" in caplog.text
+
+
+def test_packed_kernel_or_reference_on_each_cpu_kind():
+    """Every branch of MkldnnConv2d's choice, on any machine: AMX / AVX512-BF16 CPUs run bf16 through oneDNN's
+    packed kernels, AVX2-only ones (oneDNN without bf16 kernels) through F.conv2d; fp32 is packed on both."""
+    x = torch.randn(1, 3, 8, 8)
+    for bf16_kernels in (True, False):
+        with override_machine(cpu_bf16_kernels=bf16_kernels), torch.no_grad():
+            assert MkldnnConv2d.uses_packed_kernel(x)
+            assert MkldnnConv2d.uses_packed_kernel(x.bfloat16()) is bf16_kernels
+            assert not MkldnnConv2d.uses_packed_kernel(x.half())
+            assert not MkldnnConv2d.uses_packed_kernel(torch.randn(1, 3, 8, 8, device="meta"))
+    with torch.enable_grad():  # autograd recording through the input or the added map: the reference
+        assert not MkldnnConv2d.uses_packed_kernel(x.clone().requires_grad_())
+        assert not MkldnnConv2d.uses_packed_kernel(x, torch.zeros(1, 3, 8, 8, requires_grad=True))
+        assert MkldnnConv2d.uses_packed_kernel(x)
+
+
+def test_compile_switch_compiles_the_model_it_returns(monkeypatch):
+    """MODEL.COMPILE: the object optimize_for_inference returns is the compiled form of the model it was given,
+    and running it runs dynamo's capture (a counting backend stands in for inductor; inductor: the slow test)."""
     torch.manual_seed(0)
     model = nn.Sequential(Conv2d(3, 8, 3, padding=1, norm=FrozenBatchNorm2d(8), activation=nn.ReLU()),
                           Conv2d(8, 4, 1)).eval()
+    _randomize_norms(model)
     x = torch.randn(1, 3, 16, 16)
     ref = _run(model, x)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, **{**kw, "backend": counting_backend}))
+    torch._dynamo.reset()
     cfg = get_cfg()
     cfg.MODEL.COMPILE = True
-    compiled = optimize_for_inference(copy.deepcopy(model), cfg)
-    assert hasattr(compiled, "_orig_mod")
-    # the "eager" backend exercises dynamo's capture without a C++ toolchain; inductor is the slow test below
-    eager_compiled = compile_model(copy.deepcopy(model), backend="eager")
-    torch.testing.assert_close(_run(eager_compiled, x), ref)
+    cfg.MODEL.FUSE_FROZEN_BN = True
+    target = copy.deepcopy(model)
+    compiled = optimize_for_inference(target, cfg)
+    assert compiled is not target and compiled._orig_mod is target
+    assert target[0].norm is None  # the fast paths before compile were applied to the same object
+    assert graphs == []
+    torch.testing.assert_close(_run(compiled, x), ref, rtol=1e-5, atol=1e-5)
+    assert len(graphs) >= 1  # the returned object ran compiled
 
 
 @pytest.mark.slow
@@ -434,5 +558,6 @@ def test_compile_inductor_parity():
     model.eval()
     x = torch.randn(1, 3, 16, 16)
     ref = _run(model, x)
-    compiled = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, compile=True)
+    # prepacked convs under inductor too: MODEL.MKLDNN_PREPACK and MODEL.COMPILE go together
+    compiled = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, mkldnn=mkldnn_available(), compile=True)
     torch.testing.assert_close(_run(compiled, x), ref, rtol=1e-4, atol=1e-4)

@@ -15,6 +15,10 @@ Faster R-CNN) or `LastLevelP6P7` (RetinaNet's P6/P7).
 
 Module names follow detectron2 (`bottom_up`, `fpn_lateral2`, `fpn_output2`, ..., `top_block`), so a
 detectron2 checkpoint's FPN weights load by name.
+
+Fused inference form (modeling/fast_paths/fusion.py): `fuse_for_inference(fuse_conv)` makes every lateral conv but
+the coarsest add the upsampled coarser level inside the conv; forward() then calls them as `lateral(feat, top_down)`,
+and only then.
 """
 from __future__ import annotations
 
@@ -95,6 +99,9 @@ class FPN(Backbone):
         square_pad: if > 0, detectors pad inputs to this square size (kept in `padding_constraints`).
     """
 
+    # True once fuse_for_inference installed laterals that take the top-down add (class default: older pickles)
+    _lateral_add_fused = False
+
     def __init__(self, bottom_up: Backbone, in_features: list[str], out_channels: int, norm: str = "",
                  top_block: nn.Module | None = None, fuse_type: str = "sum", square_pad: int = 0):
         super().__init__()
@@ -139,7 +146,7 @@ class FPN(Backbone):
             self.add_module(f"fpn_output{stage}", output)
             stages.append(stage)
         # Stages coarsest first, the order the top-down pass visits them. forward() looks the convs up by name
-        # every time, so a conv swapped for another module (e.g. fast_paths.prepack_mkldnn) is the one that runs.
+        # every time, so a conv swapped for another module (e.g. by fast_paths.prepack_mkldnn) is the one that runs.
         self._stages = tuple(stages[::-1])
 
         self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
@@ -166,6 +173,19 @@ class FPN(Backbone):
     def padding_constraints(self) -> dict:
         return {"square_size": self._square_pad}
 
+    def fuse_for_inference(self, fuse_conv) -> FPN | None:
+        """Install laterals that compute conv(feat) + top_down in one call (`fuse_conv(lateral, None)`) for every
+        level but the coarsest, in place, and return self; None (nothing changed) when a lateral cannot be fused,
+        e.g. it still carries a norm. The other convs are left to the pass."""
+        names = [f"fpn_lateral{s}" for s in self._stages[1:]]
+        fused = [fuse_conv(getattr(self, n), None) for n in names]
+        if any(f is None for f in fused):
+            return None
+        for n, f in zip(names, fused):
+            setattr(self, n, f)
+        self._lateral_add_fused = True
+        return self
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (N, C, H, W) image batch -> {"p2": ..., "p5": ... (+ top block levels)}, finest first."""
         bottom_up_features = self.bottom_up(x)
@@ -177,8 +197,8 @@ class FPN(Backbone):
         for feat, lateral_conv, output_conv in zip(feats[1:], lateral_convs[1:], output_convs[1:]):
             # the lateral conv is 1x1 / stride 1: its output has the bottom-up feature's size
             top_down = F.interpolate(prev, size=feat.shape[-2:], mode="nearest")
-            if getattr(lateral_conv, "fuses_add", False):
-                prev = lateral_conv(feat, top_down)  # conv + add in one call (fast_paths.MkldnnConv2d)
+            if self._lateral_add_fused:
+                prev = lateral_conv(feat, top_down)  # conv + add in one call, installed by fuse_for_inference
             else:
                 prev = lateral_conv(feat) + top_down
             if self._fuse_type == "avg":

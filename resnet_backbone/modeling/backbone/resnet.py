@@ -18,6 +18,10 @@ change, even in train mode.
 
 `build_resnet_backbone(cfg, input_shape)` maps MODEL.RESNETS.* and MODEL.BACKBONE.FREEZE_AT to these
 arguments the same way detectron2's builder of that name does.
+
+Fused inference forms (modeling/fast_paths/fusion.py): `fuse_for_inference(fuse_conv)` on the stem, the blocks and
+the ResNet returns / installs `FusedStem` and `FusedResidualBlock` (conv + ReLU, and the residual add + ReLU inside
+the last conv). A subclass inherits them as long as it computes what its base computes.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from torch import nn
 from torchvision.ops import DeformConv2d
 
 from ...layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
+from ..fast_paths.fusion import computes_as
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY
 
@@ -36,6 +41,8 @@ __all__ = [
     "CNNBlockBase",
     "BasicStem",
     "BasicBlock",
+    "FusedStem",
+    "FusedResidualBlock",
     "BottleneckBlock",
     "DeformBottleneckBlock",
     "ResNet",
@@ -87,6 +94,11 @@ class CNNBlockBase(nn.Module):
         FrozenBatchNorm2d.convert_frozen_batchnorm(self)
         return self
 
+    def fuse_for_inference(self, fuse_conv) -> nn.Module | None:
+        """This block's fused inference form built with `fuse_conv` (modeling/fast_paths/fusion.py), or None:
+        a block of unknown computation has none."""
+        return None
+
 
 class BasicStem(CNNBlockBase):
     """conv1 (7x7, stride 2, pad 3) + norm + relu, then a 3x3 stride-2 max pool: stride 4 in all."""
@@ -98,8 +110,29 @@ class BasicStem(CNNBlockBase):
         msra_fill(self.conv1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(self.conv1(x))
+        return self.pool(F.relu_(self.conv1(x)))
+
+    @staticmethod
+    def pool(x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+    def fuse_for_inference(self, fuse_conv) -> FusedStem | None:
+        """`FusedStem`: conv1 with its ReLU fused (None when conv1 cannot be fused, e.g. it still carries a norm,
+        or when a subclass computes something else)."""
+        conv1 = fuse_conv(self.conv1, "relu") if computes_as(self, BasicStem, ("forward", "pool")) else None
+        return None if conv1 is None else FusedStem(self, conv1)
+
+
+class FusedStem(nn.Module):
+    """BasicStem's inference form: `conv1` computes relu(conv(x)) in one call, then the same max pool."""
+
+    def __init__(self, stem: BasicStem, conv1: nn.Module):
+        super().__init__()
+        self.conv1 = conv1
+        self.in_channels, self.out_channels, self.stride = stem.in_channels, stem.out_channels, stem.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return BasicStem.pool(self.conv1(x))
 
 
 def _make_shortcut(in_channels: int, out_channels: int, stride: int, norm) -> Conv2d | None:
@@ -132,6 +165,12 @@ class BasicBlock(CNNBlockBase):
         out = self.conv2(out)
         out += x if self.shortcut is None else self.shortcut(x)  # in place: the branch output is not saved
         return F.relu_(out)
+
+    def fuse_for_inference(self, fuse_conv) -> FusedResidualBlock | None:
+        """`FusedResidualBlock` of conv1 (+ReLU) and conv2 (+residual add + ReLU), or None."""
+        if not computes_as(self, BasicBlock):
+            return None
+        return FusedResidualBlock.build(self, fuse_conv, ("conv1", "conv2"))
 
 
 class BottleneckBlock(CNNBlockBase):
@@ -169,6 +208,50 @@ class BottleneckBlock(CNNBlockBase):
         out = self.conv3(out)
         out += x if self.shortcut is None else self.shortcut(x)  # in place: the branch output is not saved
         return F.relu_(out)
+
+    def fuse_for_inference(self, fuse_conv) -> FusedResidualBlock | None:
+        """`FusedResidualBlock` of conv1, conv2 (+ReLU each) and conv3 (+residual add + ReLU), or None (e.g.
+        DeformBottleneckBlock, whose conv2 is computed differently)."""
+        if not computes_as(self, BottleneckBlock, ("forward", "_conv2_forward")):
+            return None
+        return FusedResidualBlock.build(self, fuse_conv, ("conv1", "conv2", "conv3"))
+
+
+class FusedResidualBlock(nn.Module):
+    """The inference form of a BasicBlock / BottleneckBlock: every conv but the last computes relu(conv(x)) in one
+    call, the last relu(conv(x) + identity) (modeling/fast_paths/fusion.py's fused-conv contract).
+
+    The residual sum is written into the projection shortcut's output (ours alone), or into the block's input when
+    `input_private` is True: the ResNet sets it for the second and later blocks of a stage, whose input (the
+    previous block's output) nothing else reads.
+    """
+
+    def __init__(self, block: CNNBlockBase, convs: dict[str, nn.Module], shortcut: nn.Module | None):
+        super().__init__()
+        for name, conv in convs.items():
+            self.add_module(name, conv)
+        self.conv_names = tuple(convs)
+        self.shortcut = shortcut
+        self.in_channels, self.out_channels, self.stride = block.in_channels, block.out_channels, block.stride
+        self.input_private = False
+
+    @classmethod
+    def build(cls, block: CNNBlockBase, fuse_conv, names: tuple[str, ...]) -> FusedResidualBlock | None:
+        """`block`'s convs `names` (in order) fused with `fuse_conv`, its shortcut too; None if any cannot be."""
+        convs = {name: fuse_conv(getattr(block, name), "relu") for name in names}
+        shortcut = None if block.shortcut is None else fuse_conv(block.shortcut, None)
+        if any(c is None for c in convs.values()) or (block.shortcut is not None and shortcut is None):
+            return None
+        return cls(block, convs, shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = x
+        for name in self.conv_names[:-1]:
+            out = getattr(self, name)(out)
+        # a projection shortcut's output is ours alone: accumulate into it, as into a private input
+        return getattr(self, self.conv_names[-1])(out, identity,
+                                                  accumulate=self.shortcut is not None or self.input_private)
 
 
 class _DeformConv(DeformConv2d):
@@ -319,6 +402,25 @@ class ResNet(Backbone):
             if freeze_at >= idx:
                 for block in stage.children():
                     block.freeze()
+        return self
+
+    def fuse_for_inference(self, fuse_conv) -> ResNet:
+        """Install the stem's and every block's fused inference form (their own `fuse_for_inference`), in place.
+        Inside a stage of fused blocks, a block's input is the previous block's output, which nothing else reads
+        (only stage outputs are returned): from the second block on, the residual sum may be written into it."""
+        stem = self.stem.fuse_for_inference(fuse_conv) if isinstance(self.stem, CNNBlockBase) else None
+        if stem is not None:
+            self.stem = stem
+        for stage in (getattr(self, name) for name in self.stage_names):  # by name, as forward() runs them
+            fused = {name: b.fuse_for_inference(fuse_conv) if isinstance(b, CNNBlockBase) else None
+                     for name, b in stage.named_children()}
+            for name, block in fused.items():
+                if block is not None:
+                    setattr(stage, name, block)
+            blocks = list(stage.children())
+            if len(blocks) > 1 and all(isinstance(b, FusedResidualBlock) for b in blocks):
+                for b in blocks[1:]:
+                    b.input_private = True
         return self
 
     @staticmethod

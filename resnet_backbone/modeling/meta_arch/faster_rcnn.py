@@ -22,7 +22,8 @@ checkpoint/detector_converters.py.
 Losses: torchvision's names (loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg) for detectron2's
 loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg.
 
-Fast paths: MODEL.CHANNELS_LAST (channels-last memory format for the whole model and the input batch).
+Fast paths: MODEL.CHANNELS_LAST (channels-last memory format for the whole model and the input batch, in training
+too, through fast_paths.to_channels_last); the inference-only ones are applied by fast_paths.optimize_for_inference.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList as TVImageList
 
 from ..backbone import Backbone, build_backbone
+from ..fast_paths import to_channels_last
 from ..rcnn import RPN, AnchorGenerator, RoIHeads, build_roi_heads, build_rpn
 from ..rcnn.build import check_rcnn_config
 from .build import META_ARCH_REGISTRY
@@ -63,7 +65,7 @@ class FasterRCNN(ImageInputMixin, nn.Module):
         self.register_pixel_stats(pixel_mean, pixel_std)
         self.num_classes = roi_heads.box_predictor.cls_score.out_features - 1
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            to_channels_last(self)
 
     @classmethod
     def from_config(cls, cfg) -> FasterRCNN:
@@ -115,7 +117,7 @@ class FasterRCNN(ImageInputMixin, nn.Module):
         targets = self._targets(batched_inputs) if self.training else None
         x = images.tensor
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = to_channels_last(x)
         features = self.backbone(x)
         tv_images = TVImageList(x, [tuple(s) for s in images.image_sizes])
         proposals, proposal_losses = self.rpn(tv_images, features, targets)
