@@ -69,7 +69,7 @@ def setup(args):
 
     cfg = setup_cfg(args)
     cfg.freeze()
-    validate_cfg(cfg)
+    validate_cfg(cfg, model=False)  # data only: the model is not built (its builder checks are left out)
     names = list(cfg.DATASETS.TRAIN)
     where = f" (config {args.config_file})" if args.config_file else ""
     if not names:
@@ -229,7 +229,8 @@ def visualize_dataloader(cfg, names: list[str], output_dir: str, num: int | None
     import demo
     from tqdm import tqdm
 
-    from resnet_backbone.engine.train_loader import build_resumable_train_loader, derive_seed
+    from resnet_backbone.data.build import build_detection_train_loader
+    from resnet_backbone.utils.seed import derive_seed
     from resnet_backbone.utils.visualizer import draw_ground_truth
 
     _check_dataloader_output(output_dir, overwrite)
@@ -237,7 +238,7 @@ def visualize_dataloader(cfg, names: list[str], output_dir: str, num: int | None
     if seed < 0:
         seed = derive_seed(time.time_ns())
         logger.info("SEED is -1: drawing the samples of seed %d (set SEED %d to see them again)", seed, seed)
-    loader = build_resumable_train_loader(cfg, seed, 0)
+    loader = build_detection_train_loader(cfg, seed=seed)
     total = len(loader.dataset) if num is None else num
     text = any(_is_text(n) for n in names)
     class_names = next((c for c in map(_class_names, names) if c), None)

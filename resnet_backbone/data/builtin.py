@@ -143,17 +143,19 @@ def _categories_reader(json_file: str, kind: str):
     def read():
         if not cache:
             if kind == "coco":
-                from .coco import _check_categories, _read_json
+                from .coco import _check_categories
+                from .files import read_json
 
-                data = _read_json(json_file)
+                data = read_json(json_file)
                 if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
                     raise DatasetError("missing 'categories' list", file=json_file, record="<file>",
                                        field="categories")
                 names = _check_categories(data["categories"], json_file)
             else:
-                from .text import _categories, _read_json
+                from .files import read_json
+                from .text import _categories
 
-                data = _read_json(json_file)
+                data = read_json(json_file)
                 if not isinstance(data, dict):
                     raise DatasetError("expected an object with 'images' and 'annotations' lists", file=json_file,
                                        field="images")

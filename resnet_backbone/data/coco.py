@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
 from numbers import Real
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .errors import DatasetError, count_bad_sample, get_bad_sample_policy, short_repr, shorten
+from .errors import BadSampleGuard, DatasetError, short_repr
+from .files import read_json
 
 __all__ = ["load_coco_json", "register_coco_instances", "BOX_OVERSHOOT_TOLERANCE"]
 
@@ -72,24 +72,6 @@ def _is_finite_num(v) -> bool:
 
 
 _MAX_SIDE = 1 << 20  # an image side beyond a million pixels is a corrupt record, not an image
-
-
-def _read_json(json_file: str):
-    try:
-        with open(json_file, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError as e:
-        raise DatasetError("annotation file does not exist", file=json_file, field="json_file") from e
-    except OSError as e:
-        raise DatasetError(f"cannot read annotation file: {e.strerror or e}", file=json_file, field="json_file") from e
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"malformed json: {e.msg}", file=json_file, record=f"line {e.lineno} column {e.colno}",
-                           field="json") from e
-    except (UnicodeDecodeError, RecursionError, ValueError) as e:
-        raise DatasetError(f"malformed json: {shorten(str(e), 300)}", file=json_file, record="<file>",
-                           field="json") from e
 
 
 def _check_categories(cats, json_file):
@@ -245,42 +227,32 @@ def _validate(data, json_file, policy, drop_zero_size_boxes=False):
             raise DatasetError(f"'{key}' must be a list, got {type(data[key]).__name__}", file=json_file,
                                record="<file>", field=key)
     cats = _check_categories(data["categories"], json_file)
-    skipped = 0
-
-    def bad(err):
-        nonlocal skipped
-        if policy != "skip":
-            raise err
-        skipped += 1
-        count_bad_sample(err, "json")
+    guard = BadSampleGuard(policy, "json")
 
     images: dict = {}
     for i, img in enumerate(data["images"]):
-        try:
+        with guard:
             iid = _check_image(img, i, json_file)
             if iid in images:
                 raise DatasetError("duplicate image id", file=json_file, record=f"image id={iid}", field="id")
             images[iid] = img
-        except DatasetError as e:
-            bad(e)
     anns = []
     seen: set = set()
     for i, ann in enumerate(data["annotations"]):
-        try:
-            a = _check_annotation(ann, i, images, cats, json_file)
+        with guard:
+            try:
+                a = _check_annotation(ann, i, images, cats, json_file)
+            except _ZeroSizeBox as e:
+                if not drop_zero_size_boxes:
+                    raise
+                logger.warning("dropping a zero-size box (known annotation quirk): %s", e)
+                continue
             if a["id"] in seen:
                 raise DatasetError("duplicate annotation id", file=json_file, record=f"annotation id={a['id']}",
                                    field="id")
             seen.add(a["id"])
             anns.append(a)
-        except _ZeroSizeBox as e:
-            if not drop_zero_size_boxes:
-                bad(e)
-            else:
-                logger.warning("dropping a zero-size box (known annotation quirk): %s", e)
-        except DatasetError as e:
-            bad(e)
-    return cats, images, anns, skipped
+    return cats, images, anns, guard.skipped
 
 
 def load_coco_json(json_file, image_root, dataset_name: str | None = None, on_bad_sample: str | None = None,
@@ -297,9 +269,8 @@ def load_coco_json(json_file, image_root, dataset_name: str | None = None, on_ba
 
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root)
-    policy = on_bad_sample or get_bad_sample_policy()
-    data = _read_json(json_file)
-    cats, images, anns, skipped = _validate(data, json_file, policy, drop_zero_size_boxes)
+    data = read_json(json_file)
+    cats, images, anns, skipped = _validate(data, json_file, on_bad_sample, drop_zero_size_boxes)
 
     # The validated content goes through pycocotools' index (the same index COCOeval uses).
     coco = COCO()

@@ -17,8 +17,8 @@ import reprlib
 import threading
 from collections import Counter
 
-__all__ = ["DatasetError", "bad_sample_policy", "get_bad_sample_policy", "count_bad_sample", "bad_sample_counts",
-           "shorten", "short_repr", "MAX_PART_CHARS", "MAX_REASON_CHARS"]
+__all__ = ["DatasetError", "BadSampleGuard", "bad_sample_policy", "get_bad_sample_policy", "count_bad_sample",
+           "bad_sample_counts", "shorten", "short_repr", "MAX_PART_CHARS", "MAX_REASON_CHARS"]
 
 _POLICIES = ("error", "skip")
 _state = threading.local()
@@ -117,11 +117,16 @@ def get_bad_sample_policy() -> str:
     return getattr(_state, "policy", "error")
 
 
+def _check_policy(policy: str) -> str:
+    if policy not in _POLICIES:
+        raise ValueError(f"DATALOADER.ON_BAD_SAMPLE must be one of {_POLICIES}, got {policy!r}")
+    return policy
+
+
 @contextlib.contextmanager
 def bad_sample_policy(policy: str):
     """Within the block, dataset loading and mapping use `policy` ("error" or "skip")."""
-    if policy not in _POLICIES:
-        raise ValueError(f"DATALOADER.ON_BAD_SAMPLE must be one of {_POLICIES}, got {policy!r}")
+    _check_policy(policy)
     old = get_bad_sample_policy()
     _state.policy = policy
     try:
@@ -143,3 +148,34 @@ def bad_sample_counts() -> dict[str, int]:
     """How many bad samples this process skipped, by place ("json", "mapper", ...)."""
     with _lock:
         return dict(_counts)
+
+
+class BadSampleGuard:
+    """The bad-sample policy in one place: ``with guard: ...`` runs the block; a `DatasetError` raised in it
+    propagates (policy "error") or is counted under `where` (`count_bad_sample`, which logs it) and swallowed
+    (policy "skip"). After the block, `guard.failed` says whether it was skipped; `guard.skipped` counts all
+    skips of this guard. `policy` None is the current one (`bad_sample_policy`).
+
+        guard = BadSampleGuard(policy, "json")
+        for rec in records:
+            with guard:
+                out.append(check(rec))
+    """
+
+    def __init__(self, policy: str | None = None, where: str = "data"):
+        self.policy = _check_policy(get_bad_sample_policy() if policy is None else policy)
+        self.where = where
+        self.skipped = 0
+        self.failed = False
+
+    def __enter__(self):
+        self.failed = False
+        return self
+
+    def __exit__(self, typ, err, tb) -> bool:
+        if typ is None or not issubclass(typ, DatasetError) or self.policy != "skip":
+            return False
+        self.failed = True
+        self.skipped += 1
+        count_bad_sample(err, self.where)
+        return True

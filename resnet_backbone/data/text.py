@@ -25,7 +25,6 @@ and the field; with DATALOADER.ON_BAD_SAMPLE = "skip" the bad annotation is drop
 from __future__ import annotations
 
 import codecs
-import json
 import logging
 import math
 import os
@@ -39,7 +38,8 @@ from shapely.geometry import Polygon, box
 from shapely.validation import make_valid
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .errors import DatasetError, count_bad_sample, get_bad_sample_policy, short_repr, shorten
+from .errors import BadSampleGuard, DatasetError, short_repr, shorten
+from .files import read_bytes, read_json
 
 __all__ = ["clean_polygon", "load_text_json", "parse_icdar2015_txt", "load_icdar2015", "register_text_instances",
            "register_builtin_text", "BUILTIN_TEXT", "IMAGE_EXTENSIONS"]
@@ -165,24 +165,6 @@ def _is_dont_care(ann: dict) -> bool:
 
 
 # ---------------------------------------------------------------------------- COCO json
-def _read_json(json_file: str):
-    try:
-        with open(json_file, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError as e:
-        raise DatasetError("annotation file does not exist", file=json_file, field="json") from e
-    except OSError as e:
-        raise DatasetError(f"cannot read the annotation file ({e.strerror or e})", file=json_file, field="json") from e
-    try:
-        return json.loads(raw)  # UTF-8 (BOM or not), UTF-16 or UTF-32, detected by json
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"not valid json: {e.msg}", file=json_file, record=f"line {e.lineno} column {e.colno}",
-                           field="json") from e
-    except (UnicodeDecodeError, RecursionError, ValueError) as e:  # ValueError: an integer of > 4300 digits
-        raise DatasetError(f"not valid json: {shorten(str(e), 300)}", file=json_file, record="<file>",
-                           field="json") from e
-
-
 _MAX_SIDE = 1 << 20  # an image side beyond a million pixels is a corrupt record, not an image
 
 
@@ -225,8 +207,8 @@ def load_text_json(json_file, image_root, dataset_name: str | None = None,
                    on_bad_sample: str | None = None) -> list[dict]:
     """Load text annotations from a COCO-style json into standard records (see the module docstring)."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    policy = on_bad_sample or get_bad_sample_policy()
-    data = _read_json(json_file)
+    guard = BadSampleGuard(on_bad_sample, "text")
+    data = read_json(json_file)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations", []), list):
         raise DatasetError("expected an object with 'images' and 'annotations' lists", file=json_file,
@@ -239,38 +221,33 @@ def load_text_json(json_file, image_root, dataset_name: str | None = None,
         MetadataCatalog.get(dataset_name).set(thing_classes=[names[c] for c in cat_ids],
                                               thing_dataset_id_to_contiguous_id=id_map)
 
-    def handle(err: DatasetError):
-        if policy == "error":
-            raise err
-        count_bad_sample(err, "text")
-
     images, order = {}, []
     for i, img in enumerate(data["images"]):
-        try:
-            iid, fname = img["id"], img["file_name"]
-            h, w = int(img["height"]), int(img["width"])
-            if not (0 < h <= _MAX_SIDE and 0 < w <= _MAX_SIDE):
-                raise ValueError(f"height {_name(h)} / width {_name(w)} not in 1..{_MAX_SIDE}")
-            if not _is_id(iid):
-                raise ValueError(f"id {short_repr(iid, 60)} is not an integer or a string")
-            if not isinstance(fname, str) or not fname:
-                raise ValueError(f"file_name {short_repr(fname, 60)} is not a non-empty string")
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            handle(DatasetError(f"image entry needs id, file_name and positive height/width "
-                                f"({shorten(str(e), 200)})", file=json_file, record=f"images[{i}]",
-                                field="images"))
-            continue
-        if iid in images:
-            handle(DatasetError(f"duplicate image id {_name(iid)}", file=json_file, record=f"images[{i}]", field="id"))
-            continue
-        images[iid] = {"file_name": os.path.join(image_root, fname), "image_id": iid, "height": h, "width": w,
-                       "annotations": []}
-        order.append(iid)
+        with guard:
+            try:
+                iid, fname = img["id"], img["file_name"]
+                h, w = int(img["height"]), int(img["width"])
+                if not (0 < h <= _MAX_SIDE and 0 < w <= _MAX_SIDE):
+                    raise ValueError(f"height {_name(h)} / width {_name(w)} not in 1..{_MAX_SIDE}")
+                if not _is_id(iid):
+                    raise ValueError(f"id {short_repr(iid, 60)} is not an integer or a string")
+                if not isinstance(fname, str) or not fname:
+                    raise ValueError(f"file_name {short_repr(fname, 60)} is not a non-empty string")
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
+                raise DatasetError(f"image entry needs id, file_name and positive height/width "
+                                   f"({shorten(str(e), 200)})", file=json_file, record=f"images[{i}]",
+                                   field="images") from None
+            if iid in images:
+                raise DatasetError(f"duplicate image id {_name(iid)}", file=json_file, record=f"images[{i}]",
+                                   field="id")
+            images[iid] = {"file_name": os.path.join(image_root, fname), "image_id": iid, "height": h, "width": w,
+                           "annotations": []}
+            order.append(iid)
 
     for i, ann in enumerate(data.get("annotations", [])):
         rec_name = (f"annotation id={_name(ann.get('id', f'#{i}'))} (image_id={_name(ann.get('image_id'))})"
                     if isinstance(ann, dict) else f"annotations[{i}]")
-        try:
+        with guard:
             if not isinstance(ann, dict):
                 raise DatasetError("annotation is not an object", file=json_file, record=rec_name, field="annotations")
             iid = ann.get("image_id")
@@ -307,8 +284,7 @@ def load_text_json(json_file, image_root, dataset_name: str | None = None,
                 segm = [segm]
             polys = [clean_polygon(p, (rec["height"], rec["width"]), file=json_file, record=rec_name)
                      for p in segm]
-        except DatasetError as err:
-            handle(err)
+        if guard.failed:
             continue
         obj = {"id": ann.get("id", i), "bbox": _bbox_of(polys), "category_id": id_map[cid], "iscrowd": 0,
                "segmentation": [p.reshape(-1).tolist() for p in polys], "ignore": _is_dont_care(ann)}
@@ -338,13 +314,7 @@ def _read_gt_text(gt_file: str) -> str:
     """The file's text: UTF-8 (a byte-order mark tolerated) or UTF-16 with its byte-order mark.
 
     Raises `DatasetError` naming the file and, for bytes that are not UTF-8, the line they are on."""
-    try:
-        with open(gt_file, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError as e:
-        raise DatasetError("ground-truth file does not exist", file=gt_file, field="gt") from e
-    except OSError as e:
-        raise DatasetError(f"cannot read the ground-truth file ({e.strerror or e})", file=gt_file, field="gt") from e
+    raw = read_bytes(gt_file, "ground-truth file", "gt")
     encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
     try:
         return raw.decode(encoding)
@@ -439,7 +409,7 @@ def _natural_key(s: str):
 def load_icdar2015(gt_dir, image_root, on_bad_sample: str | None = None) -> list[dict]:
     """Records for every ``gt_<stem>.txt`` in `gt_dir` with its image ``<stem>.<ext>`` in `image_root`."""
     gt_dir, image_root = os.fspath(gt_dir), os.fspath(image_root)
-    policy = on_bad_sample or get_bad_sample_policy()
+    per_file, per_line = BadSampleGuard(on_bad_sample, "text"), BadSampleGuard(on_bad_sample, "text")
     if not os.path.isdir(gt_dir):
         raise DatasetError("ground-truth directory does not exist", file=gt_dir, field="gt")
     gt_files = sorted((f for f in os.listdir(gt_dir) if f.startswith("gt_") and f.endswith(".txt")), key=_natural_key)
@@ -455,7 +425,7 @@ def load_icdar2015(gt_dir, image_root, on_bad_sample: str | None = None) -> list
     for k, gt_name in enumerate(gt_files):
         stem = gt_name[3:-4]
         gt_path = os.path.join(gt_dir, gt_name)
-        try:
+        with per_file:
             if stem not in images:
                 raise DatasetError(f"no image '{stem}.*' for this ground-truth file in {image_root}", file=gt_path,
                                    field="file_name")
@@ -465,21 +435,15 @@ def load_icdar2015(gt_dir, image_root, on_bad_sample: str | None = None) -> list
             image_id = int(m.group(1)) if m and int(m.group(1)) not in used_ids else k
             annos = []
             for entry in parse_icdar2015_txt(gt_path):
-                rec_name = f"line {entry['line']}"
-                try:
-                    poly = clean_polygon(entry["points"], (h, w), file=gt_path, record=rec_name, field="points")
-                except DatasetError as err:
-                    if policy == "error":
-                        raise
-                    count_bad_sample(err, "text")
+                with per_line:
+                    poly = clean_polygon(entry["points"], (h, w), file=gt_path, record=f"line {entry['line']}",
+                                         field="points")
+                if per_line.failed:
                     continue
                 annos.append({"id": len(annos), "bbox": _bbox_of([poly]), "category_id": 0, "iscrowd": 0,
                               "segmentation": [poly.reshape(-1).tolist()], "ignore": entry["ignore"],
                               "transcription": entry["transcription"]})
-        except DatasetError as err:
-            if policy == "error":
-                raise
-            count_bad_sample(err, "text")
+        if per_file.failed:
             continue
         used_ids.add(image_id)
         records.append({"file_name": file_name, "image_id": image_id, "height": h, "width": w,

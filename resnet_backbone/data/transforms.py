@@ -9,7 +9,7 @@ to tv_tensors and back.
 
 An `Augmentation` draws a `Transform` from the image size. Every random number comes from `rng` when one is
 given (a `numpy.random.Generator` or `RandomState`), otherwise from numpy's global RNG, which the resumable
-training loader seeds by (seed, position) (engine/train_loader.py): a sample is a pure function of its
+training loader seeds by (seed, position) (data/build.py): a sample is a pure function of its
 position, and v2 never draws from torch's RNG here (only the functional ops are used, with drawn parameters).
 
 Coordinates are continuous pixel coordinates: the image spans [0, W] x [0, H], the centre of pixel (i, j) is

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from resnet_backbone.config import get_cfg
+from resnet_backbone.data.build import ResumableTrainLoader
 from resnet_backbone.engine import Trainer
-from resnet_backbone.engine.train_loader import ResumableTrainLoader
 
 
 class TinyDetector(nn.Module):

@@ -25,8 +25,8 @@ def test_ddp_two_processes_params_identical_and_uneven_eval_counts_every_image_o
     # ... and training moved them away from rank 0's initialisation
     from _tiny_model import TinyDetector
 
-    from resnet_backbone.engine.train_loader import derive_seed, seed_all_rng
     from resnet_backbone.engine.trainer import _MODEL_TAG
+    from resnet_backbone.utils.seed import derive_seed, seed_all_rng
 
     seed_all_rng(derive_seed(7, _MODEL_TAG, 0))
     init = torch.cat([p.detach().flatten() for p in TinyDetector().parameters()])
