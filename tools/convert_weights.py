@@ -20,7 +20,9 @@ not use, also printed). torchvision's 91-way COCO head becomes our 80 classes. -
 torchvision_detector insist on a whole detector; --source detectron2 / torchvision convert a detector file's
 ResNet names only (its other keys unchanged), as for backbone files. Files of other detectors (Mask / Keypoint /
 Cascade / C4 R-CNN, RetinaNet, FCOS, Panoptic FPN) are refused. --to detectron2 on our own FasterRCNN checkpoint
-(or a torchvision one) writes detectron2's GeneralizedRCNN names, heads included.
+(or a torchvision one) writes detectron2's GeneralizedRCNN names, heads included. An official DETR checkpoint
+(facebookresearch/detr: backbone.0.body.*, query_embed.weight) is recognised too and converted whole into our DETR's
+names (--source detr insists; its files pickle their arguments: --trust).
 
 Our own checkpoints (what tools/train_net.py saves) are recognised
 by their format tag (source "ours") and keep the convention they record; one that records none gets none
@@ -38,8 +40,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from resnet_backbone.checkpoint import CheckpointError  # noqa: E402
 from resnet_backbone.checkpoint.converters import SOURCES, convert_checkpoint, save_converted  # noqa: E402
-from resnet_backbone.checkpoint.detector_converters import convert_detector, identify_detector  # noqa: E402
-from resnet_backbone.checkpoint.safe_pickle import load_checkpoint_file  # noqa: E402
+from resnet_backbone.checkpoint.detector_converters import identify_detector  # noqa: E402
+from resnet_backbone.checkpoint.formats import FORMATS, detect_format  # noqa: E402
+from resnet_backbone.checkpoint.reader import read_weights  # noqa: E402
 from resnet_backbone.utils.cli import run_tool  # noqa: E402
 
 TOOL = os.path.basename(__file__)
@@ -68,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.to == "detectron2":
         return _to_detectron2(args)
     try:
-        if args.source == "detr":
-            from resnet_backbone.checkpoint.detr_converter import convert_detr_checkpoint
-
-            converted = convert_detr_checkpoint(args.input, trust=args.trust)
-        else:
-            converted = _convert(args)
+        converted = _convert(args)
         save_converted(converted, args.output)
     except CheckpointError as e:
         print(f"{TOOL}: error: {e}", file=sys.stderr)
@@ -97,25 +95,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args) -> dict:
-    """The converted-file dict: a whole detectron2 / torchvision Faster R-CNN through detector_converters (auto, or
-    forced by --source *_detector), anything else through converters (backbone names) as before."""
+    """The converted-file dict, from the format registry (resnet_backbone/checkpoint/formats.py): a whole
+    detectron2 / torchvision Faster R-CNN or an official DETR converted whole (auto, or forced by --source
+    *_detector / detr), anything else (and --source torchvision / timm / detectron2 / caffe2 / ours) by its ResNet
+    names."""
     pixels = {"format": args.format, "pixel_mean": args.pixel_mean, "pixel_std": args.pixel_std}
-    if args.source not in ("auto", *DETECTOR_SOURCES):
-        return convert_checkpoint(args.input, source=args.source, trust=args.trust, **pixels)
-    obj = load_checkpoint_file(args.input, trust=args.trust)
-    found = identify_detector(obj)
-    family = args.source[: -len("_detector")] if args.source in DETECTOR_SOURCES else None
-    if family is not None and (found is None or found[0] != family):
+    weights = read_weights(args.input, trust=args.trust)
+    if args.source in SOURCES:
+        return convert_checkpoint(weights, source=args.source, **pixels)
+    fmt = detect_format(weights)
+    if args.source != "auto" and fmt.name != args.source:
+        if args.source == "detr":
+            return FORMATS["detr"].to_ours(weights, **pixels)  # names the file and what it lacks
+        found = identify_detector(weights.tensors)
+        family = args.source[: -len("_detector")]
         what = f"a {found[1]} in {found[0]} names" if found else "no detector heads found"
         raise CheckpointError(f"'{args.input}': --source {args.source} given, but it is not a whole {family} "
                               f"Faster R-CNN ({what})")
-    if found is not None and found[0] in ("detectron2", "torchvision"):
-        if found[1] != "Faster R-CNN":
-            raise CheckpointError(f"'{args.input}' is a {found[1]} file, not a Faster R-CNN: only Faster R-CNN (FPN, "
-                                  f"box head only) converts whole (--source {found[0]} converts its ResNet names "
+    if fmt.whole == "FasterRCNN":
+        family, arch = identify_detector(weights.tensors)
+        if arch != "Faster R-CNN":
+            raise CheckpointError(f"'{args.input}' is a {arch} file, not a Faster R-CNN: only Faster R-CNN (FPN, "
+                                  f"box head only) converts whole (--source {family} converts its ResNet names "
                                   "only, the other keys unchanged)")
-        return convert_detector(obj, source=found[0], name=args.input, **pixels)
-    return convert_checkpoint(obj, source="auto", trust=args.trust, name=args.input, **pixels)
+    if fmt.whole is not None:
+        return fmt.to_ours(weights, **pixels)
+    return convert_checkpoint(weights, source="auto", **pixels)
 
 
 def _convention(fmt, mean, std) -> str:

@@ -1,4 +1,5 @@
-"""Checkpoints: the package error type, safe weight-file reading, format converters and the Checkpointer.
+"""Checkpoints: the package error type, safe weight-file reading (reader.py: the one reader), the format registry
+(formats.py) and its converters, and the Checkpointer.
 
 `CheckpointError` is defined first: every submodule imports it from here.
 """

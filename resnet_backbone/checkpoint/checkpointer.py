@@ -29,15 +29,18 @@ otherwise unusable pointer, or one naming a missing file, is a CheckpointError n
 `resume_or_load(path, resume, allow_partial=True)`:
   - resume=True and `save_dir/last_checkpoint` exists: load everything from it (model, optimizer,
     scheduler, scaler, RNG states) and return its extra data ("iteration", ...);
-  - otherwise load weights only from `path` (cfg.MODEL.WEIGHTS): into our FasterRCNN, a whole detectron2 (.pkl /
-    .pth) or torchvision Faster R-CNN file is converted whole, heads included (detector_converters.py; a class
-    count other than MODEL.ROI_HEADS.NUM_CLASSES, a missing head key or another detector architecture is a
-    CheckpointError; a pixel convention other than the config's is a warning naming both); our own full
-    checkpoints (by their tag), or a plain state dict in the model's own names (all of its names in the model,
-    or half the model's; a converted file of tools/convert_weights.py included), load
-    directly (a shape mismatch is a CheckpointError naming the key and both shapes; missing/unexpected keys
-    are logged by name); any other file (torchvision / detectron2 / Caffe2 / timm backbone weights) goes
-    through `resnet_backbone.checkpoint.converters`.
+  - otherwise load weights only from `path` (cfg.MODEL.WEIGHTS), read once by reader.read_weights and
+    recognised by the format registry (formats.py: markers, never a share of overlapping names): into our
+    FasterRCNN a whole detectron2 (.pkl / .pth) or torchvision Faster R-CNN file, into our DETR an official
+    DETR file, is converted whole, heads included (a class count other than the model's, a missing head key or
+    another detector architecture is a CheckpointError); our own full checkpoints (by their tag), converted files,
+    untagged files in our / detectron2 names and plain state dicts load by name when their ResNet sits at the
+    model's ResNet prefix (a shape mismatch is a CheckpointError naming the key and both shapes; missing /
+    unexpected keys are logged by name; a plain state dict sharing no name with the model is a CheckpointError);
+    anything else (torchvision / timm / detectron2 / Caffe2 backbone weights, and those elsewhere) goes through
+    `converters.load_backbone_weights`. On every path the input convention the weights expect (recorded, or
+    implied by their format) is compared with the model's INPUT.FORMAT / PIXEL_MEAN / PIXEL_STD: a warning
+    naming both and the keys to set (reader.warn_pixel_convention).
   - allow_partial=False (evaluation: `tools/train_net.py --eval-only`): weights that leave any tensor of
     the model at its initialisation (or no weights at all) are a CheckpointError naming the file and the
     missing tensors grouped by module; the model is left as it was. Training keeps allow_partial=True
@@ -63,13 +66,13 @@ import torch
 from torch import nn
 
 from . import CheckpointError  # the package's error type (resnet_backbone/checkpoint/__init__.py)
+from .reader import PIXEL_KEYS, model_pixel_convention, read_weights, warn_pixel_convention
 
 __all__ = ["Checkpointer", "CheckpointError", "check_output_dir", "get_rng_state", "set_rng_state",
            "atomic_torch_save", "FORMAT_TAG", "is_own_checkpoint"]
 
 FORMAT_TAG = "resnet_backbone.checkpoint/1"
 _FORMAT_FAMILY = "resnet_backbone.checkpoint/"  # FORMAT_TAG without its version
-PIXEL_KEYS = ("format", "pixel_mean", "pixel_std")
 # what tools/train_net.py calls allow_partial=True; named in the error so the refusal says how to insist
 ALLOW_PARTIAL_FLAG = "--allow-partial-weights"
 logger = logging.getLogger(__name__)
@@ -160,21 +163,6 @@ def is_own_checkpoint(obj) -> bool:
     """True for a checkpoint our Checkpointer wrote: the `__format__` tag (any version) and a "model" dict."""
     return (isinstance(obj, dict) and isinstance(obj.get("__format__"), str)
             and obj["__format__"].startswith(_FORMAT_FAMILY) and isinstance(obj.get("model"), dict))
-
-
-def _shortest_float(v) -> float:
-    """A float32 statistic as the shortest decimal that rounds to it (123.675, not 123.67500305175781)."""
-    return float(np.format_float_positional(np.float32(v), unique=True, trim="0"))
-
-
-def _pixel_convention(model: nn.Module) -> dict:
-    """{"format", "pixel_mean", "pixel_std"} the model normalises its input with, or {} if it carries none."""
-    fmt = getattr(model, "input_format", None)
-    mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
-    if fmt not in ("RGB", "BGR") or not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
-        return {}
-    return {"format": fmt, "pixel_mean": [_shortest_float(v) for v in mean.detach().flatten().tolist()],
-            "pixel_std": [_shortest_float(v) for v in std.detach().flatten().tolist()]}
 
 
 def _missing_by_module(missing: list[str], all_keys: list[str], limit: int = 30) -> str:
@@ -303,7 +291,7 @@ class Checkpointer:
         """Write `save_dir/<name>.pth` atomically (and point last_checkpoint at it). Returns the path."""
         if not self.save_dir or not self.save_to_disk:
             return None
-        data = {"__format__": FORMAT_TAG, "model": self.model.state_dict(), **_pixel_convention(self.model)}
+        data = {"__format__": FORMAT_TAG, "model": self.model.state_dict(), **model_pixel_convention(self.model)}
         for k, obj in self.checkpointables.items():
             data[k] = obj.state_dict()
         data["rng_state"] = get_rng_state()
@@ -476,38 +464,67 @@ class Checkpointer:
         return {k: v for k, v in data.items() if k not in skip}
 
     def load_weights(self, path: str, allow_partial: bool = True) -> None:
-        """Weights only: our checkpoints / whole-model state dicts directly, a whole detectron2 / torchvision
-        Faster R-CNN (into our FasterRCNN) via detector_converters, anything else via converters.
+        """Weights only, through the one reader (reader.read_weights) and the format registry (formats.py):
+        a whole detectron2 / torchvision Faster R-CNN into our FasterRCNN and an official DETR into our DETR are
+        converted whole; ours (tagged checkpoints, converted files), untagged files in our / detectron2 names and
+        plain state dicts load by name when their ResNet sits where the model's does; anything else (and those,
+        elsewhere) through converters.load_backbone_weights. The input convention the weights expect (recorded,
+        or implied by their format) is compared with the model's on every path (reader.warn_pixel_convention).
         allow_partial=False: a CheckpointError (nothing loaded) unless the file covers every model tensor."""
-        data = None  # read once here; the detector and backbone converters take the loaded object
-        if path.endswith((".pth", ".pt", ".pth.tar", ".bin")):
-            data = self._read(path)
-        elif path.endswith(".pkl"):
-            from .safe_pickle import load_checkpoint_file
+        from .formats import convention_of, detect_format
 
-            data = load_checkpoint_file(path, trust=False)
-        if self._load_whole_detector(path, data, allow_partial):
+        weights = read_weights(path, trust=False)
+        fmt = detect_format(weights)
+        if fmt.whole is not None and self._whole_model(fmt) is not None:
+            converted = fmt.to_ours(weights, num_classes=self._whole_model(fmt))
+            dropped = converted.get("dropped") or []
+            logger.info("Loading a whole %s %s from %s (converted to our names%s)", converted["source"], fmt.whole,
+                        path, f"; dropped {', '.join(dropped)}" if dropped else "")
+            self._load_model_state(converted["model"], path, strict=False, allow_partial=allow_partial)
+            warn_pixel_convention(converted, self.model, path, converted["source"], logger)
             return
-        if isinstance(data, dict):
-            state = data.get("model", data) if isinstance(data.get("model", None), dict) else data
-            own = self.model.state_dict()
-            tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-            # ours by the tag; a plain state dict when its names are the model's (all of them in the model, or
-            # at least half the model's): loading it through the converters would give the same names
-            names_fit = bool(tensors) and (set(tensors) <= set(own) or len(set(tensors) & set(own)) >= 0.5 * len(own))
-            if path.endswith(".pkl"):  # model-zoo / Caffe2 pickles hold numpy arrays: always the converters
-                names_fit = False
-            if is_own_checkpoint(data) or names_fit:
-                logger.info("Loading model weights from %s", path)
-                if is_own_checkpoint(data):
-                    self._check_pixel_convention(data, path)
-                    tensors = {k: v for k, v in self._weights_of(data, path).items() if isinstance(v, torch.Tensor)}
-                elif data.get("architecture") == "FasterRCNN":  # a converted whole-detector file (convert_weights)
-                    self._check_pixel_convention(data, path)
-                self._check_num_classes(tensors, path)
-                self._load_model_state(tensors, path, strict=False, allow_partial=allow_partial)
-                return
-        self._load_with_converters(path, allow_partial=allow_partial, data=data)
+        if fmt.name in ("ours", "detectron2", "state_dict") and self._resnet_in_place(weights.tensors):
+            logger.info("Loading model weights from %s", path)
+            tensors = weights.tensors
+            if fmt.name == "state_dict" and not set(tensors) & set(self.model.state_dict()):
+                raise CheckpointError(f"'{path}': none of its {len(tensors)} tensor names is the model's, and it "
+                                      "is in no weight format we know (ours, torchvision, timm, detectron2, Caffe2, "
+                                      f"whole detectors, DETR); first keys: {list(tensors)[:8]}")
+            if is_own_checkpoint(weights.raw):  # our checkpoint: "model" or "model_ema"
+                tensors = {k: v for k, v in self._weights_of(weights.raw, path).items() if isinstance(v, torch.Tensor)}
+            self._check_num_classes(tensors, path)
+            self._load_model_state(tensors, path, strict=False, allow_partial=allow_partial)
+            source, convention = convention_of(fmt, weights)
+            warn_pixel_convention(convention, self.model, path, source, logger)
+            return
+        result = self._load_with_converters(path, allow_partial=allow_partial, data=weights)
+        warn_pixel_convention(result.meta, self.model, path, result.source, logger)
+
+    def _whole_model(self, fmt) -> int | None:
+        """The class count of the model `fmt` converts whole into, when self.model is one (our FasterRCNN for the
+        detector formats, our DETR for DETR's); None otherwise."""
+        from . import detector_converters
+
+        own = self.model.state_dict()
+        if fmt.whole == "FasterRCNN" and detector_converters.is_faster_rcnn_model(self.model):
+            return own[f"{detector_converters.CLS_SCORE}.weight"].shape[0] - 1
+        if fmt.whole == "DETR" and "query_embed.weight" in own and "class_embed.weight" in own:
+            return own["class_embed.weight"].shape[0] - 1
+        return None
+
+    def _resnet_in_place(self, tensors: dict) -> bool:
+        """True when the file's ResNet (by its `stem.conv1.weight` / `res<k>.<i>.conv1.weight` names) sits at the
+        model's ResNet prefix, or either has none: then loading by name is what the converters would do."""
+        from .converters import _D2_STAGE, _D2_STEM, find_resnet_prefix
+
+        theirs = {m.group(1) for k in tensors if (m := _D2_STEM.match(k) or _D2_STAGE.match(k))}
+        if not theirs:
+            return True
+        try:
+            ours = find_resnet_prefix(self.model)
+        except CheckpointError:  # no ResNet (or several) in the model: names decide
+            return True
+        return theirs == {ours}
 
     def _check_num_classes(self, state: dict, path: str) -> None:
         """A box predictor for another class count than our FasterRCNN's: CheckpointError naming the config key."""
@@ -516,27 +533,6 @@ class Checkpointer:
         if detector_converters.is_faster_rcnn_model(self.model):
             num_classes = self.model.state_dict()[f"{detector_converters.CLS_SCORE}.weight"].shape[0] - 1
             detector_converters.check_num_classes(state, num_classes, path)
-
-    def _load_whole_detector(self, path: str, data, allow_partial: bool) -> bool:
-        """A whole detectron2 / torchvision Faster R-CNN file into our FasterRCNN: converted (heads included) and
-        loaded; True when done. False (nothing done) for any other model or file. A detector file of another
-        architecture (Mask R-CNN, RetinaNet, ...) is a CheckpointError naming it."""
-        from . import detector_converters
-
-        if not detector_converters.is_faster_rcnn_model(self.model):
-            return False
-        if not isinstance(data, dict) or is_own_checkpoint(data):
-            return False
-        found = detector_converters.identify_detector(data)
-        if found is None or found[0] == "ours":
-            return False
-        num_classes = self.model.state_dict()[f"{detector_converters.CLS_SCORE}.weight"].shape[0] - 1
-        converted = detector_converters.convert_detector(data, source=found[0], num_classes=num_classes, name=path)
-        logger.info("Loading a whole %s Faster R-CNN from %s (converted to our names%s)", found[0], path,
-                    f"; dropped {', '.join(converted['dropped'])}" if converted["dropped"] else "")
-        self._check_pixel_convention(converted, path)
-        self._load_model_state(converted["model"], path, strict=False, allow_partial=allow_partial)
-        return True
 
     def _weights_of(self, data: dict, path: str) -> dict:
         """The state to put into the model from our checkpoint: "model", or "model_ema" with use_ema_weights."""
@@ -552,18 +548,6 @@ class Checkpointer:
                         "them", path)
         return data["model"]
 
-    def _check_pixel_convention(self, data: dict, path: str) -> None:
-        recorded = {k: data[k] for k in PIXEL_KEYS if k in data}
-        model = _pixel_convention(self.model)
-        if not recorded or not model:
-            return
-        differ = [f"{key} {recorded[k]} (config: {model[k]})" for k, key in
-                  (("format", "INPUT.FORMAT"), ("pixel_mean", "MODEL.PIXEL_MEAN"), ("pixel_std", "MODEL.PIXEL_STD"))
-                  if k in recorded and recorded[k] != model[k]]
-        if differ:
-            logger.warning("'%s' was trained with %s: set the config to the recorded values unless the change is "
-                           "deliberate", path, ", ".join(differ))
-
     def _refuse_partial(self, path: str, missing: list[str], own_keys: list[str]) -> None:
         raise CheckpointError(
             f"'{path}' leaves {len(missing)} of {len(own_keys)} model tensors (parameters and buffers) at their "
@@ -572,14 +556,16 @@ class Checkpointer:
             f"trained with (e.g. MODEL.RESNETS.DEPTH), or pass {ALLOW_PARTIAL_FLAG} (allow_partial=True) to use it "
             "anyway")
 
-    def _load_with_converters(self, path: str, allow_partial: bool = True, data=None) -> None:
-        """`data`: the file's contents when load_weights already read them (None: the converters read `path`)."""
+    def _load_with_converters(self, path: str, allow_partial: bool = True, data=None):
+        """`data`: the file as reader.read_weights gave it (None: the converters read `path`). Returns the
+        converters' LoadResult."""
         from . import converters
 
         logger.info("Loading backbone weights from %s (converted)", path)
         target = self.model
         backup = None if allow_partial else {k: v.detach().clone() for k, v in target.state_dict().items()}
-        result = converters.load_backbone_weights(target, path if data is None else data, name=path)
+        result = converters.load_backbone_weights(target, path if data is None else data, name=path,
+                                                  warn_pixels=False)
         if not allow_partial:
             loaded = set(getattr(result, "loaded_keys", ()))
             own_keys = [k for k in backup if not k.endswith("num_batches_tracked")]
@@ -588,11 +574,7 @@ class Checkpointer:
                 with torch.no_grad():
                     target.load_state_dict(backup)  # the refused file leaves the model as it was
                 self._refuse_partial(path, missing, own_keys)
-        meta = getattr(result, "meta", None) or {}
-        if meta:
-            logger.info("'%s' (%s weights) expects INPUT.FORMAT=%s, PIXEL_MEAN=%s, PIXEL_STD=%s", path,
-                        getattr(result, "source", "?"), meta.get("format"), meta.get("pixel_mean"),
-                        meta.get("pixel_std"))
+        return result
 
     def _load_model_state(self, state: dict, path: str, strict: bool, allow_partial: bool = True) -> None:
         from .safe_pickle import check_finite_tensors

@@ -57,13 +57,11 @@ import re
 from collections import OrderedDict
 from typing import Any, Mapping, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import CheckpointError
-from .checkpointer import is_own_checkpoint
-from .safe_pickle import check_finite_tensors, load_checkpoint_file
+from .reader import PIXEL_CONVENTIONS, PIXEL_KEYS, read_weights, unwrap
 
 __all__ = [
     "LoadResult",
@@ -81,18 +79,8 @@ logger = logging.getLogger(__name__)
 
 SOURCES = ("torchvision", "timm", "detectron2", "caffe2", "ours")
 
-_TORCHVISION_PIXELS = {"format": "RGB", "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]}
-_MSRA_PIXELS = {"format": "BGR", "pixel_mean": [103.53, 116.28, 123.675], "pixel_std": [1.0, 1.0, 1.0]}
-# input convention each source's weights were trained with (detectron2: its model zoo's MSRA default)
-PIXEL_CONVENTIONS = {
-    "torchvision": _TORCHVISION_PIXELS,
-    "timm": _TORCHVISION_PIXELS,
-    "detectron2": _MSRA_PIXELS,
-    "caffe2": _MSRA_PIXELS,
-}
-
+_PIXEL_KEYS = PIXEL_KEYS
 _RESNET_ROOTS = ("stem", "res2", "res3", "res4", "res5", "linear")
-_PIXEL_KEYS = ("format", "pixel_mean", "pixel_std")
 _BN_EPS = 1e-5
 
 
@@ -105,56 +93,6 @@ class LoadResult(NamedTuple):
     loaded_keys: tuple[str, ...] = ()
 
 
-# ------------------------------------------------------------------------------------------- unwrapping
-def _to_tensor(value) -> torch.Tensor | None:
-    """A tensor for a tensor or a numeric numpy array (a writable, native-byte-order copy); None for anything else
-    (object / string / structured arrays, dtypes torch has no type for)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biufc":
-            return None
-        try:
-            return torch.from_numpy(np.array(value, dtype=value.dtype.newbyteorder("="), order="C", copy=True))
-        except TypeError:  # e.g. float128
-            return None
-    return None
-
-
-def _unwrap(obj: Any, name: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """(flat name -> tensor, file-level metadata) from whatever a weights file holds."""
-    meta: dict = {}
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"'{name}': expected a dict of weights, got {type(obj).__name__}")
-    state: Any = obj
-    for key in ("model", "state_dict", "blobs", "model_state"):
-        inner = obj.get(key) if isinstance(obj, Mapping) else None
-        if isinstance(inner, Mapping):
-            state = inner
-            meta = {k: v for k, v in obj.items() if k != key and isinstance(v, (str, list, tuple, int, float))}
-            break
-    if isinstance(state, nn.Module):  # a pickled whole model (only reachable with trust=True)
-        state = state.state_dict()
-    tensors: dict[str, torch.Tensor] = OrderedDict()
-    copies: dict[int, torch.Tensor] = {}  # one copy of an array the file references under several names
-    for k, v in state.items():
-        if not isinstance(k, str) or k.endswith("_momentum"):  # Caffe2 optimizer blobs
-            continue
-        t = copies.get(id(v))
-        if t is None:
-            t = _to_tensor(v)
-            if t is None:
-                continue
-            copies[id(v)] = t
-        tensors[k] = t
-    check_finite_tensors(tensors, name)
-    if not tensors:
-        raise CheckpointError(f"'{name}': no weight arrays found (top-level keys: {sorted(map(str, obj))[:10]})")
-    if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
-        tensors = OrderedDict((k[len("module."):], v) for k, v in tensors.items())
-    return tensors, meta
-
-
 # -------------------------------------------------------------------------------------------- detection
 _TV_ANCHOR = re.compile(r"^(.*?)layer1\.0\.conv1\.weight$")
 _D2_STEM = re.compile(r"^(.*?)stem\.conv1\.weight$")
@@ -163,17 +101,20 @@ _C2_KEY = re.compile(r"^(conv1_w|res_conv1_(bn|gn)_s|res\d+_\d+_branch\d)")
 
 
 def detect_source(state: Mapping[str, Any], name: str = "<state dict>") -> str:
-    """"torchvision" | "detectron2" | "caffe2" from the key names (timm ResNets use torchvision's names)."""
-    keys = list(state)
-    if any(_C2_KEY.match(k) for k in keys):
-        return "caffe2"
-    if any(_D2_STEM.match(k) or _D2_STAGE.match(k) for k in keys):
-        return "detectron2"
-    if any(_TV_ANCHOR.match(k) for k in keys):
-        return "torchvision"
-    raise CheckpointError(f"'{name}': cannot tell which ResNet naming this checkpoint uses (not torchvision/timm "
-                          f"'layer1.0.conv1.weight', detectron2 'res2.0.conv1.weight' or Caffe2 "
-                          f"'res2_0_branch2a_w'); first keys: {keys[:8]}")
+    """"torchvision" | "detectron2" | "caffe2": the ResNet naming of a file's backbone, from the format that claims
+    it (formats.py; timm ResNets use torchvision's names, ours are detectron2's)."""
+    from .formats import detect_format
+
+    return _naming(detect_format(unwrap(state, name)), unwrap(state, name))
+
+
+def _naming(fmt, weights) -> str:
+    if fmt.naming is None:
+        keys = list(weights.tensors)
+        raise CheckpointError(f"'{weights.name}': cannot tell which ResNet naming this checkpoint uses (not "
+                              f"torchvision/timm 'layer1.0.conv1.weight', detectron2 'res2.0.conv1.weight' or "
+                              f"Caffe2 'res2_0_branch2a_w'); first keys: {keys[:8]}")
+    return fmt.naming
 
 
 def _common_prefix(keys: list[str], pattern: re.Pattern, name: str, what: str) -> str:
@@ -290,56 +231,54 @@ def _convert_caffe2(state: dict, name: str) -> dict:
     return out
 
 
+_CONVERT = {"torchvision": _convert_torchvision, "caffe2": _convert_caffe2, "detectron2": _convert_detectron2}
+
+
 def convert_state_dict(state: Mapping[str, Any], source: str = "auto", name: str = "<state dict>"
                        ) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict in our ResNet names, naming it was converted from: torchvision | timm | detectron2 |
     caffe2). Keys outside the ResNet keep their names. Our own names count as "detectron2"."""
-    if source not in ("auto", *SOURCES):
-        raise CheckpointError(f"unknown checkpoint source '{source}'; choose from auto, {', '.join(SOURCES)}")
-    tensors, _ = _unwrap(state, name)
-    naming = detect_source(tensors, name) if source == "auto" else source
-    if naming in ("torchvision", "timm"):
-        return _convert_torchvision(tensors, name), naming
-    if naming == "caffe2":
-        return _convert_caffe2(tensors, name), naming
-    return _convert_detectron2(tensors, name), "detectron2"
+    from .formats import detect_format
+
+    weights = unwrap(state, name)
+    fmt = detect_format(weights, source=source, backbone=True)
+    naming = _naming(fmt, weights)
+    return _CONVERT[naming](weights.tensors, name), ("timm" if fmt.name == "timm" else naming)
 
 
 def convert_checkpoint(path_or_obj, source: str = "auto", trust: bool = False, name: str | None = None,
                        **pixel_overrides) -> dict:
-    """Read (if a path) and convert a checkpoint; returns the converted-file dict described above.
+    """Read (if a path) and convert a checkpoint's ResNet names (whatever format claims the file: a whole detector
+    or DETR file too); returns the converted-file dict described above.
 
-    Our own converted files keep the source and pixel convention they record. `pixel_overrides`
+    Our own checkpoints and converted files keep the source and pixel convention they record. `pixel_overrides`
     (format=, pixel_mean=, pixel_std=) replace the source's default input convention. `name`: what errors call
     an already loaded object (default: the path, or "<in-memory checkpoint>").
     """
-    is_path = isinstance(path_or_obj, (str, os.PathLike))
-    name = name or (os.fspath(path_or_obj) if is_path else "<in-memory checkpoint>")
-    obj = load_checkpoint_file(os.fspath(path_or_obj), trust=trust) if is_path else path_or_obj
-    tensors, file_meta = _unwrap(obj, name)
-    state, naming = convert_state_dict(tensors, source, name)
-    recorded = {k: file_meta[k] for k in _PIXEL_KEYS if k in file_meta}
-    used = naming
-    if source == "ours" or (source == "auto" and (is_own_checkpoint(obj) or file_meta.get("source") == "ours")):
-        used = "ours"  # our own checkpoint (tagged) or a converted file of one
-    elif source in ("auto", "ours") and file_meta.get("source") in SOURCES and recorded:
-        used = file_meta["source"]  # one of our converted files
-    if used == "ours":
-        pixels: dict = dict.fromkeys(_PIXEL_KEYS)  # only what the checkpoint records: nothing is guessed
-    else:
-        pixels = dict(PIXEL_CONVENTIONS.get(used, _MSRA_PIXELS))
-        if "torchvision" in str(file_meta.get("__author__", "")).lower():  # detectron2's torchvision conversions
-            pixels = dict(_TORCHVISION_PIXELS)
-    pixels.update(recorded)
+    from .formats import convention_of, detect_format
+
+    weights = read_weights(path_or_obj, trust=trust, name=name)
+    fmt = detect_format(weights, source=source, backbone=True)
+    naming = _naming(fmt, weights)
+    state = _CONVERT[naming](weights.tensors, weights.name)
+    used, pixels = convention_of(fmt, weights)
+    if used is None:  # a format that implies no convention of its own: its backbone's naming does
+        used, pixels = convention_of(_backbone_format(fmt, naming), weights)
     pixels.update({k: v for k, v in pixel_overrides.items() if v is not None})
     if pixels["format"] not in ("RGB", "BGR", None):
-        raise CheckpointError(f"'{name}': pixel format must be 'RGB' or 'BGR', got {pixels['format']!r}")
+        raise CheckpointError(f"'{weights.name}': pixel format must be 'RGB' or 'BGR', got {pixels['format']!r}")
 
     def floats(v):
         return None if v is None else [float(x) for x in v]
 
     return {"model": state, "format": pixels["format"], "pixel_mean": floats(pixels["pixel_mean"]),
             "pixel_std": floats(pixels["pixel_std"]), "source": used}
+
+
+def _backbone_format(fmt, naming: str):
+    from .formats import FORMATS
+
+    return FORMATS["timm" if fmt.name == "timm" else naming]
 
 
 def save_converted(converted: dict, path: str) -> None:
@@ -368,12 +307,16 @@ def find_resnet_prefix(module: nn.Module) -> str:
 
 
 def load_backbone_weights(module: nn.Module, path_or_state, prefix: str | None = None, trust: bool = False,
-                          source: str = "auto", name: str | None = None) -> LoadResult:
+                          source: str = "auto", name: str | None = None, warn_pixels: bool = True) -> LoadResult:
     """Convert and load ResNet weights into `module`; see the module docstring for the contract. `name`: what
-    messages call an already loaded object (the Checkpointer passes the file it read it from)."""
-    if name is None:
-        name = os.fspath(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else "<in-memory checkpoint>"
-    converted = convert_checkpoint(path_or_state, source=source, trust=trust, name=name)
+    messages call an already loaded object (the Checkpointer passes the file it read it from). `warn_pixels`: warn
+    when the weights' input convention differs from the one `module` carries (reader.warn_pixel_convention; the
+    Checkpointer, which warns itself, passes False)."""
+    from .reader import warn_pixel_convention
+
+    weights = read_weights(path_or_state, trust=trust, name=name)
+    name = weights.name
+    converted = convert_checkpoint(weights, source=source)
     if prefix is None:
         prefix = find_resnet_prefix(module)
     target = module.state_dict()
@@ -404,4 +347,6 @@ def load_backbone_weights(module: nn.Module, path_or_state, prefix: str | None =
         logger.warning("Weights missing from '%s' (left as initialised): %s", name, ", ".join(missing))
     if unexpected:
         logger.warning("Weights in '%s' that the model does not use: %s", name, ", ".join(unexpected))
+    if warn_pixels:
+        warn_pixel_convention(meta, module, name, converted["source"], logger)
     return LoadResult(missing, unexpected, converted["source"], prefix, meta, tuple(loadable))

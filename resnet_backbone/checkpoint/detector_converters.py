@@ -44,7 +44,6 @@ x 255.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -52,9 +51,9 @@ from typing import Any, Mapping
 import torch
 
 from . import CheckpointError
-from .converters import PIXEL_CONVENTIONS, _torchvision_key, _unwrap
+from .converters import _torchvision_key
 from .detr_converter import COCO_CATEGORY_IDS
-from .safe_pickle import load_checkpoint_file
+from .reader import PIXEL_CONVENTIONS, read_weights, unwrap
 
 __all__ = [
     "DETECTOR_SOURCES",
@@ -87,6 +86,41 @@ _D2_ONLY = ("proposal_generator.", "sem_seg_head.", "head.cls_subnet.", "head.bb
 _D2_CASCADE = re.compile(r"^roi_heads\.(box_predictor\.\d+\.|box_head\.\d+\.(fc|conv)\d)")
 
 
+def _marks(*prefixes: str):
+    return lambda keys: _has(keys, *prefixes)
+
+
+def _cascade(keys) -> bool:
+    return any(_D2_CASCADE.match(k) for k in keys)
+
+
+# (test on the key names, architecture), the first that holds names the file; none: a Faster R-CNN
+_TORCHVISION_ARCHS = (
+    (_marks("roi_heads.mask_head.", "roi_heads.mask_predictor."), "torchvision Mask R-CNN (maskrcnn_resnet50_fpn)"),
+    (_marks("roi_heads.keypoint_head.", "roi_heads.keypoint_predictor."),
+     "torchvision Keypoint R-CNN (keypointrcnn_resnet50_fpn)"),
+    (_marks("head.regression_head.bbox_ctrness"), "torchvision FCOS (fcos_resnet50_fpn)"),
+    (_marks("head.classification_head.module_list."), "torchvision SSD / SSDlite"),
+    (_marks("head."), "torchvision RetinaNet (retinanet_resnet50_fpn)"),
+    (lambda keys: not _has(keys, "backbone.body.layer1."),
+     "torchvision Faster R-CNN with a non-ResNet backbone (e.g. fasterrcnn_mobilenet_v3_large_fpn)"),
+)
+_DETECTRON2_ARCHS = (
+    (lambda keys: _has(keys, "sem_seg_head.") and _has(keys, "roi_heads."), "detectron2 Panoptic FPN"),
+    (_marks("sem_seg_head."), "detectron2 semantic segmentation model (SemanticSegmentor)"),
+    (_marks("roi_heads.mask_head."), "detectron2 Mask R-CNN"),
+    (_marks("roi_heads.keypoint_head."), "detectron2 Keypoint R-CNN"),
+    (_marks("head."), "detectron2 RetinaNet"),
+    (_cascade, "detectron2 Cascade R-CNN"),
+    (_marks("roi_heads.res5."), "detectron2 C4 Faster R-CNN (Res5ROIHeads: res5 in the box head)"),
+    (lambda keys: not _has(keys, "roi_heads."), "detectron2 RPN-only model (ProposalNetwork)"),
+)
+
+
+def _architecture(keys: list[str], table) -> str:
+    return next((what for test, what in table if test(keys)), "Faster R-CNN")
+
+
 def identify_detector(state: Mapping[str, Any]) -> tuple[str, str] | None:
     """(family, architecture) of a whole-detector state dict or checkpoint, None for anything else (a backbone,
     DETR, a classifier). family: "detectron2" | "torchvision" | "ours"; architecture: "Faster R-CNN" for the
@@ -99,37 +133,9 @@ def identify_detector(state: Mapping[str, Any]) -> tuple[str, str] | None:
     if keys and all(k.startswith("module.") for k in keys):
         keys = [k[len("module."):] for k in keys]
     if _has(keys, "backbone.body.", "head.classification_head.") and _has(keys, "rpn.", "roi_heads.", "head."):
-        if _has(keys, "roi_heads.mask_head.", "roi_heads.mask_predictor."):
-            return "torchvision", "torchvision Mask R-CNN (maskrcnn_resnet50_fpn)"
-        if _has(keys, "roi_heads.keypoint_head.", "roi_heads.keypoint_predictor."):
-            return "torchvision", "torchvision Keypoint R-CNN (keypointrcnn_resnet50_fpn)"
-        if _has(keys, "head.regression_head.bbox_ctrness"):
-            return "torchvision", "torchvision FCOS (fcos_resnet50_fpn)"
-        if _has(keys, "head.classification_head.module_list."):
-            return "torchvision", "torchvision SSD / SSDlite"
-        if _has(keys, "head."):
-            return "torchvision", "torchvision RetinaNet (retinanet_resnet50_fpn)"
-        if not _has(keys, "backbone.body.layer1."):
-            return "torchvision", ("torchvision Faster R-CNN with a non-ResNet backbone (e.g. "
-                                   "fasterrcnn_mobilenet_v3_large_fpn)")
-        return "torchvision", "Faster R-CNN"
-    if _has(keys, *_D2_ONLY) or any(_D2_CASCADE.match(k) for k in keys):
-        if _has(keys, "sem_seg_head."):
-            return "detectron2", ("detectron2 Panoptic FPN" if _has(keys, "roi_heads.")
-                                  else "detectron2 semantic segmentation model (SemanticSegmentor)")
-        if _has(keys, "roi_heads.mask_head."):
-            return "detectron2", "detectron2 Mask R-CNN"
-        if _has(keys, "roi_heads.keypoint_head."):
-            return "detectron2", "detectron2 Keypoint R-CNN"
-        if _has(keys, "head."):
-            return "detectron2", "detectron2 RetinaNet"
-        if any(_D2_CASCADE.match(k) for k in keys):
-            return "detectron2", "detectron2 Cascade R-CNN"
-        if _has(keys, "roi_heads.res5."):
-            return "detectron2", "detectron2 C4 Faster R-CNN (Res5ROIHeads: res5 in the box head)"
-        if not _has(keys, "roi_heads."):
-            return "detectron2", "detectron2 RPN-only model (ProposalNetwork)"
-        return "detectron2", "Faster R-CNN"
+        return "torchvision", _architecture(keys, _TORCHVISION_ARCHS)
+    if _has(keys, *_D2_ONLY) or _cascade(keys):
+        return "detectron2", _architecture(keys, _DETECTRON2_ARCHS)
     if _has(keys, "rpn.head.") and _has(keys, "roi_heads.box_predictor.") and _has(keys, "backbone."):
         return "ours", "Faster R-CNN"
     return None
@@ -344,8 +350,7 @@ def convert_detector_state_dict(state: Mapping[str, Any], source: str = "auto", 
     have (None: whatever the file has, torchvision's 91-way COCO head reduced to 80); a file that cannot give it
     is a CheckpointError naming the key, both shapes and MODEL.ROI_HEADS.NUM_CLASSES.
     """
-    tensors, _ = _unwrap(state, name)
-    return _convert_tensors(tensors, source, name, num_classes)
+    return _convert_tensors(unwrap(state, name).tensors, source, name, num_classes)
 
 
 def _convert_tensors(tensors: dict[str, torch.Tensor], source: str, name: str, num_classes: int | None):
@@ -420,10 +425,8 @@ def convert_detector(path_or_obj, source: str = "auto", trust: bool = False, num
     module docstring. `name`: what errors call an already loaded object (default: the path, or
     "<in-memory checkpoint>"). `pixel_overrides` (format=, pixel_mean=, pixel_std=) replace the recorded
     convention."""
-    is_path = isinstance(path_or_obj, (str, os.PathLike))
-    name = name or (os.fspath(path_or_obj) if is_path else "<in-memory checkpoint>")
-    obj = load_checkpoint_file(os.fspath(path_or_obj), trust=trust) if is_path else path_or_obj
-    tensors, meta = _unwrap(obj, name)
+    weights = read_weights(path_or_obj, trust=trust, name=name)
+    name, tensors, meta = weights.name, weights.tensors, weights.meta
     model, family, dropped, notes, source_keys = _convert_tensors(tensors, source, name, num_classes)
     pixels = _pixels(family, tensors, meta, dropped)
     pixels.update({k: v for k, v in pixel_overrides.items() if v is not None})

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import CheckpointError
-from .safe_pickle import load_checkpoint_file
+from .reader import read_weights, unwrap
 
 __all__ = [
     "detectron2_to_ours",
@@ -56,26 +56,14 @@ _D2_LAYOUTS = ("fpn", "resnet", "c4")
 _FROZEN_BN_EPS = 1e-5
 
 
-def _unwrap(checkpoint: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"{where}: expected a state dict or a checkpoint dict, got {type(checkpoint).__name__}")
-    state = checkpoint
-    if "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    state = dict(state)
-    if state and all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped model
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _to_tensor(name: str, value: Any, where: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    if isinstance(value, (int, float, np.number)):
-        return torch.as_tensor(value)
-    raise CheckpointError(f"{where}: key '{name}' holds a {type(value).__name__}, not an array or tensor")
+def _tensors(checkpoint: Mapping[str, Any], where: str, roots: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The state dict of `checkpoint` as reader.unwrap gives it (the "model" state, DDP prefix removed, numpy arrays
+    as tensors); a value under a name starting with one of `roots` that is no array is a CheckpointError."""
+    weights = unwrap(checkpoint, where.strip("'"))
+    bad = [k for k in weights.skipped if k.startswith(roots)]
+    if bad:
+        raise CheckpointError(f"{where}: key '{bad[0]}' holds a {weights.skipped[bad[0]]}, not an array or tensor")
+    return dict(weights.tensors)
 
 
 def _select(state: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -85,7 +73,7 @@ def _select(state: dict[str, Any], prefix: str) -> dict[str, Any]:
 def is_detectron2_state_dict(state: Mapping[str, Any]) -> bool:
     """True when `state` (or state["model"]) has detectron2 backbone names ("backbone.bottom_up.res2..." etc.)."""
     try:
-        state = _unwrap(state, "state dict")
+        state = _tensors(state, "state dict")
     except CheckpointError:
         return False
     return any(k.startswith(D2_BACKBONE + D2_BOTTOM_UP) or k.startswith(D2_BACKBONE + "fpn_lateral")
@@ -125,7 +113,7 @@ def detectron2_to_ours(checkpoint: Mapping[str, Any], target: str = "fpn", inclu
     """
     if target not in _TARGETS:
         raise CheckpointError(f"{source}: target must be one of {_TARGETS}, got {target!r}")
-    state = _unwrap(checkpoint, source)
+    state = _tensors(checkpoint, source, (D2_BACKBONE, D2_ROI_RES5, *_FPN_ROOTS, *_RESNET_ROOTS))
     state = {k: (k, v) for k, v in state.items()}  # keep each value's original name for error messages
     backbone = _select(state, D2_BACKBONE)
     if not backbone:  # maybe a detectron2 backbone's own state dict
@@ -152,7 +140,7 @@ def detectron2_to_ours(checkpoint: Mapping[str, Any], target: str = "fpn", inclu
         if not out:
             raise CheckpointError(f"{source}: no ResNet weights under the detectron2 backbone")
 
-    out = {k: _to_tensor(name, v, source) for k, (name, v) in out.items()}
+    out = {k: v for k, (_, v) in out.items()}
     if len(state) > len(out):
         logger.info("%s: took %d backbone tensors, left out %d others (heads)", source, len(out),
                     len(state) - len(out))
@@ -178,7 +166,7 @@ def ours_to_detectron2(state_dict: Mapping[str, torch.Tensor], layout: str | Non
     layout = layout or "fpn"
     if layout not in _D2_LAYOUTS:
         raise CheckpointError(f"ours_to_detectron2: layout must be one of {_D2_LAYOUTS}, got {layout!r}")
-    state = _unwrap(state_dict, "ours_to_detectron2")
+    state = _tensors(state_dict, "ours_to_detectron2")
     unknown = sorted(k for k in state if not (k.startswith(_FPN_ROOTS) or k.startswith(_RESNET_ROOTS)))
     if unknown:
         raise CheckpointError(f"ours_to_detectron2: not an FPN or ResNet state dict of ours; unexpected keys "
@@ -217,7 +205,7 @@ def ours_detector_to_detectron2(state_dict: Mapping[str, Any], numpy: bool = Fal
     {C+1+2j}) -> conv{i+1}[.norm] / fc{j+1}; box_predictor.cls_score's background row 0 moved last, bbox_pred's 4
     background rows dropped. Any other key is a CheckpointError naming it.
     """
-    state = _unwrap(state_dict, source)
+    state = _tensors(state_dict, source)
     rpn_convs = sorted({int(m.group(1)) for k in state if (m := _OURS_RPN.match(k)) and m.group(1) is not None})
     # box head: sequence indices holding convs ({i}.0.weight 4-d) and fcs ({n}.weight 2-d), in order
     conv_idx = sorted({int(m.group(1)) for k in state if (m := _OURS_BOX_HEAD.match(k)) and m.group(2) is not None})
@@ -247,14 +235,12 @@ def ours_detector_to_detectron2(state_dict: Mapping[str, Any], numpy: bool = Fal
             else:
                 name = f"roi_heads.box_head.fc{fc_idx.index(int(module)) + 1}.{field}"
         elif k in (f"{_CLS_SCORE}.weight", f"{_CLS_SCORE}.bias"):
-            v = _to_tensor(k, v, source)
             name, v = k, torch.cat([v[1:], v[:1]])  # background: row 0 -> last
         elif k in (f"{_BBOX_PRED}.weight", f"{_BBOX_PRED}.bias"):
-            name, v = k, _to_tensor(k, v, source)[4:]  # the 4 background rows are never used
+            name, v = k, v[4:]  # the 4 background rows are never used
         else:
             unknown.append(k)
             continue
-        v = _to_tensor(k, v, source)
         out[name] = v.detach().cpu().numpy() if numpy else v
     if unknown:
         raise CheckpointError(f"{source}: keys that are not part of our FasterRCNN (FPN, box head only): "
@@ -265,10 +251,10 @@ def ours_detector_to_detectron2(state_dict: Mapping[str, Any], numpy: bool = Fal
 def load_detectron2_checkpoint(path: str, target: str = "fpn", include_roi_res5: bool = True, trust: bool = False
                                ) -> dict[str, torch.Tensor]:
     """Read a detectron2 checkpoint file (.pth from its trainer, or a model-zoo .pkl) and return the backbone
-    in our names (see `detectron2_to_ours`). Files are read by `safe_pickle.load_checkpoint_file`: .pkl through the
+    in our names (see `detectron2_to_ours`). Files are read by `reader.read_weights`: .pkl through the
     restricted unpickler (numpy arrays and plain containers only), others with torch.load(weights_only=True);
     `trust=True` allows a .pth that needs full unpickling."""
-    data = load_checkpoint_file(path, trust=trust)
+    data = read_weights(path, trust=trust)
     return detectron2_to_ours(data, target=target, include_roi_res5=include_roi_res5, source=f"'{path}'")
 
 
@@ -307,11 +293,10 @@ def convert_to_detectron2(path_or_obj, layout: str | None = None, source: str = 
     from .converters import convert_checkpoint  # converters imports this package; keep the import lazy
     from .detector_converters import DETECTOR_SOURCES, convert_detector, identify_detector
 
-    is_path = isinstance(path_or_obj, (str, os.PathLike))
-    name = f"'{os.fspath(path_or_obj)}'" if is_path else "<in-memory checkpoint>"
-    obj = load_checkpoint_file(os.fspath(path_or_obj), trust=trust) if is_path else path_or_obj
+    weights = read_weights(path_or_obj, trust=trust)
+    name = f"'{weights.name}'" if isinstance(path_or_obj, (str, os.PathLike)) else weights.name
     whole = {"auto": None, "ours": "ours", "detectron2_detector": "detectron2", "torchvision_detector": "torchvision"}
-    found = identify_detector(obj) if source in whole else None
+    found = identify_detector(weights.tensors) if source in whole else None
     if source == "ours" and found is not None and found[0] != "ours":
         found = None  # --source ours on a file in torchvision / detectron2 names: not a whole detector of ours
     if source.endswith("_detector") and (found is None or found[0] != whole[source]):
@@ -320,24 +305,25 @@ def convert_to_detectron2(path_or_obj, layout: str | None = None, source: str = 
     if found is not None and found[1] == "Faster R-CNN" and layout in (None, "fpn"):
         # a whole Faster R-CNN: ours directly, a torchvision / detectron2 one through our names
         if found[0] == "ours":
-            pixels, ours = convert_checkpoint(obj, source="ours"), _unwrap(obj, name)
-            used = obj["source"] if obj.get("source") in DETECTOR_SOURCES else "ours"  # one of our converted files
+            pixels, ours = convert_checkpoint(weights, source="ours"), weights.tensors
+            recorded = weights.meta.get("source")
+            used = recorded if recorded in DETECTOR_SOURCES else "ours"  # one of our converted files
         else:
-            pixels = convert_detector(obj, source=found[0], name=name.strip("'"))
+            pixels = convert_detector(weights, source=found[0])
             ours, used = pixels["model"], found[0]
         d2 = ours_detector_to_detectron2(ours, source=name)
         return {"model": d2, **{k: pixels[k] for k in ("format", "pixel_mean", "pixel_std")}, "source": used,
                 "architecture": "FasterRCNN"}
     if source in ("detectron2_detector", "torchvision_detector"):
         raise CheckpointError(f"{name} is a {found[1]} file: only a Faster R-CNN converts whole (layout 'fpn')")
-    converted = convert_checkpoint(obj, source=source, trust=trust)
-    raw = _unwrap(obj, name)
+    converted = convert_checkpoint(weights, source=source)
+    raw = weights.tensors
     backbone = _select(raw, D2_BACKBONE) or raw
     if source in ("auto", "detectron2", "ours") and any(k.startswith(_FPN_ROOTS[1:]) for k in backbone):
         if layout not in (None, "fpn"):
             raise CheckpointError(f"{name}: holds an FPN, which only fits detectron2's FPN models (layout 'fpn'), "
                                   f"not {layout!r}")
-        d2 = ours_to_detectron2(detectron2_to_ours(obj, target="fpn", source=name), layout="fpn")
+        d2 = ours_to_detectron2(detectron2_to_ours(weights, target="fpn", source=name), layout="fpn")
     else:
         resnet = {k: v for k, v in converted["model"].items() if k.startswith(_RESNET_ROOTS)}
         if not resnet:

@@ -22,13 +22,13 @@ import torch
 
 from . import CheckpointError
 from .converters import _torchvision_key
-from .safe_pickle import load_checkpoint_file
+from .reader import PIXEL_CONVENTIONS, Weights, read_weights
 
-__all__ = ["convert_detr_state_dict", "convert_detr_checkpoint", "is_detr_state_dict", "torchvision_resnet_key",
-           "COCO_CATEGORY_IDS", "DETR_INPUT"]
+__all__ = ["convert_detr_state_dict", "convert_detr_checkpoint", "convert_detr_weights", "is_detr_state_dict",
+           "torchvision_resnet_key", "COCO_CATEGORY_IDS", "DETR_INPUT"]
 
 # what the official weights were trained with
-DETR_INPUT = {"format": "RGB", "pixel_mean": [123.675, 116.280, 103.530], "pixel_std": [58.395, 57.120, 57.375]}
+DETR_INPUT = PIXEL_CONVENTIONS["detr"]
 
 # the 80 COCO category ids in contiguous order (contiguous id c <-> COCO_CATEGORY_IDS[c])
 COCO_CATEGORY_IDS = [
@@ -101,20 +101,24 @@ def convert_detr_state_dict(state_dict: dict, num_classes: int | None = None) ->
     return out
 
 
-def convert_detr_checkpoint(path: str, num_classes: int | None = None, trust: bool = False) -> dict:
-    """Read an official DETR .pth; return converters.py's converted-file dict {"model": our state dict,
-    "format": "RGB", "pixel_mean", "pixel_std", "source": "detr"} (`converters.save_converted` writes it; the
-    file loads with cfg.MODEL.WEIGHTS). The official files also pickle their argparse arguments, so reading
-    them needs `trust=True` (full unpickling: trusted files only)."""
-    data = load_checkpoint_file(path, trust=trust)
-    state = data.get("model", data) if isinstance(data, dict) else None
-    if isinstance(state, dict) and state and all(k.startswith("module.") for k in state):  # saved from DDP
-        state = {k[len("module."):]: v for k, v in state.items()}
-    if not isinstance(state, dict) or not is_detr_state_dict(state):
-        raise CheckpointError(f"'{path}' is not an official DETR checkpoint (expected a dict with 'model' holding "
-                              "keys 'backbone.0.body.*' and 'query_embed.weight')")
+def convert_detr_weights(weights: Weights, num_classes: int | None = None, **pixel_overrides) -> dict:
+    """The official DETR file read by reader.read_weights -> converters.py's converted-file dict {"model": our
+    state dict, "format": "RGB", "pixel_mean", "pixel_std", "source": "detr"} (formats.py's "detr" entry)."""
+    if not is_detr_state_dict(weights.tensors):
+        raise CheckpointError(f"'{weights.name}' is not an official DETR checkpoint (expected a dict with 'model' "
+                              "holding keys 'backbone.0.body.*' and 'query_embed.weight')")
     try:
-        model = convert_detr_state_dict(state, num_classes)
+        model = convert_detr_state_dict(weights.tensors, num_classes)
     except CheckpointError as e:
-        raise CheckpointError(f"'{path}': {e}") from e
-    return {"model": model, **DETR_INPUT, "source": "detr"}
+        raise CheckpointError(f"'{weights.name}': {e}") from e
+    pixels = {**DETR_INPUT, **{k: v for k, v in pixel_overrides.items() if v is not None}}
+    return {"model": model, **{k: v if isinstance(v, str) else [float(x) for x in v] for k, v in pixels.items()},
+            "source": "detr"}
+
+
+def convert_detr_checkpoint(path, num_classes: int | None = None, trust: bool = False) -> dict:
+    """Read an official DETR .pth (or take the loaded object); return converters.py's converted-file dict {"model":
+    our state dict, "format": "RGB", "pixel_mean", "pixel_std", "source": "detr"} (`converters.save_converted`
+    writes it; the file loads with cfg.MODEL.WEIGHTS). The official files also pickle their argparse arguments,
+    so reading them needs `trust=True` (full unpickling: trusted files only)."""
+    return convert_detr_weights(read_weights(path, trust=trust), num_classes)

@@ -14,6 +14,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _random_weights import randomize
 from _tools import ROOT, load_tool
 from torchvision.models import detection as tvdet
 
@@ -46,20 +47,7 @@ CONVERT = load_tool("convert_weights")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every float tensor random (norm statistics included), so a value at a wrong key cannot go unnoticed."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for k, t in module.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if t.dim() == 1 and (k.endswith("running_var") or k.endswith("weight")):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.dim() == 1:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) * (1.0 / max(1, t[0].numel())) ** 0.5)
-    return module.eval()
+_randomize = randomize
 
 
 def _ours(cfg_file: str, *opts) -> torch.nn.Module:
@@ -128,20 +116,22 @@ def _tv_coco_rows(scores, deltas):
     return scores[:, keep], deltas.view(deltas.shape[0], 91, 4)[:, keep].flatten(1)
 
 
-@pytest.fixture(scope="module")
-def tv_v1(tmp_path_factory):
-    tv = _randomize(tvdet.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None), 1)
-    path = str(tmp_path_factory.mktemp("tv") / "fasterrcnn_resnet50_fpn.pth")
+def _torchvision_file(tmp_path_factory, builder, seed: int):
+    """torchvision's own model (random values), saved as its state dict: (model, path)."""
+    tv = _randomize(builder(weights=None, weights_backbone=None), seed)
+    path = str(tmp_path_factory.mktemp(builder.__name__) / f"{builder.__name__}.pth")
     torch.save(tv.state_dict(), path)
     return tv, path
+
+
+@pytest.fixture(scope="module")
+def tv_v1(tmp_path_factory):
+    return _torchvision_file(tmp_path_factory, tvdet.fasterrcnn_resnet50_fpn, 1)
 
 
 @pytest.fixture(scope="module")
 def tv_v2(tmp_path_factory):
-    tv = _randomize(tvdet.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None), 2)
-    path = str(tmp_path_factory.mktemp("tv2") / "fasterrcnn_resnet50_fpn_v2.pth")
-    torch.save(tv.state_dict(), path)
-    return tv, path
+    return _torchvision_file(tmp_path_factory, tvdet.fasterrcnn_resnet50_fpn_v2, 2)
 
 
 def test_torchvision_v1_file_loads_whole_and_matches_torchvision(tv_v1):

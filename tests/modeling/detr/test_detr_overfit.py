@@ -10,10 +10,10 @@ import os
 
 import pytest
 import torch
+from _detr import tiny_detr_cfg
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from resnet_backbone.config import get_cfg
 from resnet_backbone.data.detection_utils import read_image
 from resnet_backbone.data.synthetic.shapes import generate_shapes_dataset
 from resnet_backbone.modeling.meta_arch import build_model
@@ -73,18 +73,10 @@ def test_detr_overfits_two_synthetic_images(tmp_path, one_thread):
     inputs, cat_ids = _load(json_path, tmp_path / "train")
     assert sum(len(x["instances"]) for x in inputs) >= 4
 
-    cfg = get_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "DETR"
+    cfg = tiny_detr_cfg(len(cat_ids), hidden=64, enc=2, ffn=128, dropout=0.0)
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]
     cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
-    d = cfg.MODEL.DETR
-    d.NUM_CLASSES, d.NUM_OBJECT_QUERIES, d.HIDDEN_DIM, d.NHEADS = len(cat_ids), 10, 64, 4
-    d.ENC_LAYERS, d.DEC_LAYERS, d.DIM_FEEDFORWARD, d.DROPOUT = 2, 2, 128, 0.0
     model = build_model(cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
 
