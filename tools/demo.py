@@ -176,6 +176,10 @@ class Predictor:
         else:
             logger.warning("no weights given: the model is randomly initialised")
         self.model = optimize_for_inference(self.model, cfg)  # eval mode + the fast paths the config asks for
+        if cfg.TEST.AUG.ENABLED:  # test-time augmentation, as Trainer.test evaluates it (Faster R-CNN only)
+            from resnet_backbone.modeling.meta_arch import build_tta_model
+
+            self.model = build_tta_model(cfg, self.model)
         self.augs = build_augmentation(cfg, is_train=False)
         self._apply = apply_augmentations
 

@@ -110,3 +110,30 @@ def test_run_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "metrics.png").exists()
     printed = capsys.readouterr().out
     assert "precision:   SOLVER.AMP.ENABLED False: float32" in printed and "machine:     CPU " in printed
+
+
+def test_predictor_honours_test_time_augmentation():
+    from _tools import TINY_FRCNN_MODEL
+
+    from resnet_backbone.config import get_cfg
+    from resnet_backbone.modeling.meta_arch.tta import FasterRCNNWithTTA
+
+    def predictor(*extra):
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-RCNN-FPN.yaml"))
+        cfg.merge_from_list(TINY_FRCNN_MODEL + ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "INPUT.MIN_SIZE_TEST", "64",
+                                                "INPUT.MAX_SIZE_TEST", "96", "SEED", "3", *extra])
+        torch.manual_seed(0)
+        return demo.Predictor(cfg)
+
+    image = np.random.default_rng(1).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    plain = predictor()
+    aug = ("TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64,)", "TEST.AUG.MAX_SIZE", "96")
+    one = predictor(*aug, "TEST.AUG.FLIP", "False")
+    assert not isinstance(plain.model, FasterRCNNWithTTA) and isinstance(one.model, FasterRCNNWithTTA)
+    a, b = plain(image), one(image)
+    assert len(a["boxes"]) > 0
+    for k in ("boxes", "scores", "labels"):  # one size, no flip: the plain model's detections
+        assert torch.equal(a[k], b[k]), k
+    flipped = predictor(*aug, "TEST.AUG.FLIP", "True")(image)
+    assert not (len(flipped["boxes"]) == len(a["boxes"]) and torch.equal(flipped["boxes"], a["boxes"]))

@@ -4,5 +4,6 @@ from .build import META_ARCH_REGISTRY, build_model
 from .dbnet import DBNet
 from .detr import DETR
 from .faster_rcnn import FasterRCNN
+from .tta import FasterRCNNWithTTA, build_tta_model
 
-__all__ = ["META_ARCH_REGISTRY", "build_model", "FasterRCNN", "DETR", "DBNet"]
+__all__ = ["META_ARCH_REGISTRY", "build_model", "FasterRCNN", "DETR", "DBNet", "FasterRCNNWithTTA", "build_tta_model"]
