@@ -54,7 +54,7 @@ def main(args):
         # MODEL_EMA.ENABLED: the checkpoint's EMA weights, the ones training evaluated
         Checkpointer(model, cfg.OUTPUT_DIR, use_ema_weights=bool(cfg.MODEL_EMA.ENABLED)).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume, allow_partial=getattr(args, "allow_partial_weights", False))
-        # MODEL.FUSE_FROZEN_BN / CHANNELS_LAST / COMPILE: the inference fast paths, once the weights are in
+        # MODEL.FUSE_FROZEN_BN / MKLDNN_PREPACK / CHANNELS_LAST / COMPILE: the inference fast paths, weights loaded
         model = optimize_for_inference(model, cfg)
         results = Trainer.test(cfg, model)
     else:
@@ -65,6 +65,10 @@ def main(args):
         from resnet_backbone.engine import flatten_results
 
         logging.getLogger("resnet_backbone").info("Final results: %s", flatten_results(results))
+    if comm.is_main_process():  # TEST.EXPECTED_RESULTS (detectron2's verify_results): a miss fails the run
+        from resnet_backbone.engine.trainer import verify_results
+
+        verify_results(cfg, results or {})
     return results
 
 

@@ -22,9 +22,17 @@ _C.MODEL.LOAD_PROPOSALS = False
 # MSRA/Caffe2 weights (BGR, std 1). For torchvision weights use RGB with ImageNet mean/std * 255.
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
-# ours: inference fast paths (each checked for parity in tests)
+# ours: inference fast paths, one key per effect, applied by modeling/fast_paths optimize_for_inference (train_net
+# --eval-only, demo, benchmark); each checked for parity in tests.
+# channels_last (NHWC) weights and activations; Faster R-CNN also builds, trains and runs its input batch in it
 _C.MODEL.CHANNELS_LAST = False
+# fold FrozenBN / eval-mode BN into the conv weights and biases (the convs stay nn.Conv2d)
 _C.MODEL.FUSE_FROZEN_BN = False
+# CPU only (refused with another MODEL.DEVICE): convs prepacked for oneDNN, with ReLU, the residual add + ReLU of
+# our ResNet blocks and the FPN's top-down add fused as post-ops. Only convs without a norm can be prepacked: with
+# MODEL.RESNETS.NORM FrozenBN / BN / SyncBN it needs MODEL.FUSE_FROZEN_BN too (refused otherwise). A torch build
+# without oneDNN: a warning, the model unchanged.
+_C.MODEL.MKLDNN_PREPACK = False
 # ours: wrap the model in torch.compile for inference (optimize_for_inference); off by default
 _C.MODEL.COMPILE = False
 
@@ -259,6 +267,9 @@ _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.RESCALE_INTERVAL = False
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.IMS_PER_BATCH = 16
+# detectron2's: > 0 and different from the world size: the Trainer scales IMS_PER_BATCH and BASE_LR by
+# world / REFERENCE_WORLD_SIZE and MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD, TEST.EVAL_PERIOD by its inverse
+# (Trainer.auto_scale_workers; config.yaml keeps the values as given)
 _C.SOLVER.REFERENCE_WORLD_SIZE = 0
 _C.SOLVER.CLIP_GRADIENTS = CN({"ENABLED": False})
 _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
@@ -290,6 +301,8 @@ _C.MODEL_EMA.START_ITER = 0
 
 # ---------------------------------------------------------------------------- test
 _C.TEST = CN()
+# [[task, metric, expected, tolerance], ...]: tools/train_net.py fails the run (naming the metric) when the final
+# evaluation misses one (detectron2's verify_results)
 _C.TEST.EXPECTED_RESULTS = []
 _C.TEST.EVAL_PERIOD = 0
 _C.TEST.KEYPOINT_OKS_SIGMAS = []
@@ -298,6 +311,8 @@ _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
+# before every evaluation (each TEST.EVAL_PERIOD and the end) the BatchNorm statistics are recomputed over NUM_ITER
+# training batches (engine/precise_bn.py); skipped, with a log line, when no BatchNorm trains (FrozenBN)
 _C.TEST.PRECISE_BN = CN({"ENABLED": False})
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 # ours: "pycocotools" or "faster_coco_eval"
@@ -311,6 +326,7 @@ _C.CUDNN_BENCHMARK = False
 # Faster R-CNN training they show up in the box head's gradients after a few steps. Set at setup, before any
 # parallel work, so every intra-op thread inherits it.
 _C.FLUSH_DENORMAL = True
+# refused unless 0 (training-time visualization is not implemented; config/refused.py lists every refused key)
 _C.VIS_PERIOD = 0
 # ours: iterations between log lines / metrics.json records
 _C.LOG_PERIOD = 20

@@ -14,11 +14,23 @@ looks at the finished config as a whole and reports every problem at once, each 
     MODEL.DEVICE available;
   - datasets given by path (DATASETS.TRAIN / TEST "instances.json:images" or "gts_dir:images"): the json /
     folders exist (validate_cfg then registers them, data/builtin.py);
+  - inference fast paths: MODEL.MKLDNN_PREPACK on a non-CPU device, or without MODEL.FUSE_FROZEN_BN over foldable
+    norms (modeling/fast_paths `fast_path_problems`, also run by optimize_for_inference);
   - precision: SOLVER.AMP.ENABLED / DTYPE against what MODEL.DEVICE runs natively (utils/precision.py): True
     with a dtype the device lacks is refused here, before the model is built.
 
+  - keys nothing implements (config/refused.py REFUSED_KEYS): refused when changed from their default;
+  - the meta architecture's own builder checks (`model=True`, the default): FasterRCNN's are modeling/rcnn/build.py
+    `check_config` (what its builders refuse: C4's Res5ROIHeads, the bare get_cfg() model, included); a detector
+    registered elsewhere may give a `check_config(cfg) -> list[str]` classmethod. `model=False` leaves them out
+    for a config whose model is not built from it (a data-only tool, a Trainer subclass with its own build_model).
+
 Feature checks are done without building a model (the strides of ResNet stages and FPN levels are known),
-for the builders this package registers; a backbone registered by someone else is not second-guessed.
+for the builders this package registers; a backbone registered by someone else is not second-guessed. A problem
+is reported once, under the key it is about.
+
+validate_cfg runs once per config: default_setup validates it, and the Trainer's call for the same config object
+with the same contents returns at once (the config's dump is remembered on the object).
 
     from resnet_backbone.config.validate import validate_cfg
     validate_cfg(cfg, world_size=2)   # ConfigError listing every problem, or None
@@ -35,6 +47,7 @@ from .config import WORD_OR_BOOL_KEYS, CfgNode, ConfigError
 __all__ = ["validate_cfg", "find_cfg_problems"]
 
 logger = logging.getLogger(__name__)
+_VALIDATED = "_validated_as"  # cfg.__dict__ entry: (cfg.dump(), world size, model checks) of the last pass
 
 _RESNET_DEPTHS = (18, 34, 50, 101, 152)
 _NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "", "none")
@@ -270,18 +283,6 @@ def _check_model(c: _Checker, world_size: int) -> None:
             v = list(c.get(key))
             if any(not _is_num(x) or not 0 <= x <= 1 for x in v) or v != sorted(v):
                 c.add(key, f"must be increasing values in [0, 1], got {v}")
-        # The builders' own checks, before anything is built, for a config of the FPN family. get_cfg()'s own
-        # values describe detectron2's C4 model (Res5ROIHeads), which a data-only tool or test may leave as they
-        # are: building that model is refused by build_roi_heads, naming MODEL.ROI_HEADS.NAME.
-        if m.ROI_HEADS.NAME == "StandardROIHeads":
-            from ..modeling.rcnn.build import check_rcnn_config
-
-            try:
-                check_rcnn_config(cfg)
-            except ValueError as e:  # unless a check above already named the key
-                key = str(e).split(" = ", 1)[0]
-                if not any(p.startswith((f"{key}:", f"{key} ")) for p in c.problems):
-                    c.problems.append(str(e))
     elif arch == "DETR":
         d = m.DETR
         if outputs is not None and "res5" not in outputs:
@@ -321,12 +322,40 @@ def _check_model(c: _Checker, world_size: int) -> None:
             c.add("MODEL.DBNET.THRESH_MIN / MODEL.DBNET.THRESH_MAX", f"min {lo} > max {hi}")
 
 
+def _model_builder_checks(c: _Checker) -> None:
+    """The meta architecture's own checks (what its builders refuse), run here before anything is built or
+    written: FasterRCNN's are modeling/rcnn/build.py `check_config`; a detector registered elsewhere may offer a
+    `check_config(cfg) -> list[str]` classmethod. A key that a check above already reported is not repeated."""
+    arch = c.cfg.MODEL.META_ARCHITECTURE
+    check = None
+    if arch == "FasterRCNN":
+        from ..modeling.rcnn.build import check_config as check
+    else:
+        try:
+            from ..modeling.meta_arch import META_ARCH_REGISTRY
+
+            check = getattr(META_ARCH_REGISTRY.get(arch), "check_config", None)
+        except KeyError:  # not registered: reported with MODEL.META_ARCHITECTURE
+            return
+    for line in (check(c.cfg) if check is not None else []):
+        key = line.split(" = ", 1)[0].split(":", 1)[0]
+        if not any(p.startswith((f"{key}:", f"{key} ")) for p in c.problems):
+            c.problems.append(line)
+
+
 def _check_solver(c: _Checker, world_size: int) -> None:
     s = c.cfg.SOLVER
     c.number("SOLVER.IMS_PER_BATCH", 1, integer=True)
-    if isinstance(s.IMS_PER_BATCH, int) and s.IMS_PER_BATCH >= 1 and s.IMS_PER_BATCH % world_size:
+    c.number("SOLVER.REFERENCE_WORLD_SIZE", 0, integer=True)
+    ref = s.REFERENCE_WORLD_SIZE if isinstance(s.REFERENCE_WORLD_SIZE, int) and s.REFERENCE_WORLD_SIZE > 0 else 0
+    if isinstance(s.IMS_PER_BATCH, int) and s.IMS_PER_BATCH >= 1 and ref and s.IMS_PER_BATCH % ref:
+        # the Trainer scales the batch to the world size (Trainer.auto_scale_workers): images per process stay
+        c.add("SOLVER.IMS_PER_BATCH", f"{s.IMS_PER_BATCH} images per batch cannot be split over "
+              f"SOLVER.REFERENCE_WORLD_SIZE {ref} processes; use a multiple of it")
+    elif isinstance(s.IMS_PER_BATCH, int) and s.IMS_PER_BATCH >= 1 and not ref and s.IMS_PER_BATCH % world_size:
         c.add("SOLVER.IMS_PER_BATCH", f"{s.IMS_PER_BATCH} images per batch cannot be split over {world_size} "
-              "processes (world size); use a multiple of it")
+              "processes (world size); use a multiple of it (or set SOLVER.REFERENCE_WORLD_SIZE to the world "
+              "size the config was written for)")
     c.number("SOLVER.MAX_ITER", 0, integer=True)
     c.number("SOLVER.BASE_LR", 0)
     c.number("SOLVER.BASE_LR_END", 0)
@@ -341,7 +370,6 @@ def _check_solver(c: _Checker, world_size: int) -> None:
     c.number("SOLVER.BIAS_LR_FACTOR", 0)
     if s.WEIGHT_DECAY_BIAS is not None:
         c.number("SOLVER.WEIGHT_DECAY_BIAS", 0)
-    c.number("SOLVER.REFERENCE_WORLD_SIZE", 0, integer=True)
     # EMA + gradient accumulation (engine/ema.py, engine/trainer.py)
     c.number("SOLVER.GRAD_ACCUM_STEPS", 1, integer=True)
     c.number("MODEL_EMA.DECAY", 0, 1, lo_open=True, hi_open=True)
@@ -437,8 +465,27 @@ def _check_data(c: _Checker) -> None:
     c.choice("DATALOADER.ON_BAD_SAMPLE", ("error", "skip"))
     c.choice("DATALOADER.SAMPLER_TRAIN", ("TrainingSampler", "RepeatFactorTrainingSampler"))
     c.number("TEST.EVAL_PERIOD", 0, integer=True)
+    c.number("TEST.PRECISE_BN.NUM_ITER", 1, integer=True)
+    for i, entry in enumerate(list(cfg.TEST.EXPECTED_RESULTS)):  # detectron2's verify_results rows
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 4 and all(isinstance(x, str) for x in entry[:2]) \
+            and all(_is_num(x) and math.isfinite(x) for x in entry[2:]) and entry[3] >= 0
+        if not ok:
+            c.add("TEST.EXPECTED_RESULTS", f"entry {i} must be [task, metric, expected, tolerance >= 0] (e.g. "
+                  f"['bbox', 'AP', 38.5, 0.2]), got {entry!r}")
     c.number("TEST.DETECTIONS_PER_IMAGE", 1, integer=True)
     c.choice("TEST.EVALUATOR_BACKEND", ("pycocotools", "faster_coco_eval"))
+    # test-time augmentation (modeling/meta_arch/tta.py): Faster R-CNN only
+    aug = cfg.TEST.AUG
+    if not aug.MIN_SIZES or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in aug.MIN_SIZES):
+        c.add("TEST.AUG.MIN_SIZES", f"must be one or more positive integers, got {aug.MIN_SIZES}")
+    c.number("TEST.AUG.MAX_SIZE", 1, integer=True)
+    if aug.ENABLED:
+        from ..modeling.meta_arch import META_ARCH_REGISTRY, FasterRCNN
+
+        arch = cfg.MODEL.META_ARCHITECTURE  # an unknown name is _check_model's problem
+        if arch in META_ARCH_REGISTRY and not issubclass(META_ARCH_REGISTRY.get(arch), FasterRCNN):
+            c.add("TEST.AUG.ENABLED", f"test-time augmentation is implemented for FasterRCNN only, not "
+                  f"MODEL.META_ARCHITECTURE={arch!r}; set TEST.AUG.ENABLED False")
     c.number("LOG_PERIOD", 0, integer=True)
     c.number("SEED", integer=True)
 
@@ -457,28 +504,53 @@ def _check_datasets(c: _Checker) -> None:
                     c.add(key, f"{err.reason}: {err.file!r}")
 
 
-def find_cfg_problems(cfg, world_size: int | None = None) -> list[str]:
-    """Every problem of `cfg` as "KEY: what is wrong" lines (empty when the config is fine)."""
+def find_cfg_problems(cfg, world_size: int | None = None, *, model: bool = True) -> list[str]:
+    """Every problem of `cfg` as "KEY: what is wrong" lines (empty when the config is fine).
+
+    `model=False` leaves out the meta architecture's builder checks (`_model_builder_checks`), for a config whose
+    model is not built from it: a data-only tool, or a Trainer subclass with its own `build_model`.
+    """
     from .config import get_cfg
+    from .refused import refused_key_problems
 
     if world_size is None:
         from ..utils import comm
 
         world_size = comm.get_world_size()
     c = _Checker(cfg)
-    _type_problems(cfg, get_cfg(), "", c.problems)
+    defaults = get_cfg()
+    _type_problems(cfg, defaults, "", c.problems)
     if c.problems:  # range checks on values of the wrong type would only repeat the same problem
         return c.problems
+    c.problems += refused_key_problems(cfg, defaults)
     _check_solver(c, world_size)
     _check_data(c)
     _check_datasets(c)
     _check_model(c, world_size)
+    from ..modeling.fast_paths import fast_path_problems  # the fast-path keys' own check (MKLDNN_PREPACK)
+
+    c.problems += fast_path_problems(cfg)
+    if model:
+        _model_builder_checks(c)
     return c.problems
 
 
-def validate_cfg(cfg, world_size: int | None = None) -> None:
-    """Raise ConfigError listing every problem (each naming its key), before anything is built or trained."""
-    problems = find_cfg_problems(cfg, world_size)
+def validate_cfg(cfg, world_size: int | None = None, *, model: bool = True) -> None:
+    """Raise ConfigError listing every problem (each naming its key), before anything is built or trained.
+
+    Validation happens once per config: calling it again on the same config object with the same contents (the
+    Trainer after default_setup) returns at once. `model`: see find_cfg_problems.
+    """
+    if world_size is None:
+        from ..utils import comm
+
+        world_size = comm.get_world_size()
+    done = cfg.__dict__.get(_VALIDATED)
+    text = cfg.dump()
+    if done is not None and done[0] == text and done[1] == world_size and done[2] >= model:
+        logger.debug("config already validated (world size %d)", world_size)
+        return
+    problems = find_cfg_problems(cfg, world_size, model=model)
     if problems:
         raise ConfigError(f"invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  "
                           + "\n  ".join(problems))
@@ -491,3 +563,4 @@ def validate_cfg(cfg, world_size: int | None = None) -> None:
         register_cfg_datasets(cfg)
     except DatasetError as e:  # a file removed since the check above
         raise ConfigError(f"invalid config (1 problem):\n  DATASETS: {e}") from e
+    cfg.__dict__[_VALIDATED] = (text, world_size, model)  # not a config key: dump() and merges do not see it

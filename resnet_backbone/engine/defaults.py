@@ -13,9 +13,9 @@ from ..utils import comm
 from ..utils.cli import OverridesArgumentParser
 from ..utils.logger import setup_logger
 from ..utils.machine import machine
-from .train_loader import derive_seed, seed_all_rng
+from ..utils.seed import derive_seed, seed_all_rng
 
-__all__ = ["default_argument_parser", "default_setup", "setup_cfg", "flush_denormal"]
+__all__ = ["default_argument_parser", "default_setup", "setup_cfg", "flush_denormal", "resolve_seed"]
 
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -79,15 +79,37 @@ def flush_denormal() -> bool:
     return bool(torch.set_flush_denormal(True))
 
 
+def resolve_seed(cfg) -> int:
+    """cfg.SEED, or for SEED < 0 a random seed, the same on every rank (drawn once per call: collective under
+    torch.distributed, so every rank calls it)."""
+    seed = int(cfg.SEED)
+    if seed >= 0:
+        return seed
+    return comm.shared_random_seed() if comm.get_world_size() > 1 else derive_seed(*os.urandom(8))
+
+
 def default_setup(cfg, args=None) -> None:
-    """Output dir (checked writable), logging, environment + config logged, config.yaml, seeds.
+    """The process's setup, done here once (detectron2's split): the config validated, output dir (checked
+    writable), logging, environment + config logged, config.yaml, the seed. The Trainer builds; it validates
+    only a config that did not come through here (validate_cfg returns at once for one it has seen).
 
     SEED < 0 draws a random seed (the same on every rank), logs it and writes it into cfg.SEED, so
-    config.yaml records the seed that was really used.
+    config.yaml records the seed that was really used and the Trainer uses it.
     """
     from ..config.validate import validate_cfg
 
-    validate_cfg(cfg)  # a config that cannot train fails here, before the output dir is touched
+    # SEED < 0: drawn first, so the config validated is the one written and used (a SEED that is not an
+    # integer is validate_cfg's to report)
+    drawn = isinstance(cfg.SEED, int) and not isinstance(cfg.SEED, bool) and cfg.SEED < 0
+    if drawn:
+        was_frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.SEED = resolve_seed(cfg)
+        if was_frozen:
+            cfg.freeze()
+    # a config that cannot train fails here (every problem named, the model's builder checks included), before
+    # the output dir is touched or config.yaml written
+    validate_cfg(cfg)
     if cfg.get("FLUSH_DENORMAL", False):
         # first thing: threads started later inherit the flag (it is per thread; see flush_denormal)
         flush_denormal()
@@ -111,13 +133,7 @@ def default_setup(cfg, args=None) -> None:
             except OSError:
                 pass
     seed = int(cfg.SEED)
-    if seed < 0:
-        seed = comm.shared_random_seed() if comm.get_world_size() > 1 else derive_seed(*os.urandom(8))
-        was_frozen = cfg.is_frozen()
-        cfg.defrost()
-        cfg.SEED = seed
-        if was_frozen:
-            cfg.freeze()
+    if drawn:
         logger.info("SEED was -1: using the random seed %d (set SEED %d to reproduce this run)", seed, seed)
     seed_all_rng(derive_seed(seed, rank))
     logger.info("Running with full config:\n%s", cfg.dump())
@@ -126,6 +142,7 @@ def default_setup(cfg, args=None) -> None:
         text = cfg.dump()
         _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
         logger.info("Full config saved to %s", path)
+    benchmark = bool(cfg.CUDNN_BENCHMARK)  # cuDNN's autotuner (CUDA only)
     if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+        torch.backends.cudnn.benchmark = benchmark
     logging.getLogger(__name__).debug("setup done")

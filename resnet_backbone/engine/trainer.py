@@ -4,7 +4,7 @@
     trainer.resume_or_load(resume=True)    # last checkpoint (all states) or MODEL.WEIGHTS (weights only)
     results = trainer.train()              # loop + periodic checkpoint/eval + final eval
 
-Per iteration: a batch from the resumable loader (engine/train_loader.py), the model's RNG streams
+Per iteration: a batch from the resumable loader (data/build.py), the model's RNG streams
 re-seeded from (SEED, iteration, rank) — so that a resumed run repeats the uninterrupted one exactly
 and every rank draws differently — forward (under autocast in SOLVER.AMP.DTYPE when SOLVER.AMP.ENABLED
 says so for this device, see utils/precision.py; a GradScaler for float16 on CUDA), a check that every loss
@@ -35,11 +35,20 @@ loaded weights.
 Every LOG_PERIOD iterations: metrics.json line + TensorBoard scalars + progress bar (rank 0).
 Every CHECKPOINT_PERIOD iterations: model_XXXXXXX.pth; at the end model_final.pth.
 Every TEST.EVAL_PERIOD iterations and at the end: `Trainer.test` on DATASETS.TEST; results are logged,
-written to metrics.json and, with SOLVER.BEST_CHECKPOINT_METRIC, kept as model_best.pth.
+written to metrics.json and, with SOLVER.BEST_CHECKPOINT_METRIC, kept as model_best.pth. The test loaders and
+evaluators (the COCO ground truth) are built at the first evaluation and kept for this trainer's later ones.
+With TEST.PRECISE_BN.ENABLED the BatchNorm statistics are recomputed first (at the same iterations, and at the
+end; before that iteration's checkpoint, so a resume sees them) over NUM_ITER batches of a loader of their own
+(engine/precise_bn.py), the training stream untouched.
+
+Setup is default_setup's (engine/defaults.py: validation, output dir, logging, config.yaml, SEED -1 drawn); a
+config that came through it is not validated again, one that did not is validated here before anything is built.
+SOLVER.REFERENCE_WORLD_SIZE scales the config to the world size here (detectron2's auto_scale_workers).
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 import warnings
@@ -54,13 +63,27 @@ from ..config.validate import validate_cfg
 from ..solver import build_grad_clipper, build_lr_scheduler, build_optimizer
 from ..utils import comm
 from ..utils.events import EventStorage, JSONWriter, TensorboardWriter
+from ..utils.seed import derive_seed, seed_all_rng
+from .defaults import resolve_seed
 from .ema import ModelEMA
-from .train_loader import build_resumable_train_loader, derive_seed, seed_all_rng
 
-__all__ = ["Trainer", "NonFiniteLossError", "flatten_results", "print_results_table"]
+__all__ = ["Trainer", "NonFiniteLossError", "ResultsMismatchError", "flatten_results", "print_results_table",
+           "verify_results"]
 
 logger = logging.getLogger(__name__)
 _MODEL_TAG = 0x0D15EA5E
+_PRECISE_BN_TAG = 0x0B57A75
+# the test loaders and evaluators of the trainer whose evaluation is running (Trainer.test is a classmethod)
+_TEST_PARTS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("trainer_test_parts", default=None)
+
+
+def _kept(kept: dict | None, key, build, *args):
+    """kept[key], built by `build(*args)` the first time; just `build(*args)` without a store."""
+    if kept is None:
+        return build(*args)
+    if key not in kept:
+        kept[key] = build(*args)
+    return kept[key]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -78,6 +101,36 @@ def flatten_results(results: dict, prefix: str = "") -> dict[str, float]:
             except (TypeError, ValueError):
                 continue
     return out
+
+
+class ResultsMismatchError(RuntimeError):
+    """The final evaluation missed TEST.EXPECTED_RESULTS."""
+
+
+def verify_results(cfg, results: dict) -> None:
+    """detectron2's check of TEST.EXPECTED_RESULTS, [[task, metric, expected, tolerance], ...], against `results`
+    ({task: {metric: value}}, or {dataset: {task: ...}} for several DATASETS.TEST: the first dataset's, as
+    detectron2): ResultsMismatchError naming every metric that is missing, not finite or off by more than its
+    tolerance. Nothing to do when the list is empty."""
+    import math
+
+    expected = list(cfg.TEST.EXPECTED_RESULTS)
+    if not expected:
+        return
+    if len(cfg.DATASETS.TEST) > 1 and results:
+        results = next(iter(results.values()))
+    bad = []
+    for task, metric, value, tolerance in expected:
+        actual = results.get(task, {}).get(metric) if isinstance(results.get(task), dict) else None
+        if actual is None:
+            bad.append(f"{task}/{metric} missing (the results have {', '.join(sorted(flatten_results(results)))})")
+        elif not math.isfinite(float(actual)):
+            bad.append(f"{task}/{metric} = {actual} is not finite")
+        elif abs(float(actual) - value) > tolerance:
+            bad.append(f"{task}/{metric} = {float(actual):.4f}, expected {value} +- {tolerance}")
+    if bad:
+        raise ResultsMismatchError("TEST.EXPECTED_RESULTS not met: " + "; ".join(bad))
+    logger.info("TEST.EXPECTED_RESULTS: all %d metric(s) within tolerance", len(expected))
 
 
 def print_results_table(results: dict) -> str:
@@ -132,16 +185,18 @@ class Trainer:
     ddp_find_unused_parameters = False
 
     def __init__(self, cfg):
-        self.cfg = cfg
         self.world_size, self.rank = comm.get_world_size(), comm.get_rank()
-        validate_cfg(cfg, world_size=self.world_size)  # every config problem, named, before anything is built
-        self.seed = int(cfg.SEED) if int(cfg.SEED) >= 0 else (
-            comm.shared_random_seed() if self.world_size > 1 else derive_seed(int(time.time_ns())))
+        # Setup (validation, output dir, logging, config.yaml, SEED -1 drawn) is default_setup's; a config that
+        # came through it is not checked again (validate_cfg returns at once). One built without it is checked
+        # here, every problem named, before anything is built. The model's builder checks run when this class
+        # builds the model from the config (a subclass with its own build_model owns its model's checks).
+        validate_cfg(cfg, world_size=self.world_size, model=type(self).builds_model_from_cfg())
+        cfg = self.auto_scale_workers(cfg, self.world_size)
+        self.cfg = cfg
+        self.seed = resolve_seed(cfg)
+        self.nonfinite_policy = cfg.SOLVER.NONFINITE_POLICY  # "error" or "skip" (validated)
         if int(cfg.SEED) < 0:
             logger.info("SEED is -1: this run uses seed %d", self.seed)
-        policy = cfg.SOLVER.NONFINITE_POLICY
-        if policy not in ("error", "skip"):
-            raise ValueError(f"SOLVER.NONFINITE_POLICY must be 'error' or 'skip', got {policy!r}")
         seed_all_rng(derive_seed(self.seed, _MODEL_TAG, self.rank))
         model = self.build_model(cfg)
         self.optimizer = self.build_optimizer(cfg, model)
@@ -176,6 +231,47 @@ class Trainer:
         self.nonfinite_skipped = 0
         self.last_results: dict = {}
         self._last_checkpoint_path: str | None = None
+        self._test_parts: dict = {}  # the test loaders and evaluators Trainer.test built for this trainer
+        self._precise_bn_logged = False
+
+    @classmethod
+    def builds_model_from_cfg(cls) -> bool:
+        """True when `build_model` is this class's own (the registered detector MODEL.META_ARCHITECTURE names)."""
+        return getattr(cls.build_model, "__func__", None) is Trainer.build_model.__func__
+
+    @staticmethod
+    def auto_scale_workers(cfg, num_workers: int):
+        """detectron2's rule for SOLVER.REFERENCE_WORLD_SIZE > 0 that differs from `num_workers`: a copy of `cfg`
+        keeping the images per process, IMS_PER_BATCH and BASE_LR scaled by num_workers / REFERENCE_WORLD_SIZE,
+        MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD and TEST.EVAL_PERIOD divided by it (rounded), and
+        REFERENCE_WORLD_SIZE set to `num_workers`. Otherwise `cfg` itself."""
+        old = int(cfg.SOLVER.REFERENCE_WORLD_SIZE)
+        if old == 0 or old == num_workers:
+            return cfg
+        if cfg.SOLVER.IMS_PER_BATCH % old:
+            from ..config import ConfigError
+
+            raise ConfigError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not a multiple of "
+                              f"SOLVER.REFERENCE_WORLD_SIZE {old}")
+        cfg = cfg.clone()
+        frozen = cfg.is_frozen()
+        cfg.defrost()
+        s, scale = cfg.SOLVER, num_workers / old
+        s.IMS_PER_BATCH = int(round(s.IMS_PER_BATCH * scale))
+        s.BASE_LR = s.BASE_LR * scale
+        s.MAX_ITER = int(round(s.MAX_ITER / scale))
+        s.WARMUP_ITERS = int(round(s.WARMUP_ITERS / scale))
+        s.STEPS = tuple(int(round(x / scale)) for x in s.STEPS)
+        cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
+        s.CHECKPOINT_PERIOD = int(round(s.CHECKPOINT_PERIOD / scale))
+        s.REFERENCE_WORLD_SIZE = num_workers
+        logger.info("SOLVER.REFERENCE_WORLD_SIZE %d, world size %d: auto-scaled to IMS_PER_BATCH %d, BASE_LR %g, "
+                    "MAX_ITER %d, WARMUP_ITERS %d, STEPS %s, CHECKPOINT_PERIOD %d, TEST.EVAL_PERIOD %d", old,
+                    num_workers, s.IMS_PER_BATCH, s.BASE_LR, s.MAX_ITER, s.WARMUP_ITERS, s.STEPS, s.CHECKPOINT_PERIOD,
+                    cfg.TEST.EVAL_PERIOD)
+        if frozen:
+            cfg.freeze()
+        return cfg
 
     # ------------------------------------------------------------------ builders (overridable)
     @classmethod
@@ -196,7 +292,9 @@ class Trainer:
 
     def build_train_loader(self, cfg, start_iter: int):
         """An iterable of batches starting at `start_iter`; override for custom data (keep it resumable)."""
-        return build_resumable_train_loader(cfg, self.seed, start_iter)
+        from ..data.build import build_detection_train_loader
+
+        return build_detection_train_loader(cfg, seed=self.seed, start_iter=start_iter)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
@@ -228,20 +326,30 @@ class Trainer:
 
     @classmethod
     def test(cls, cfg, model: nn.Module, evaluators=None) -> dict:
-        """Evaluate `model` on every DATASETS.TEST name; returns {name: results} (just the results for one)."""
+        """Evaluate `model` on every DATASETS.TEST name; returns {name: results} (just the results for one).
+        `evaluators`: one per DATASETS.TEST name, built with build_evaluator when not given. Called from a
+        trainer's periodic / final evaluation, the test loaders and evaluators it builds are kept for the next
+        call (built once per trainer: the COCO ground truth is loaded once); each evaluator is reset by
+        inference_on_dataset before its pass. Called on its own (--eval-only) everything is built afresh."""
         from ..evaluation import inference_on_dataset
 
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
+        if cfg.TEST.AUG.ENABLED:  # test-time augmentation replaces the plain pass; the result keys stay the same
+            from ..modeling.meta_arch.tta import build_tta_model
+
+            model = build_tta_model(cfg, model)
         names = list(cfg.DATASETS.TEST)
         if evaluators is not None and not isinstance(evaluators, (list, tuple)):
             evaluators = [evaluators]
         if evaluators is not None and len(evaluators) != len(names):
             raise ValueError(f"{len(evaluators)} evaluators for {len(names)} DATASETS.TEST")
+        kept = _TEST_PARTS.get()  # {(kind, name): loader / evaluator} of the trainer calling, or None
         results = OrderedDict()
         for i, name in enumerate(names):
-            loader = cls.build_test_loader(cfg, name)
-            evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
+            loader = _kept(kept, ("loader", name), cls.build_test_loader, cfg, name)
+            evaluator = evaluators[i] if evaluators is not None else \
+                _kept(kept, ("evaluator", name), cls.build_evaluator, cfg, name)
             res = inference_on_dataset(model, loader, evaluator) or {}
             results[name] = res
             if comm.is_main_process() and res:
@@ -460,7 +568,7 @@ class Trainer:
 
     def _nonfinite(self, what: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        if self.cfg.SOLVER.NONFINITE_POLICY == "skip":
+        if self.nonfinite_policy == "skip":
             self.nonfinite_skipped += 1
             logger.warning("iteration %d: %s; skipping this update (%d skipped so far)", self.iter, what,
                            self.nonfinite_skipped)
@@ -488,10 +596,12 @@ class Trainer:
             pbar.set_postfix(post, refresh=False)
         if cfg.LOG_PERIOD > 0 and (nxt % cfg.LOG_PERIOD == 0 or last):
             self._log(pbar)
+        ev = int(cfg.TEST.EVAL_PERIOD)
+        if cfg.TEST.PRECISE_BN.ENABLED and (last or (ev > 0 and nxt % ev == 0)):
+            self._precise_bn(it)  # before the checkpoint of this iteration, which then holds the statistics
         period = int(cfg.SOLVER.CHECKPOINT_PERIOD)
         if period > 0 and nxt % period == 0 and not last:
             self._save(f"model_{it:07d}", it)
-        ev = int(cfg.TEST.EVAL_PERIOD)
         if ev > 0 and nxt % ev == 0 and not last and len(cfg.DATASETS.TEST):
             self._evaluate(it)
 
@@ -528,8 +638,12 @@ class Trainer:
 
         py, npst = random.getstate(), np.random.get_state()
         weights = self.ema.applied_to(self.unwrapped_model) if self.ema is not None else contextlib.nullcontext()
-        with torch.random.fork_rng(devices=[]), weights:  # the EMA weights only while testing
-            results = self.test(self.cfg, self.unwrapped_model)
+        token = _TEST_PARTS.set(self._test_parts)  # Trainer.test keeps its loaders and evaluators here
+        try:
+            with torch.random.fork_rng(devices=[]), weights:  # the EMA weights only while testing
+                results = self.test(self.cfg, self.unwrapped_model)
+        finally:
+            _TEST_PARTS.reset(token)
         random.setstate(py)
         np.random.set_state(npst)
         self.model.train()
@@ -546,3 +660,34 @@ class Trainer:
                 self.checkpointer.maybe_save_best(results, it, metric, self.cfg.SOLVER.BEST_CHECKPOINT_MODE)
         comm.synchronize()
         return results
+
+    def _precise_bn(self, it: int) -> None:
+        """TEST.PRECISE_BN (detectron2's PreciseBN hook): the BatchNorm running statistics recomputed as the true
+        average over NUM_ITER training batches, with the model in train mode and no grad. The batches come from a
+        loader of their own starting at the data position after iteration `it` (the batches training reads next),
+        so the training stream is not touched, and its RNG streams are restored: a resumed run repeats it."""
+        import random
+
+        import numpy as np
+
+        from .precise_bn import get_bn_modules, update_bn_stats
+
+        model = self.unwrapped_model
+        if not get_bn_modules(model):
+            if not self._precise_bn_logged:
+                logger.info("TEST.PRECISE_BN.ENABLED: the model has no BatchNorm layer in training mode (FrozenBN "
+                            "everywhere?): PreciseBN skipped")
+                self._precise_bn_logged = True
+            return
+        num_iter = int(self.cfg.TEST.PRECISE_BN.NUM_ITER)
+        position = self._data_start + (it + 1 - self.start_iter) * self.grad_accum_steps
+        py, npst = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            seed_all_rng(derive_seed(self.seed, it, self.rank, _PRECISE_BN_TAG))
+            batches = iter(self.build_train_loader(self.cfg, position))
+            with self._autocast():
+                update_bn_stats(model, batches, num_iter)
+            del batches  # lets DataLoader workers exit
+        random.setstate(py)
+        np.random.set_state(npst)
+        logger.info("PreciseBN: BatchNorm statistics of iteration %d recomputed over %d batches", it, num_iter)

@@ -1,10 +1,27 @@
 import os
 
 import pytest
+from _tiny_model import TinyTrainer, tiny_cfg
 
 from resnet_backbone.checkpoint import CheckpointError
-from resnet_backbone.config import get_cfg
+from resnet_backbone.config import ConfigError, get_cfg
 from resnet_backbone.engine import default_argument_parser, default_setup, setup_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _fpn_cfg():
+    """A config this project builds (get_cfg() alone describes detectron2's C4 model, which it refuses)."""
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-RCNN-FPN.yaml"))
+    return cfg
+
+
+def _tiny_fpn_cfg(out, **overrides):
+    """The tiny trainer's config with a model section default_setup accepts (Base-RCNN-FPN's)."""
+    cfg = tiny_cfg(out, **overrides)
+    cfg.MODEL = _fpn_cfg().MODEL
+    return cfg
 
 
 def test_argument_parser_has_detectron2_flags():
@@ -24,7 +41,7 @@ def test_odd_overrides_rejected():
 
 
 def test_default_setup_random_seed_logged_and_saved(tmp_path):
-    cfg = get_cfg()
+    cfg = _fpn_cfg()
     cfg.OUTPUT_DIR = str(tmp_path / "out")
     cfg.SEED = -1
     cfg.freeze()
@@ -43,7 +60,7 @@ def test_default_setup_random_seed_logged_and_saved(tmp_path):
 def test_default_setup_unwritable_output(tmp_path):
     f = tmp_path / "file"
     f.write_text("")
-    cfg = get_cfg()
+    cfg = _fpn_cfg()
     cfg.OUTPUT_DIR = os.path.join(str(f), "out")
     with pytest.raises(CheckpointError, match="cannot be created"):
         default_setup(cfg, None)
@@ -81,7 +98,7 @@ def test_flush_denormal_reaches_every_intra_op_thread(when):
 def test_default_setup_flushes_denormals(tmp_path):
     import torch
 
-    cfg = get_cfg()
+    cfg = _fpn_cfg()
     cfg.OUTPUT_DIR = str(tmp_path)
     try:
         default_setup(cfg)
@@ -89,3 +106,39 @@ def test_default_setup_flushes_denormals(tmp_path):
         assert float(tiny * 1.0) == 0.0  # this thread now flushes
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_bare_get_cfg_is_refused_before_anything_is_written(tmp_path):
+    """get_cfg()'s own model (C4, Res5ROIHeads) is not built here: refused by validate_cfg, naming the key, before
+    the output dir (log.txt, config.yaml) exists. It used to pass validation and fail in build_roi_heads after
+    config.yaml was written."""
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"MODEL.ROI_HEADS.NAME = 'Res5ROIHeads' is not supported by FasterRCNN") as e:
+        default_setup(cfg)
+    assert not (tmp_path / "out").exists()
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == len(set(lines)) == 3  # ROI_HEADS.NAME, ROI_BOX_HEAD.NAME, NUM_CONV/NUM_FC: each once
+
+
+def test_setup_once_the_trainer_does_not_validate_again(tmp_path, monkeypatch):
+    """default_setup validates; the Trainer given the same config does not (validate_cfg returns at once), while a
+    Trainer given a config that did not come through default_setup validates it itself."""
+    from resnet_backbone.config import validate as validate_mod
+
+    calls = []
+    real = validate_mod.find_cfg_problems
+    monkeypatch.setattr(validate_mod, "find_cfg_problems", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = _tiny_fpn_cfg(tmp_path / "a", SEED=-1)
+    default_setup(cfg)
+    assert len(calls) == 1 and cfg.SEED >= 0
+    t = TinyTrainer(cfg)
+    assert len(calls) == 1 and t.seed == cfg.SEED  # the seed default_setup drew and wrote to config.yaml
+    assert f"SEED: {cfg.SEED}" in (tmp_path / "a" / "config.yaml").read_text()
+    TinyTrainer(tiny_cfg(tmp_path / "b"))  # no default_setup: validated here
+    assert len(calls) == 2
+    changed = _tiny_fpn_cfg(tmp_path / "a", SEED=cfg.SEED)
+    default_setup(changed)
+    changed.SOLVER.STEPS = (5, 5)  # changed after setup: validated again, and refused
+    with pytest.raises(ConfigError, match="SOLVER.STEPS: must be increasing"):
+        TinyTrainer(changed)

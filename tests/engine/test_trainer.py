@@ -203,7 +203,7 @@ def test_nonfinite_error_survives_a_bad_last_checkpoint_pointer():
 
     fake = types.SimpleNamespace(
         optimizer=types.SimpleNamespace(zero_grad=lambda set_to_none=True: None),
-        cfg=types.SimpleNamespace(SOLVER=types.SimpleNamespace(NONFINITE_POLICY="error")),
+        cfg=types.SimpleNamespace(SOLVER=types.SimpleNamespace(NONFINITE_POLICY="error")), nonfinite_policy="error",
         iter=7, _last_checkpoint_path=None,
         checkpointer=types.SimpleNamespace(has_checkpoint=lambda: True, get_checkpoint_file=refuse))
     with pytest.raises(NonFiniteLossError, match=r"iteration 7: loss is nan.*unknown \(last_checkpoint names"):

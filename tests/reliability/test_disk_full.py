@@ -149,6 +149,8 @@ def test_output_dir_that_cannot_exist_fails_in_setup(tmp_path):
     from resnet_backbone.engine import default_setup
 
     cfg = get_cfg()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg.merge_from_file(os.path.join(root, "configs", "Base-RCNN-FPN.yaml"))  # a model default_setup accepts
     cfg.OUTPUT_DIR = "/proc/self/rb_no_such_output"
     with pytest.raises(CheckpointError, match=r"output directory '/proc/self/rb_no_such_output' cannot be created"):
         default_setup(cfg)

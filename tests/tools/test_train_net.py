@@ -90,3 +90,18 @@ def test_bad_override_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="SOLVER.MAX_ITERS.*SOLVER.MAX_ITER"):
         _run(tmp_path / "x", "SOLVER.MAX_ITERS", "3")
     assert not (tmp_path / "x").exists()
+
+
+def test_expected_results_missed_fails_the_run_naming_the_metric(shapes_root, tmp_path, monkeypatch):
+    """TEST.EXPECTED_RESULTS (detectron2's verify_results) after the final evaluation: a miss is an error naming
+    the metric, its value and the expectation (one line, exit 2 from the command line: a library error)."""
+    from resnet_backbone.engine.trainer import ResultsMismatchError
+    from resnet_backbone.utils.cli import is_library_error
+
+    monkeypatch.setenv("RB_DATASETS", str(shapes_root))
+    out = tmp_path / "out"
+    with pytest.raises(ResultsMismatchError, match=r"TEST.EXPECTED_RESULTS not met: bbox/AP = \d+\.\d{4}, expected "
+                                                   r"101.0 \+- 0.5") as e:
+        _run(out, "TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 101.0, 0.5]]", max_iter=1)
+    assert is_library_error(e.value)
+    assert (out / "model_final.pth").exists()  # trained and saved; only the verification failed

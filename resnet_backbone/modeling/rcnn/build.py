@@ -19,16 +19,16 @@ from .roi_heads import (
 )
 from .rpn import RPN, RPNHead
 
-__all__ = ["build_rpn", "build_roi_heads", "EDGE_RULES", "check_rcnn_config"]
+__all__ = ["build_rpn", "build_roi_heads", "EDGE_RULES", "check_config", "check_rcnn_config"]
 
 EDGE_RULES = ("detectron2", "torchvision")
 _LOSS_NORMALIZERS = ("batch_size", "sampled")
 _POOLER_TYPES = {"ROIAlignV2": True, "ROIAlign": False}  # -> aligned
 
 
-def _require(ok: bool, key: str, value, why: str) -> None:
+def _require(ok: bool, key: str, value, why: str, out: list[str]) -> None:
     if not ok:
-        raise ValueError(f"{key} = {value!r} is not supported by FasterRCNN: {why}")
+        out.append(f"{key} = {value!r} is not supported by FasterRCNN: {why}")
 
 
 def _per_level(values, num_levels: int, key: str) -> list[list]:
@@ -53,68 +53,82 @@ def _shared_channels(input_shape: dict[str, ShapeSpec], in_features: list[str], 
     return channels.pop()
 
 
-def _check_box_loss(key_prefix: str, node) -> None:
+def _check_box_loss(key_prefix: str, node, out: list[str]) -> None:
     _require(node.BBOX_REG_LOSS_TYPE in BOX_LOSS_TYPES, f"{key_prefix}.BBOX_REG_LOSS_TYPE", node.BBOX_REG_LOSS_TYPE,
-             f"choose from {', '.join(BOX_LOSS_TYPES)}")
-    _require(float(node.SMOOTH_L1_BETA) >= 0, f"{key_prefix}.SMOOTH_L1_BETA", node.SMOOTH_L1_BETA, "must be >= 0")
+             f"choose from {', '.join(BOX_LOSS_TYPES)}", out)
+    _require(float(node.SMOOTH_L1_BETA) >= 0, f"{key_prefix}.SMOOTH_L1_BETA", node.SMOOTH_L1_BETA, "must be >= 0", out)
     _require(len(node.BBOX_REG_WEIGHTS) == 4, f"{key_prefix}.BBOX_REG_WEIGHTS", node.BBOX_REG_WEIGHTS,
-             "four weights (x, y, w, h)")
+             "four weights (x, y, w, h)", out)
+
+
+def check_config(cfg) -> list[str]:
+    """Every value FasterRCNN's builders refuse, as "KEY = value is not supported by FasterRCNN: why" lines
+    (empty when none); the checks that need no backbone. validate_cfg runs them (for MODEL.META_ARCHITECTURE
+    FasterRCNN) before anything is written; the builders run them again through check_rcnn_config."""
+    out: list[str] = []
+    m = cfg.MODEL
+    rpn, ag, rh, bh = m.RPN, m.ANCHOR_GENERATOR, m.ROI_HEADS, m.ROI_BOX_HEAD
+    _require(not m.MASK_ON, "MODEL.MASK_ON", m.MASK_ON, "no mask head", out)
+    _require(not m.KEYPOINT_ON, "MODEL.KEYPOINT_ON", m.KEYPOINT_ON, "no keypoint head", out)
+    _require(not m.LOAD_PROPOSALS, "MODEL.LOAD_PROPOSALS", m.LOAD_PROPOSALS, "proposals come from the RPN", out)
+    _require(m.RCNN_EDGE_RULES in EDGE_RULES, "MODEL.RCNN_EDGE_RULES", m.RCNN_EDGE_RULES,
+             f"choose from {', '.join(EDGE_RULES)}", out)
+    _require(m.PROPOSAL_GENERATOR.NAME == "RPN", "MODEL.PROPOSAL_GENERATOR.NAME", m.PROPOSAL_GENERATOR.NAME,
+             "only 'RPN'", out)
+    _require(float(m.PROPOSAL_GENERATOR.MIN_SIZE) >= 0, "MODEL.PROPOSAL_GENERATOR.MIN_SIZE",
+             m.PROPOSAL_GENERATOR.MIN_SIZE, "must be >= 0", out)
+    _require(ag.NAME == "DefaultAnchorGenerator", "MODEL.ANCHOR_GENERATOR.NAME", ag.NAME,
+             "only 'DefaultAnchorGenerator' (axis-aligned anchors)", out)
+    _require([list(a) if isinstance(a, (list, tuple)) else a for a in ag.ANGLES] == [[-90, 0, 90]],
+             "MODEL.ANCHOR_GENERATOR.ANGLES", ag.ANGLES, "angles are for rotated anchors (RRPN), not implemented", out)
+    _require(0.0 <= float(ag.OFFSET) < 1.0, "MODEL.ANCHOR_GENERATOR.OFFSET", ag.OFFSET, "must be in [0, 1)", out)
+    _require(rpn.HEAD_NAME == "StandardRPNHead", "MODEL.RPN.HEAD_NAME", rpn.HEAD_NAME, "only 'StandardRPNHead'", out)
+    _require(len(rpn.IOU_THRESHOLDS) == 2, "MODEL.RPN.IOU_THRESHOLDS", rpn.IOU_THRESHOLDS,
+             "give [background_below, foreground_at_or_above]", out)
+    _require(list(rpn.IOU_LABELS) == [0, -1, 1], "MODEL.RPN.IOU_LABELS", rpn.IOU_LABELS, "only [0, -1, 1]", out)
+    _require(rpn.LOSS_NORMALIZER in _LOSS_NORMALIZERS, "MODEL.RPN.LOSS_NORMALIZER", rpn.LOSS_NORMALIZER,
+             f"choose from {', '.join(_LOSS_NORMALIZERS)}", out)
+    _require(len(rpn.CONV_DIMS) >= 1 and all(int(d) == -1 or int(d) > 0 for d in rpn.CONV_DIMS),
+             "MODEL.RPN.CONV_DIMS", rpn.CONV_DIMS, "one width per conv (-1: the previous width), at least one conv",
+             out)
+    _check_box_loss("MODEL.RPN", rpn, out)
+    _require(rh.NAME == "StandardROIHeads", "MODEL.ROI_HEADS.NAME", rh.NAME,
+             "only 'StandardROIHeads' (FPN); start from configs/Base-RCNN-FPN.yaml", out)
+    _require(len(rh.IOU_THRESHOLDS) in (1, 2), "MODEL.ROI_HEADS.IOU_THRESHOLDS", rh.IOU_THRESHOLDS,
+             "give [t] or [background_below, foreground_at_or_above]", out)
+    _require(list(rh.IOU_LABELS) == ([0, 1] if len(rh.IOU_THRESHOLDS) == 1 else [0, -1, 1]),
+             "MODEL.ROI_HEADS.IOU_LABELS", rh.IOU_LABELS, "background 0, (ignore -1,) foreground 1", out)
+    _require(rh.NUM_CLASSES >= 1, "MODEL.ROI_HEADS.NUM_CLASSES", rh.NUM_CLASSES, "must be >= 1", out)
+    _require(bh.NAME == "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.NAME", bh.NAME, "only 'FastRCNNConvFCHead'", out)
+    _require(bh.NUM_CONV >= 0 and bh.NUM_FC >= 0 and bh.NUM_CONV + bh.NUM_FC > 0, "MODEL.ROI_BOX_HEAD.NUM_CONV/NUM_FC",
+             (bh.NUM_CONV, bh.NUM_FC), "at least one conv or fc layer", out)
+    _require(bh.NORM in NORM_CHOICES, "MODEL.ROI_BOX_HEAD.NORM", bh.NORM, f"choose from {NORM_CHOICES}", out)
+    _require(bh.NUM_CONV > 0 or bh.NORM in ("", "none"), "MODEL.ROI_BOX_HEAD.NORM", bh.NORM,
+             "the norm applies to the box head's convs and MODEL.ROI_BOX_HEAD.NUM_CONV is 0", out)
+    _require(bh.NUM_CONV > 0 or bh.CONV_DIM == 256, "MODEL.ROI_BOX_HEAD.CONV_DIM", bh.CONV_DIM,
+             "the width of the box head's convs, and MODEL.ROI_BOX_HEAD.NUM_CONV is 0", out)
+    _require(bh.NUM_FC > 0 or bh.FC_DIM == 1024, "MODEL.ROI_BOX_HEAD.FC_DIM", bh.FC_DIM,
+             "the width of the box head's fc layers, and MODEL.ROI_BOX_HEAD.NUM_FC is 0", out)
+    _require(bh.POOLER_TYPE in _POOLER_TYPES, "MODEL.ROI_BOX_HEAD.POOLER_TYPE", bh.POOLER_TYPE,
+             "ROIAlignV2 (aligned) or ROIAlign", out)
+    _require(bh.POOLER_RESOLUTION >= 1, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", bh.POOLER_RESOLUTION, "must be >= 1",
+             out)
+    _require(bh.POOLER_SAMPLING_RATIO >= 0, "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", bh.POOLER_SAMPLING_RATIO,
+             "0 (adaptive) or a positive count", out)
+    _require(not bh.CLS_AGNOSTIC_BBOX_REG, "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", bh.CLS_AGNOSTIC_BBOX_REG,
+             "the predictor regresses one box per class", out)
+    _require(not bh.TRAIN_ON_PRED_BOXES, "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", bh.TRAIN_ON_PRED_BOXES,
+             "not implemented", out)
+    _check_box_loss("MODEL.ROI_BOX_HEAD", bh, out)
+    return out
 
 
 def check_rcnn_config(cfg) -> None:
-    """The checks that need no backbone: run by validate_cfg before anything is written, and by the builders."""
-    m = cfg.MODEL
-    rpn, ag, rh, bh = m.RPN, m.ANCHOR_GENERATOR, m.ROI_HEADS, m.ROI_BOX_HEAD
-    _require(not m.MASK_ON, "MODEL.MASK_ON", m.MASK_ON, "no mask head")
-    _require(not m.KEYPOINT_ON, "MODEL.KEYPOINT_ON", m.KEYPOINT_ON, "no keypoint head")
-    _require(not m.LOAD_PROPOSALS, "MODEL.LOAD_PROPOSALS", m.LOAD_PROPOSALS, "proposals come from the RPN")
-    _require(m.RCNN_EDGE_RULES in EDGE_RULES, "MODEL.RCNN_EDGE_RULES", m.RCNN_EDGE_RULES,
-             f"choose from {', '.join(EDGE_RULES)}")
-    _require(m.PROPOSAL_GENERATOR.NAME == "RPN", "MODEL.PROPOSAL_GENERATOR.NAME", m.PROPOSAL_GENERATOR.NAME,
-             "only 'RPN'")
-    _require(float(m.PROPOSAL_GENERATOR.MIN_SIZE) >= 0, "MODEL.PROPOSAL_GENERATOR.MIN_SIZE",
-             m.PROPOSAL_GENERATOR.MIN_SIZE, "must be >= 0")
-    _require(ag.NAME == "DefaultAnchorGenerator", "MODEL.ANCHOR_GENERATOR.NAME", ag.NAME,
-             "only 'DefaultAnchorGenerator' (axis-aligned anchors)")
-    _require([list(a) if isinstance(a, (list, tuple)) else a for a in ag.ANGLES] == [[-90, 0, 90]],
-             "MODEL.ANCHOR_GENERATOR.ANGLES", ag.ANGLES, "angles are for rotated anchors (RRPN), not implemented")
-    _require(0.0 <= float(ag.OFFSET) < 1.0, "MODEL.ANCHOR_GENERATOR.OFFSET", ag.OFFSET, "must be in [0, 1)")
-    _require(rpn.HEAD_NAME == "StandardRPNHead", "MODEL.RPN.HEAD_NAME", rpn.HEAD_NAME, "only 'StandardRPNHead'")
-    _require(len(rpn.IOU_THRESHOLDS) == 2, "MODEL.RPN.IOU_THRESHOLDS", rpn.IOU_THRESHOLDS,
-             "give [background_below, foreground_at_or_above]")
-    _require(list(rpn.IOU_LABELS) == [0, -1, 1], "MODEL.RPN.IOU_LABELS", rpn.IOU_LABELS, "only [0, -1, 1]")
-    _require(rpn.LOSS_NORMALIZER in _LOSS_NORMALIZERS, "MODEL.RPN.LOSS_NORMALIZER", rpn.LOSS_NORMALIZER,
-             f"choose from {', '.join(_LOSS_NORMALIZERS)}")
-    _require(len(rpn.CONV_DIMS) >= 1 and all(int(d) == -1 or int(d) > 0 for d in rpn.CONV_DIMS),
-             "MODEL.RPN.CONV_DIMS", rpn.CONV_DIMS, "one width per conv (-1: the previous width), at least one conv")
-    _check_box_loss("MODEL.RPN", rpn)
-    _require(rh.NAME == "StandardROIHeads", "MODEL.ROI_HEADS.NAME", rh.NAME,
-             "only 'StandardROIHeads' (FPN); start from configs/Base-RCNN-FPN.yaml")
-    _require(len(rh.IOU_THRESHOLDS) in (1, 2), "MODEL.ROI_HEADS.IOU_THRESHOLDS", rh.IOU_THRESHOLDS,
-             "give [t] or [background_below, foreground_at_or_above]")
-    _require(list(rh.IOU_LABELS) == ([0, 1] if len(rh.IOU_THRESHOLDS) == 1 else [0, -1, 1]),
-             "MODEL.ROI_HEADS.IOU_LABELS", rh.IOU_LABELS, "background 0, (ignore -1,) foreground 1")
-    _require(rh.NUM_CLASSES >= 1, "MODEL.ROI_HEADS.NUM_CLASSES", rh.NUM_CLASSES, "must be >= 1")
-    _require(bh.NAME == "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.NAME", bh.NAME, "only 'FastRCNNConvFCHead'")
-    _require(bh.NUM_CONV >= 0 and bh.NUM_FC >= 0 and bh.NUM_CONV + bh.NUM_FC > 0, "MODEL.ROI_BOX_HEAD.NUM_CONV/NUM_FC",
-             (bh.NUM_CONV, bh.NUM_FC), "at least one conv or fc layer")
-    _require(bh.NORM in NORM_CHOICES, "MODEL.ROI_BOX_HEAD.NORM", bh.NORM, f"choose from {NORM_CHOICES}")
-    _require(bh.NUM_CONV > 0 or bh.NORM in ("", "none"), "MODEL.ROI_BOX_HEAD.NORM", bh.NORM,
-             "the norm applies to the box head's convs and MODEL.ROI_BOX_HEAD.NUM_CONV is 0")
-    _require(bh.NUM_CONV > 0 or bh.CONV_DIM == 256, "MODEL.ROI_BOX_HEAD.CONV_DIM", bh.CONV_DIM,
-             "the width of the box head's convs, and MODEL.ROI_BOX_HEAD.NUM_CONV is 0")
-    _require(bh.NUM_FC > 0 or bh.FC_DIM == 1024, "MODEL.ROI_BOX_HEAD.FC_DIM", bh.FC_DIM,
-             "the width of the box head's fc layers, and MODEL.ROI_BOX_HEAD.NUM_FC is 0")
-    _require(bh.POOLER_TYPE in _POOLER_TYPES, "MODEL.ROI_BOX_HEAD.POOLER_TYPE", bh.POOLER_TYPE,
-             "ROIAlignV2 (aligned) or ROIAlign")
-    _require(bh.POOLER_RESOLUTION >= 1, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", bh.POOLER_RESOLUTION, "must be >= 1")
-    _require(bh.POOLER_SAMPLING_RATIO >= 0, "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", bh.POOLER_SAMPLING_RATIO,
-             "0 (adaptive) or a positive count")
-    _require(not bh.CLS_AGNOSTIC_BBOX_REG, "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", bh.CLS_AGNOSTIC_BBOX_REG,
-             "the predictor regresses one box per class")
-    _require(not bh.TRAIN_ON_PRED_BOXES, "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", bh.TRAIN_ON_PRED_BOXES,
-             "not implemented")
-    _check_box_loss("MODEL.ROI_BOX_HEAD", bh)
+    """check_config as the builders use it: ValueError listing every refused value (the first line names the key of
+    the first), before anything is built."""
+    problems = check_config(cfg)
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def build_rpn(cfg, input_shape: dict[str, ShapeSpec]) -> RPN:
