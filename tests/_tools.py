@@ -23,3 +23,14 @@ TINY_FRCNN_MODEL = [
     "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
 ]
+
+
+def run_tool_process(name: str, *args, timeout: int = 300):
+    """`python tools/{name}.py ARGS` in a subprocess (one thread, no RB_TRACEBACK): the CompletedProcess."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("RB_TRACEBACK", None)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
