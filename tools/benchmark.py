@@ -23,6 +23,11 @@ Rows (select with --rows, by name or number):
   7 coco_eval       faster-coco-eval vs pycocotools on 5,000 synthetic images (tools/benchmark_coco_eval.py).
   8 fast_paths      (not in the default run) the backbone of row 1 with each inference fast path on its own and
                     together, vs torchvision: the A/B behind the per-CPU-kind defaults (docs/MACHINES.md).
+  9 onnx            (not in the default run; CPU) the exported ONNX model run by onnxruntime (tools/export_model.py,
+                    docs/EXPORT.md) vs our eager model with its fast paths vs torchvision eager, one image at
+                    512x512 and 800x1333: the ResNet-50 backbone (C2-C5, row 1's weights; the graph's in-graph
+                    normalisation is the identity here) and row 3's Faster R-CNN (torchvision's weights, its
+                    convention). Exporting takes minutes (traced once, H and W dynamic); detections compared.
 
 Every timed pair runs interleaved (A B, B A, A B, ...) after warm-up, so both see the same machine load; the ratio
 is reported both as median(ref) / median(ours) and as the median of the per-repeat paired ratios. Peak memory is
@@ -31,6 +36,7 @@ the RSS high-water mark above the pre-call RSS on CPU (from /proc/self/status af
 
     python tools/benchmark.py --output-dir output/benchmark            # rows 1-7 (under 10 minutes on 2 cores)
     python tools/benchmark.py --rows fast_paths                        # row 8: each fast path alone, both CPU kinds
+    python tools/benchmark.py --rows onnx                              # row 9: onnxruntime vs eager (CPU)
     python tools/benchmark.py --rows 1,2,6 --repeats 15
     python tools/benchmark.py --quick --output-dir /tmp/b              # tiny inputs, seconds: for tests
     python tools/benchmark.py --update-docs docs/BENCHMARKS.md         # also refresh the table in the docs
@@ -70,8 +76,8 @@ from resnet_backbone.modeling.fast_paths import (  # noqa: E402
 logger = logging.getLogger("benchmark")
 
 ROWS = ["backbone_fp32", "backbone_bf16", "frcnn_infer", "frcnn_train", "detr_dbnet", "gemm", "coco_eval",
-        "fast_paths"]
-DEFAULT_ROWS = ROWS[:7]  # `--rows all` adds the fast-path A/B
+        "fast_paths", "onnx"]
+DEFAULT_ROWS = ROWS[:7]  # `--rows all` adds the fast-path A/B and onnxruntime
 TARGETS = {  # row/entry -> minimum ratio (reference time / our time), from issue 8
     "backbone_fp32": 1.25, "backbone_bf16": 2.2, "frcnn_infer_512x512": 1.3, "frcnn_infer_800x1333": 1.3,
     "frcnn_train": 1.3, "gemm": 0.75, "coco_eval": 3.0,  # frcnn_train 1.3: issue 13 (on every CPU kind)
@@ -653,6 +659,103 @@ def row_fast_paths(args) -> dict:
                     extra={"batch": batch, "input": [3, size, size], "ratio_entry": best})
 
 
+def _onnx_pair_rows(name: str, ours, reference, session, inputs: dict, args, compare) -> list[dict]:
+    """One row per image size: onnxruntime vs our eager model (fast paths on) vs torchvision eager, interleaved.
+    `inputs[(h, w)]` = (our input, the reference's input, the ONNX input); `compare(ours_out, onnx_out)` -> extra."""
+    from resnet_backbone.export import run_onnx
+
+    rows = []
+    for (h, w), (ours_in, ref_in, onnx_in) in inputs.items():
+        with torch.inference_mode():
+            extra = {"image": [h, w], **compare(ours(ours_in), run_onnx(session, onnx_in))}
+        fns = {"ours": _inference(lambda i=ours_in: ours(i)), "reference": _inference(lambda i=ref_in: reference(i)),
+               "onnxruntime": lambda x=onnx_in: run_onnx(session, x)}
+        row = run_pair(f"{name}_{h}x{w}", fns, 1, args, extra=extra)
+        e = row["entries"]
+        row["ratio_ours_vs_onnxruntime"] = e["ours"]["median_ms"] / e["onnxruntime"]["median_ms"]
+        row["ratio_reference_vs_onnxruntime"] = e["reference"]["median_ms"] / e["onnxruntime"]["median_ms"]
+        rows.append(row)
+    return rows
+
+
+def row_onnx(args) -> list[dict]:
+    """Row 9 (see the module docstring). The exported files go to a temporary folder."""
+    import tempfile
+
+    from resnet_backbone.checkpoint.checkpointer import Checkpointer
+    from resnet_backbone.export import export_model, onnx_session
+    from resnet_backbone.modeling.meta_arch import build_model
+
+    if args.device != "cpu":
+        return [{"name": "onnx", "skipped": "onnxruntime runs on the CPU here (--device cpu)"}]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return [{"name": "onnx", "skipped": f"onnxruntime is not installed ({e})"}]
+    sizes = [(128, 128)] if args.quick else [(512, 512), (800, 1333)]
+    threads = torch.get_num_threads()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rb_onnx_") as tmp:
+        # the backbone: row 1's weights; PIXEL_MEAN 0 / STD 1 make the graph's normalisation the identity
+        plain, trunk = build_backbone_pair("cpu", args.depth)
+        ours = optimize_for_inference(copy.deepcopy(plain), fuse_bn=True, channels_last=True, mkldnn=True)
+        cfg = _resnet_cfg(get_cfg(), args.depth)
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+        cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+        cfg.MODEL.FUSE_FROZEN_BN = True
+        weights = os.path.join(tmp, "backbone.pth")
+        torch.save(plain.state_dict(), weights)
+        t0 = time.perf_counter()
+        paths = export_model(cfg, weights, "onnx", os.path.join(tmp, "backbone"), part="backbone")
+        export_s = time.perf_counter() - t0
+        session = onnx_session(paths["model"], threads)
+        g = torch.Generator().manual_seed(0)
+        inputs = {}
+        for h, w in sizes:
+            x = torch.rand(1, 3, h, w, generator=g) * 255
+            inputs[(h, w)] = (x, x, x)
+
+        def c5(o, r):
+            return {"c5_rel_diff_onnx_vs_ours": rel_err(torch.from_numpy(r["res5"]), o["res5"])}
+
+        for row in _onnx_pair_rows("onnx_backbone", ours, trunk, session, inputs, args, c5):
+            row["export_s"] = export_s
+            rows.append(row)
+        del session, ours, plain, trunk
+        gc.collect()
+        # Faster R-CNN: row 3's "ours" (torchvision's weights and function) exported whole
+        tv = _tv_frcnn(min(sizes[0]), max(sizes[0]), train=False, depth=args.depth)
+        cfg = frcnn_cfg(args.depth, convention="torchvision")
+        model = build_model(cfg).eval()
+        copy_torchvision_detector_weights(model, tv)
+        Checkpointer(model, tmp).save("frcnn")
+        cfg.MODEL.FUSE_FROZEN_BN = True
+        t0 = time.perf_counter()
+        paths = export_model(cfg, os.path.join(tmp, "frcnn.pth"), "onnx", os.path.join(tmp, "frcnn"))
+        export_s = time.perf_counter() - t0
+        session = onnx_session(paths["model"], threads)
+        _fast_cfg(cfg)
+        ours = optimize_for_inference(model, cfg)
+        inputs = {}
+        for h, w in sizes:
+            img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+            inputs[(h, w)] = ([{"image": img, "height": h, "width": w}], [img.float() / 255.0], img.float())
+
+        def detections(o, r):
+            o = o[0]
+            r = {"boxes": torch.from_numpy(r["boxes"]), "labels": torch.from_numpy(r["labels"])}
+            return {"detections_ours": int(len(o["boxes"])), "detections_onnx": int(len(r["boxes"])),
+                    "detections_matching_onnx": _matching_detections(o, {**r, "labels": r["labels"] + 1})}
+
+        for h, w in sizes:  # torchvision does not resize: (min, max) = the image's own sides, as row 3
+            tv.transform.min_size, tv.transform.max_size = (min(h, w),), max(h, w)
+            for row in _onnx_pair_rows("onnx_frcnn", ours, tv, session, {(h, w): inputs[(h, w)]}, args, detections):
+                row["export_s"] = export_s
+                rows.append(row)
+    return rows
+
+
 def row_coco_eval(args) -> dict:
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_coco_eval.py")
     spec = importlib.util.spec_from_file_location("benchmark_coco_eval", path)
@@ -748,6 +851,15 @@ def update_docs(path: str, markdown: str, kind: str) -> None:
         f.write(text)
 
 
+ROW_FUNCTIONS = {
+    "backbone_fp32": lambda args: row_backbone(args, bf16=False),
+    "backbone_bf16": lambda args: row_backbone(args, bf16=True),
+    "frcnn_infer": row_frcnn_infer, "frcnn_train": row_frcnn_train, "detr_dbnet": row_detr_dbnet, "gemm": row_gemm,
+    "coco_eval": row_coco_eval, "fast_paths": row_fast_paths, "onnx": row_onnx,
+}
+assert list(ROW_FUNCTIONS) == ROWS
+
+
 def parse_rows(spec: str) -> list[str]:
     if spec in ("", "default"):
         return list(DEFAULT_ROWS)
@@ -805,22 +917,7 @@ def main(argv=None) -> dict:
     for name in rows:
         logger.info("row %s", name)
         t0 = time.perf_counter()
-        if name == "backbone_fp32":
-            out = row_backbone(args, bf16=False)
-        elif name == "backbone_bf16":
-            out = row_backbone(args, bf16=True)
-        elif name == "frcnn_infer":
-            out = row_frcnn_infer(args)
-        elif name == "frcnn_train":
-            out = row_frcnn_train(args)
-        elif name == "detr_dbnet":
-            out = row_detr_dbnet(args)
-        elif name == "gemm":
-            out = row_gemm(args)
-        elif name == "fast_paths":
-            out = row_fast_paths(args)
-        else:
-            out = row_coco_eval(args)
+        out = ROW_FUNCTIONS[name](args)
         for r in (out if isinstance(out, list) else [out]):
             r["wall_s"] = time.perf_counter() - t0
             result["rows"].append(r)

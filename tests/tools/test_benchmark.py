@@ -131,6 +131,22 @@ def test_quick_detector_rows(tmp_path):
         assert "skipped" in rows[name] or "median_ms" in rows[name]["entries"]["ours"]
 
 
+@pytest.mark.slow
+def test_quick_onnx_rows(tmp_path):
+    pytest.importorskip("onnxruntime")
+    result = bench.main(["--quick", "--rows", "onnx", "--repeats", "1", "--warmup", "0",
+                         "--output-dir", str(tmp_path), "--no-progress"])
+    _check_common(result, tmp_path)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"onnx_backbone_128x128", "onnx_frcnn_128x128"}
+    for row in rows.values():
+        assert set(row["entries"]) == {"ours", "reference", "onnxruntime"} and row["export_s"] > 0
+        assert row["ratio_ours_vs_onnxruntime"] > 0 and row["ratio_reference_vs_onnxruntime"] > 0
+    assert rows["onnx_backbone_128x128"]["c5_rel_diff_onnx_vs_ours"] < 1e-4  # the exported graph is the model
+    frcnn = rows["onnx_frcnn_128x128"]
+    assert frcnn["detections_matching_onnx"] == frcnn["detections_ours"] == frcnn["detections_onnx"]
+
+
 def test_interleaving_summary_and_rows_parsing():
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
@@ -144,9 +160,9 @@ def test_interleaving_summary_and_rows_parsing():
     assert c["ratio"] == pytest.approx(2.5 / 1.5) and c["paired_ratio_median"] == pytest.approx(1.75)
     assert bench.parse_rows("1,gemm") == ["backbone_fp32", "gemm"]
     assert bench.parse_rows("default") == bench.ROWS[:7] and bench.parse_rows("all") == bench.ROWS
-    assert bench.parse_rows("8") == ["fast_paths"]
+    assert bench.parse_rows("8") == ["fast_paths"] and bench.parse_rows("9") == ["onnx"]
     with pytest.raises(SystemExit, match="unknown row"):
-        bench.parse_rows("9")
+        bench.parse_rows("10")
 
 
 def test_peak_memory_sees_a_large_tensor():
