@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from _coco import detections_to_coco, pycocotools_bbox_stats
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from resnet_backbone.data import DatasetCatalog, MetadataCatalog, register_coco_instances
 from resnet_backbone.data.synthetic.shapes import generate_shapes_dataset
@@ -58,18 +58,7 @@ def _noisy_outputs(dicts, seed=0):
 
 def _direct_pycocotools(json_file, inputs, outputs, id_map):
     c2d = {c: d for d, c in id_map.items()}
-    res = []
-    for inp, out in zip(inputs, outputs):
-        for b, s, lab in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
-            res.append({"image_id": inp["image_id"], "category_id": c2d[lab],
-                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s})
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(json_file)
-        ev = COCOeval(gt, gt.loadRes(res), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats
+    return pycocotools_bbox_stats(json_file, detections_to_coco(inputs, outputs, c2d))
 
 
 def _evaluate(name, inputs, outputs, **kw):

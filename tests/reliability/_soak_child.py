@@ -15,25 +15,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # tests/: _tools
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import torch  # noqa: E402
 import train_net  # noqa: E402
 from _rel_common import open_fds, rss_bytes  # noqa: E402
+from _tools import TINY_FRCNN_MODEL  # noqa: E402
 
 from resnet_backbone.engine import Trainer  # noqa: E402
 
 torch.set_num_threads(1)
 
 TINY = [
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.NORM", "BN",
-    "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16], [32], [64], [128]]",
-    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "100", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+    *TINY_FRCNN_MODEL,
     "MODEL.ROI_HEADS.NUM_CLASSES", "3", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
     "DATASETS.TRAIN", "('synthetic_shapes_train',)", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2",
     "SOLVER.BASE_LR", "0.01", "SOLVER.WARMUP_ITERS", "10", "SEED", "5", "LOG_PERIOD", "20",
+    # the stream this soak was calibrated on: with aspect-ratio grouping (the default since issue 15) this tiny BN
+    # model at lr 0.01 diverges (pooled features ~1e15 by iteration 66, box-head gradients overflow to inf); the
+    # soak measures memory and file handles, not convergence
+    "DATALOADER.ASPECT_RATIO_GROUPING", "False",
 ]
 
 
