@@ -13,10 +13,12 @@ from resnet_backbone.modeling.rcnn.build import check_rcnn_config
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "FASTER_RCNN.md"
 FAMILY = ("MODEL.PROPOSAL_GENERATOR", "MODEL.ANCHOR_GENERATOR", "MODEL.RPN", "MODEL.ROI_HEADS", "MODEL.ROI_BOX_HEAD")
-# the code that reads them: the builders, the detector, the resize
+# the code that reads them: the builders, the detector, the resize, test-time augmentation and its switch
 READERS = [ROOT / "resnet_backbone" / "modeling" / "rcnn" / "build.py",
            ROOT / "resnet_backbone" / "modeling" / "meta_arch" / "faster_rcnn.py",
            ROOT / "resnet_backbone" / "modeling" / "meta_arch" / "build.py",
+           ROOT / "resnet_backbone" / "modeling" / "meta_arch" / "tta.py",
+           ROOT / "resnet_backbone" / "engine" / "trainer.py",
            ROOT / "resnet_backbone" / "data" / "transforms.py"]
 # a changed value for each refused key (and for the honoured keys refused only in combination with another)
 REFUSED = {
