@@ -10,7 +10,9 @@ TorchScript does not export Faster R-CNN (see `_refuse_torchscript`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 
 import torch
@@ -107,6 +109,20 @@ def _example(graph, part: str, size: tuple[int, int], device) -> tuple[torch.Ten
     return x.to(device), {"image": {1: Dim.DYNAMIC, 2: Dim.DYNAMIC}}
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """The named loggers at WARNING and above while the block runs (their INFO lines are per graph node)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _min_sizes(ep) -> dict[str, int]:
     """The smallest H and W the exported program accepts (torch.export derives them from the model's guards)."""
     sizes = {}
@@ -150,8 +166,9 @@ def export_model(cfg, weights: str | None = None, format: str = "exported_progra
             if format == "exported_program":
                 torch.export.save(ep, path)
             else:
-                onnx_program = torch.onnx.export(ep, (example,), input_names=[input_name], output_names=names,
-                                                 dynamo=True, opset_version=ONNX_OPSET, verbose=False)
+                with _quiet_loggers("onnx_ir", "onnxscript"):  # a log line per deduplicated initializer
+                    onnx_program = torch.onnx.export(ep, (example,), input_names=[input_name], output_names=names,
+                                                     dynamo=True, opset_version=ONNX_OPSET, verbose=False)
                 onnx_program.save(path)
     meta = _metadata(cfg, format, part, input_name, names, extra)
     meta_path = os.path.join(output_dir, "export.json")
