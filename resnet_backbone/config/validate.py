@@ -49,8 +49,6 @@ __all__ = ["validate_cfg", "find_cfg_problems"]
 logger = logging.getLogger(__name__)
 _VALIDATED = "_validated_as"  # cfg.__dict__ entry: (cfg.dump(), world size, model checks) of the last pass
 
-_RESNET_DEPTHS = (18, 34, 50, 101, 152)
-_NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "", "none")
 _RESNET_FEATURES = ("stem", "res2", "res3", "res4", "res5", "linear")
 _OWN_BACKBONES = ("build_resnet_backbone", "build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone")
 
@@ -147,8 +145,10 @@ class _Checker:
 
 
 def _resnet_strides(cfg) -> dict[str, int]:
+    from ..modeling.backbone.resnet import default_feature_strides  # the builder's own rule
+
     r = cfg.MODEL.RESNETS
-    strides = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32 if r.RES5_DILATION == 1 else 16}
+    strides = default_feature_strides(r.RES5_DILATION if r.RES5_DILATION in (1, 2) else 1)
     return {f: strides[f] for f in r.OUT_FEATURES if f in strides}
 
 
@@ -182,6 +182,9 @@ def _backbone_outputs(c: _Checker) -> list[str] | None:
 
 
 def _check_model(c: _Checker, world_size: int) -> None:
+    from ..layers.batch_norm import NORM_CHOICES  # the builders' own tables: one source for the valid values
+    from ..modeling.backbone.resnet import RESNET_DEPTHS
+
     cfg = c.cfg
     m = cfg.MODEL
     try:
@@ -221,8 +224,8 @@ def _check_model(c: _Checker, world_size: int) -> None:
         c.add("MODEL.PIXEL_STD", f"every value must be > 0 and finite, got {std}")
 
     r = m.RESNETS
-    c.choice("MODEL.RESNETS.DEPTH", _RESNET_DEPTHS)
-    c.choice("MODEL.RESNETS.NORM", _NORMS)
+    c.choice("MODEL.RESNETS.DEPTH", tuple(RESNET_DEPTHS))
+    c.choice("MODEL.RESNETS.NORM", NORM_CHOICES)
     c.choice("MODEL.RESNETS.RES5_DILATION", (1, 2))
     c.number("MODEL.BACKBONE.FREEZE_AT", 0, 5, integer=True)
     c.number("MODEL.RESNETS.NUM_GROUPS", 1, integer=True)
@@ -242,7 +245,7 @@ def _check_model(c: _Checker, world_size: int) -> None:
         c.add("MODEL.RESNETS.OUT_FEATURES / MODEL.RESNETS.NUM_CLASSES", "'linear' needs NUM_CLASSES > 0")
     if m.BACKBONE.NAME != "build_resnet_backbone":
         c.choice("MODEL.FPN.FUSE_TYPE", ("sum", "avg"))
-        c.choice("MODEL.FPN.NORM", _NORMS)
+        c.choice("MODEL.FPN.NORM", NORM_CHOICES)
         c.number("MODEL.FPN.OUT_CHANNELS", 1, integer=True)
 
     outputs = _backbone_outputs(c)
@@ -303,7 +306,7 @@ def _check_model(c: _Checker, world_size: int) -> None:
     elif arch == "DBNet":
         if outputs is not None:
             c.names("MODEL.DBNET.IN_FEATURES", outputs, what)
-        c.choice("MODEL.DBNET.NORM", _NORMS)
+        c.choice("MODEL.DBNET.NORM", NORM_CHOICES)
         c.number("MODEL.DBNET.SHRINK_RATIO", 0, 1, lo_open=True, hi_open=True)
         c.number("MODEL.DBNET.UNCLIP_RATIO", 0, lo_open=True)
         c.number("MODEL.DBNET.INNER_CHANNELS", 1, integer=True)

@@ -49,6 +49,7 @@ __all__ = [
     "make_stage",
     "build_resnet_backbone",
     "RESNET_DEPTHS",
+    "default_feature_strides",
 ]
 
 # depth -> (blocks per stage res2..res5, uses bottleneck blocks)
@@ -59,6 +60,21 @@ RESNET_DEPTHS: dict[int, tuple[tuple[int, int, int, int], bool]] = {
     101: ((3, 4, 23, 3), True),
     152: ((3, 8, 36, 3), True),
 }
+
+
+def _first_stride(stage_idx: int, dilation: int) -> int:
+    """The stride of a default stage's first block: res2 follows the stem's pool, a dilated stage keeps its input's."""
+    return 1 if stage_idx == 2 or dilation == 2 else 2
+
+
+def default_feature_strides(res5_dilation: int = 1) -> dict[str, int]:
+    """The output strides of the default stages ("stem", "res2".."res5"), the rule `make_default_stages` builds
+    them by; validate_cfg checks feature names and FPN levels against these without building a model."""
+    strides, s = {"stem": 4}, 4
+    for idx in range(2, 6):
+        s *= _first_stride(idx, res5_dilation if idx == 5 else 1)
+        strides[f"res{idx}"] = s
+    return strides
 
 
 def msra_fill(module: nn.Module) -> None:
@@ -468,7 +484,7 @@ class ResNet(Backbone):
         for i, n in enumerate(num_blocks):
             stage_idx = i + 2
             dilation = res5_dilation if stage_idx == 5 else 1
-            first_stride = 1 if stage_idx == 2 or dilation == 2 else 2
+            first_stride = _first_stride(stage_idx, dilation)
             kwargs = dict(in_channels=in_channels, out_channels=out_channels, first_stride=first_stride, norm=norm,
                           zero_init_residual=zero_init_residual)
             if bottleneck:
