@@ -232,6 +232,7 @@ class Trainer:
         self.last_results: dict = {}
         self._last_checkpoint_path: str | None = None
         self._test_parts: dict = {}  # the test loaders and evaluators Trainer.test built for this trainer
+        self._train_dicts: list | None = None  # DATASETS.TRAIN's dataset dicts, read by the first train loader
         self._precise_bn_logged = False
 
     @classmethod
@@ -291,10 +292,15 @@ class Trainer:
         return build_lr_scheduler(cfg, optimizer)
 
     def build_train_loader(self, cfg, start_iter: int):
-        """An iterable of batches starting at `start_iter`; override for custom data (keep it resumable)."""
-        from ..data.build import build_detection_train_loader
+        """An iterable of batches starting at `start_iter`; override for custom data (keep it resumable). The
+        dataset dicts of DATASETS.TRAIN are read once per trainer (PreciseBN builds a loader of its own at every
+        evaluation)."""
+        from ..data.build import build_detection_train_loader, get_detection_dataset_dicts
 
-        return build_detection_train_loader(cfg, seed=self.seed, start_iter=start_iter)
+        if self._train_dicts is None:
+            self._train_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                                                            cfg.DATALOADER.ON_BAD_SAMPLE)
+        return build_detection_train_loader(cfg, dataset=self._train_dicts, seed=self.seed, start_iter=start_iter)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):

@@ -238,3 +238,24 @@ def test_verify_results_names_the_metric(tmp_path):
     from resnet_backbone.config.validate import find_cfg_problems
 
     assert any(p.startswith("TEST.EXPECTED_RESULTS: entry 0 must be") for p in find_cfg_problems(cfg, 1, model=False))
+
+
+def test_train_loaders_of_one_trainer_read_the_dataset_once(monkeypatch):
+    """PreciseBN builds a train loader at every evaluation: DATASETS.TRAIN's dicts (a COCO json parse) are read
+    by the first one only, and every loader gets those same dicts."""
+    from types import SimpleNamespace
+
+    from resnet_backbone.data import build as data_build
+    from resnet_backbone.engine.trainer import Trainer
+
+    reads, built = [], []
+    monkeypatch.setattr(data_build, "get_detection_dataset_dicts",
+                        lambda *a, **k: reads.append(a) or [{"id": len(reads)}])
+    monkeypatch.setattr(data_build, "build_detection_train_loader",
+                        lambda cfg, dataset=None, seed=None, start_iter=0: built.append((dataset, seed, start_iter)))
+    fake = SimpleNamespace(_train_dicts=None, seed=7)
+    cfg = tiny_cfg("")
+    for start in (0, 6, 12):
+        Trainer.build_train_loader(fake, cfg, start)
+    assert len(reads) == 1 and [s for _, _, s in built] == [0, 6, 12]
+    assert all(d is built[0][0] and seed == 7 for d, seed, _ in built) and built[0][0] == [{"id": 1}]

@@ -203,26 +203,12 @@ def test_batched_eval_matches_single_image_eval():
 
 def _coco_ap50(json_file, inputs, outputs, contiguous_to_dataset_id):
     """AP50 of `outputs` against the COCO json, straight through pycocotools."""
-    import contextlib
-    import io
+    from _coco import detections_to_coco, pycocotools_bbox_stats
 
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    results = []
-    for x, o in zip(inputs, outputs):
-        for (x0, y0, x1, y1), s, label in zip(o["boxes"].tolist(), o["scores"].tolist(), o["labels"].tolist()):
-            results.append({"image_id": x["image_id"], "category_id": contiguous_to_dataset_id[label],
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s})
+    results = detections_to_coco(inputs, outputs, contiguous_to_dataset_id)
     if not results:
         return 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(json_file))
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[1])
+    return float(pycocotools_bbox_stats(json_file, results)[1])
 
 
 @pytest.mark.slow
