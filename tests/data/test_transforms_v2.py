@@ -285,7 +285,10 @@ def test_fuzz_lsj_boxes_follow_pixels(h, w, lo, span, seed):
     sx, sy = (rs[0].new_w / 160, rs[0].new_h / 120) if rs else (w / 160, h / 120)
     assume(min(sx, sy) >= 0.4)  # the scene's 10-px gaps stay >= 4 px, so blurred colours never mix
     _, m, b, polys = _run(tfm, img, masks, boxes)
-    _check_follows(from_tv_image(out), m, b, polys, tol=2.0)
+    # the scene's nearest-neighbour resize to (h, w) puts an edge up to 1 px off its scaled box, and the LSJ resize
+    # magnifies that by its own scale; the bilinear edge adds ~1 px (h = w = 90 scaled 2.2x: 2.4 px)
+    up = max(rs[0].new_w / w, rs[0].new_h / h) if rs else 1.0
+    _check_follows(from_tv_image(out), m, b, polys, tol=max(2.0, 1.0 + up))
 
 
 @pytest.mark.parametrize("new_hw", [(160, 160), (120, 200), (300, 260)])
