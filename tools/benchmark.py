@@ -727,6 +727,8 @@ def row_onnx(args) -> list[dict]:
         # Faster R-CNN: row 3's "ours" (torchvision's weights and function) exported whole
         tv = _tv_frcnn(min(sizes[0]), max(sizes[0]), train=False, depth=args.depth)
         cfg = frcnn_cfg(args.depth, convention="torchvision")
+        if args.quick:  # random weights on a 128 px image score below 0.05: keep detections to compare
+            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
         model = build_model(cfg).eval()
         copy_torchvision_detector_weights(model, tv)
         Checkpointer(model, tmp).save("frcnn")

@@ -144,7 +144,7 @@ def test_quick_onnx_rows(tmp_path):
         assert row["ratio_ours_vs_onnxruntime"] > 0 and row["ratio_reference_vs_onnxruntime"] > 0
     assert rows["onnx_backbone_128x128"]["c5_rel_diff_onnx_vs_ours"] < 1e-4  # the exported graph is the model
     frcnn = rows["onnx_frcnn_128x128"]
-    assert frcnn["detections_matching_onnx"] == frcnn["detections_ours"] == frcnn["detections_onnx"]
+    assert frcnn["detections_matching_onnx"] == frcnn["detections_ours"] == frcnn["detections_onnx"] > 0
 
 
 def test_interleaving_summary_and_rows_parsing():
