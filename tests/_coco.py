@@ -17,9 +17,18 @@ def detections_to_coco(inputs, outputs, category_of) -> list[dict]:
 
 def pycocotools_bbox_stats(json_file, results: list[dict]):
     """COCOeval's 12 bbox stats (AP, AP50, ... as fractions) of `results` against `json_file`, quietly."""
+    return pycocotools_stats(json_file, results, "bbox")
+
+
+def pycocotools_stats(json_file, results: list[dict], iou_type: str):
+    """COCOeval's 12 stats of `iou_type` ("bbox" or "segm") for `results` against `json_file`, quietly. Each task
+    sees only its own field, as COCO's protocol and detectron2 have it (a segm result with a "bbox" would get its
+    area from the box in loadRes)."""
+    other = "segmentation" if iou_type == "bbox" else "bbox"
+    results = [{k: v for k, v in r.items() if k != other} for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(json_file))
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev = COCOeval(gt, gt.loadRes(results), iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

@@ -8,7 +8,7 @@
 
 Writes one picture per input image into DIR (or one annotated video) and prints where they went. Works for
 every detector whose eval output follows the contract (Faster R-CNN, DETR, DBNet: "polygons" are drawn when
-present).
+present; Mask R-CNN: "masks" are drawn as translucent class-coloured fills with outlines under the boxes).
 
 Output names: the input's name with the extension .jpg for a JPEG input, .png otherwise (a.tif -> a.png).
 When several inputs would get the same output name (x.png, x.PNG and x.tif all give x.png), each of them
@@ -225,7 +225,7 @@ def run(cfg, weights: str, inputs, output_dir: str, score_thresh: float = 0.5, o
         rgb = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
         polygons = out.get("polygons")
         vis = draw_detections(rgb, out["boxes"], out["labels"], out["scores"], names, polygons=polygons,
-                              score_thresh=score_thresh)
+                              score_thresh=score_thresh, masks=out.get("masks"))
         if dst.endswith(".jpg"):
             Image.fromarray(vis).save(dst, quality=92)
         else:
@@ -352,7 +352,8 @@ def run_video(cfg, weights: str, video: str, output: str, score_thresh: float = 
                 while frame is not None:
                     out = predictor(_to_model_format(frame, cfg.INPUT.FORMAT))
                     vis = draw_detections(frame[:, :, ::-1], out["boxes"], out["labels"], out["scores"], names,
-                                          polygons=out.get("polygons"), score_thresh=score_thresh)
+                                          polygons=out.get("polygons"), score_thresh=score_thresh,
+                                          masks=out.get("masks"))
                     writer.write(np.ascontiguousarray(vis[:, :, ::-1]))
                     n += 1
                     bar.update(1)

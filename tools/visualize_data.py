@@ -7,10 +7,12 @@
 --source dataset: the records of DATASETS.TRAIN as loaded, every image (also those without annotations),
 in the datasets' order: the boxes with the class names of the dataset's metadata; crowd boxes dashed grey,
 labelled "name (crowd)". For a text dataset (evaluator_type "text") the polygons instead, don't-care text
-dashed grey, labelled "###".
+dashed grey, labelled "###". With MODEL.MASK_ON the instance masks too (polygons or RLE, rasterised by
+pycocotools as the mapper does): translucent class-coloured fills with outlines, crowd regions grey.
 --source dataloader: the samples of the training loader (the mapper and augmentations training uses, seeded
 as training from SEED at iteration 0; SEED -1: a random seed, logged), i.e. the images after augmentation
-and the boxes (text: polygons) the model receives. Crowd annotations are not among them; don't-care text is.
+and the boxes (text: polygons; with MODEL.MASK_ON also the gt_masks) the model receives. Crowd annotations are
+not among them; don't-care text is.
 
 --num N: at most N pictures (default: every record of the dataset, i.e. one epoch for the dataloader).
 
@@ -113,12 +115,14 @@ def _makedirs(output_dir: str) -> None:
 
 
 # ---------------------------------------------------------------------------- --source dataset
-def _record_drawing(rec: dict, text: bool):
-    """(boxes xyxy, labels, polygons or None, crowd, ignore) of a dataset record's annotations. A text
-    annotation with several polygons gives one drawn instance per polygon."""
+def _record_drawing(rec: dict, text: bool, mask_on: bool = False):
+    """(boxes xyxy, labels, polygons or None, crowd, ignore, masks or None) of a dataset record's annotations. A
+    text annotation with several polygons gives one drawn instance per polygon. `mask_on`: each annotation's
+    segmentation as an (H, W) mask at the record's size (None for one without)."""
     from resnet_backbone.data import DatasetError
+    from resnet_backbone.data.masks import segmentation_to_mask
 
-    boxes, labels, polys, crowd, ignore = [], [], [], [], []
+    boxes, labels, polys, crowd, ignore, masks = [], [], [], [], [], []
     for a in rec.get("annotations", []) or []:
         try:
             x, y, w, h = (float(v) for v in a["bbox"])
@@ -131,6 +135,9 @@ def _record_drawing(rec: dict, text: bool):
         if text and isinstance(seg, list) and seg:
             flat = [seg] if all(isinstance(v, (int, float)) for v in seg) else seg
             parts = [np.asarray(p, dtype=float).reshape(-1, 2) for p in flat]
+        if mask_on and not text:
+            masks.append(None if not seg else segmentation_to_mask(
+                seg, rec["height"], rec["width"], file=rec.get("file_name"), record=f"annotation id={a.get('id')}"))
         for p in parts:
             boxes.append([x, y, x + w, y + h])
             labels.append(label)
@@ -138,7 +145,7 @@ def _record_drawing(rec: dict, text: bool):
             crowd.append(bool(a.get("iscrowd", 0)))
             ignore.append(bool(a.get("ignore", False)))
     boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
-    return boxes, labels, (polys if text else None), crowd, ignore
+    return boxes, labels, (polys if text else None), crowd, ignore, (masks if mask_on and not text else None)
 
 
 def _dataset_names(files: list[str]) -> list[str]:
@@ -183,9 +190,9 @@ def visualize_dataset(cfg, names: list[str], output_dir: str, num: int | None = 
     for (rec, name), path, dst in tqdm(list(zip(items, files, dsts)), desc="visualize dataset", unit="image"):
         text = _is_text(name)
         image = read_image(path, format="RGB")
-        boxes, labels, polys, crowd, ignore = _record_drawing(rec, text)
+        boxes, labels, polys, crowd, ignore, masks = _record_drawing(rec, text, cfg.MODEL.MASK_ON)
         vis = draw_ground_truth(image, boxes, labels, _class_names(name), polygons=polys, crowd=crowd,
-                                ignore=ignore)
+                                ignore=ignore, masks=masks)
         _save(vis, dst)
         written.append(dst)
     return written
@@ -193,7 +200,7 @@ def visualize_dataset(cfg, names: list[str], output_dir: str, num: int | None = 
 
 # ---------------------------------------------------------------------------- --source dataloader
 def _sample_drawing(sample: dict, image_format: str, text: bool):
-    """(RGB image, boxes, labels, polygons or None, ignore) of a mapped training sample."""
+    """(RGB image, boxes, labels, polygons or None, ignore, gt_masks or None) of a mapped training sample."""
     img = sample["image"]
     img = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
     img = np.ascontiguousarray(img.transpose(1, 2, 0))
@@ -201,14 +208,15 @@ def _sample_drawing(sample: dict, image_format: str, text: bool):
         img = img[:, :, ::-1]
     inst = sample.get("instances")
     if inst is None or len(inst) == 0:
-        return img, np.zeros((0, 4)), [], None, None
+        return img, np.zeros((0, 4)), [], None, None, None
     boxes = inst.gt_boxes
     boxes = getattr(boxes, "tensor", boxes)
     labels = inst.gt_classes
     has = inst.has if hasattr(inst, "has") else (lambda k: hasattr(inst, k))
     ignore = inst.gt_ignore if has("gt_ignore") else None
     polys = list(inst.gt_polygons) if text and has("gt_polygons") else None
-    return img, boxes, labels, polys, ignore
+    masks = inst.gt_masks if has("gt_masks") else None
+    return img, boxes, labels, polys, ignore, masks
 
 
 def _check_dataloader_output(output_dir: str, overwrite: bool) -> None:
@@ -258,8 +266,8 @@ def visualize_dataloader(cfg, names: list[str], output_dir: str, num: int | None
                     if os.path.isfile(src) and os.path.samefile(src, dst):
                         raise ToolError(f"the output '{dst}' is the dataset image '{src}': drawing would overwrite "
                                         "it; choose another --output folder")
-                img, boxes, labels, polys, ignore = _sample_drawing(sample, cfg.INPUT.FORMAT, text)
-                vis = draw_ground_truth(img, boxes, labels, class_names, polygons=polys, ignore=ignore)
+                img, boxes, labels, polys, ignore, masks = _sample_drawing(sample, cfg.INPUT.FORMAT, text)
+                vis = draw_ground_truth(img, boxes, labels, class_names, polygons=polys, ignore=ignore, masks=masks)
                 _save(vis, dst)
                 written.append(dst)
                 bar.update(1)

@@ -22,7 +22,6 @@ REFUSED_KEYS: dict[str, str] = {
     "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN": _PROPOSALS,
     "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST": _PROPOSALS,
     "TEST.KEYPOINT_OKS_SIGMAS": "there is no keypoint head or keypoint evaluation; remove the key",
-    "INPUT.MASK_FORMAT": "there is no mask head (text polygons are always polygons); remove the key",
     "MODEL.DETR.MASK_ON": "DETR's segmentation head is not implemented; remove the key",
     "MODEL.DETR.FROZEN_WEIGHTS": ("DETR's frozen-weights segmentation training is not implemented; load weights "
                                   "with MODEL.WEIGHTS"),

@@ -9,8 +9,9 @@ Rules (what is an error, what is repaired):
 * Annotations: integer ``id`` (unique), ``image_id`` of an existing image, ``category_id`` of an existing
   category, ``bbox`` = 4 finite numbers [x, y, w, h] with w > 0 and h > 0, ``iscrowd`` 0/1 (default 0),
   ``ignore`` bool (optional), ``segmentation`` (optional) either a list of flat polygons (each an even-length
-  list of finite numbers; polygons with fewer than 3 points are dropped) or an RLE dict with ``counts`` and
-  ``size``; anything else is the wrong type.
+  list of finite numbers; polygons with fewer than 3 points are dropped, and an annotation left with none is an
+  error) or an RLE dict whose ``size`` is the image's [height, width] and whose ``counts`` (a compressed string
+  or a list of runs) decode to exactly height * width pixels (data/masks.py); anything else is the wrong type.
 * A box of exactly zero width or height is an error, unless ``drop_zero_size_boxes`` (set for the built-in COCO
   2017 names, whose train file has two) drops it with a warning.
 * Boxes outside the image: a box may overshoot the image by up to ``BOX_OVERSHOOT_TOLERANCE`` of the image side
@@ -39,6 +40,7 @@ from numbers import Real
 from .catalog import DatasetCatalog, MetadataCatalog
 from .errors import BadSampleGuard, DatasetError, short_repr
 from .files import read_json
+from .masks import check_polygons, check_rle
 
 __all__ = ["load_coco_json", "register_coco_instances", "BOX_OVERSHOOT_TOLERANCE"]
 
@@ -118,37 +120,12 @@ def _check_image(img, i, json_file):
     return iid
 
 
-def _check_segmentation(seg, rec, json_file):
-    """Return the cleaned segmentation (polygons with >= 3 points, or the RLE dict), or None if empty."""
+def _check_segmentation(seg, rec, json_file, img):
+    """Return the cleaned segmentation (polygons with >= 3 points, or the checked RLE dict), or None if empty.
+    The rules are data/masks.py's: an RLE's size must be the image's and its counts must decode."""
     if isinstance(seg, dict):
-        if "counts" not in seg or "size" not in seg:
-            raise DatasetError("RLE segmentation needs 'counts' and 'size'", file=json_file, record=rec,
-                               field="segmentation")
-        size = seg["size"]
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s >= 0 for s in size)):
-            raise DatasetError(f"RLE 'size' must be [height, width], got {short_repr(size)}", file=json_file,
-                               record=rec, field="segmentation")
-        if not isinstance(seg["counts"], (str, list)):
-            raise DatasetError("RLE 'counts' must be a string or a list", file=json_file, record=rec,
-                               field="segmentation")
-        return seg
-    if not isinstance(seg, list):
-        raise DatasetError(f"segmentation must be a list of polygons or an RLE dict, got {type(seg).__name__}",
-                           file=json_file, record=rec, field="segmentation")
-    polys = []
-    for j, p in enumerate(seg):
-        if not isinstance(p, list):
-            raise DatasetError(f"segmentation[{j}] must be a flat list [x0, y0, x1, y1, ...], got "
-                               f"{type(p).__name__}", file=json_file, record=rec, field="segmentation")
-        if not all(_is_finite_num(v) for v in p):
-            raise DatasetError(f"segmentation[{j}] must contain only finite numbers", file=json_file, record=rec,
-                               field="segmentation")
-        if len(p) % 2:
-            raise DatasetError(f"segmentation[{j}] has an odd number of coordinates ({len(p)})", file=json_file,
-                               record=rec, field="segmentation")
-        if len(p) >= 6:
-            polys.append([float(v) for v in p])
-    return polys or None
+        return check_rle(seg, img["height"], img["width"], file=json_file, record=rec)
+    return check_polygons(seg, file=json_file, record=rec) or None
 
 
 def _check_annotation(ann, i, images, cat_ids, json_file):
@@ -202,7 +179,7 @@ def _check_annotation(ann, i, images, cat_ids, json_file):
     out = {"id": aid, "image_id": iid, "bbox": [cx0, cy0, cx1 - cx0, cy1 - cy0], "category_id": cid,
            "iscrowd": int(crowd)}
     if "segmentation" in ann and ann["segmentation"] is not None:
-        seg = _check_segmentation(ann["segmentation"], rec, json_file)
+        seg = _check_segmentation(ann["segmentation"], rec, json_file, img)
         if seg is not None:
             out["segmentation"] = seg
     if "ignore" in ann:

@@ -5,12 +5,17 @@ import copy
 
 import numpy as np
 import torch
+from torchvision import tv_tensors
 
 from .detection_utils import annotations_to_instances, check_image_size, filter_empty_instances, read_image
 from .errors import DatasetError
+from .masks import check_polygons, check_rle, polygons_to_mask, rle_to_mask
 from .transforms import Augmentation, apply_augmentations_v2, build_augmentation, to_tv_boxes, to_tv_image
 
-__all__ = ["DatasetMapper"]
+__all__ = ["DatasetMapper", "MASK_FORMATS"]
+
+#: INPUT.MASK_FORMAT values (detectron2's)
+MASK_FORMATS = ("polygon", "bitmask")
 
 
 class DatasetMapper:
@@ -22,13 +27,25 @@ class DatasetMapper:
     gt_classes, and gt_polygons / gt_ignore when the annotations carry segmentation / ignore). Crowd annotations
     and boxes that are empty after the transform (e.g. rotated out of the canvas) are left out.
     A problem with the image or the record raises `DatasetError` naming the file and record.
+
+    With `mask_on` (MODEL.MASK_ON) the instances also carry gt_masks: a uint8 (N, H, W) tensor of 0/1 in the
+    augmented image's coordinates, one per instance in gt_boxes' order (torchvision's form), from each
+    annotation's "segmentation" (COCO polygons or RLE, rasterised by pycocotools: data/masks.py); an instance
+    without segmentation is an error then. `mask_format` (INPUT.MASK_FORMAT, detectron2's values): "polygon"
+    moves the polygons' points with the image's geometry and rasterises them at the augmented size; "bitmask"
+    rasterises them at the original size and warps the masks with the image's own v2 transform (as
+    tv_tensors.Mask: nearest resize, rotation, crop, zero padding). An RLE is a bitmask already and is warped
+    under either format (detectron2 refuses RLE under "polygon"; decoding it loses nothing, since the model gets
+    a bitmask in both cases).
     """
 
     def __init__(self, cfg=None, is_train: bool = True, *, augmentations: list[Augmentation] | None = None,
                  image_format: str | None = None, max_image_pixels: int | None = None,
-                 keep_annotations_in_test: bool = False):
-        """`DatasetMapper(cfg, is_train)` takes augmentations, INPUT.FORMAT and INPUT.MAX_IMAGE_PIXELS from the
-        config; keyword arguments override them. Without a config: no augmentation, "BGR", PIL's pixel limit."""
+                 keep_annotations_in_test: bool = False, mask_on: bool | None = None,
+                 mask_format: str | None = None):
+        """`DatasetMapper(cfg, is_train)` takes augmentations, INPUT.FORMAT, INPUT.MAX_IMAGE_PIXELS, MODEL.MASK_ON
+        and INPUT.MASK_FORMAT from the config; keyword arguments override them. Without a config: no
+        augmentation, "BGR", PIL's pixel limit, no masks ("polygon")."""
         if isinstance(cfg, bool):
             raise TypeError("DatasetMapper(cfg, is_train, ...): the first argument is the config (or None); "
                             "pass is_train as the second argument or by keyword")
@@ -39,6 +56,10 @@ class DatasetMapper:
                 image_format = cfg.INPUT.FORMAT
             if max_image_pixels is None:
                 max_image_pixels = cfg.INPUT.MAX_IMAGE_PIXELS
+            if mask_on is None:
+                mask_on = cfg.MODEL.MASK_ON
+            if mask_format is None:
+                mask_format = cfg.INPUT.MASK_FORMAT
         self.is_train = bool(is_train)
         self.augmentations = list(augmentations or [])
         self.image_format = image_format or "BGR"
@@ -46,6 +67,10 @@ class DatasetMapper:
             raise ValueError(f"INPUT.FORMAT must be 'BGR', 'RGB' or 'L', got {self.image_format!r}")
         self.max_image_pixels = int(max_image_pixels or 0)
         self.keep_annotations_in_test = keep_annotations_in_test
+        self.mask_on = bool(mask_on)
+        self.mask_format = mask_format or "polygon"
+        if self.mask_format not in MASK_FORMATS:
+            raise ValueError(f"INPUT.MASK_FORMAT must be one of {MASK_FORMATS}, got {self.mask_format!r}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, **kwargs) -> DatasetMapper:
@@ -82,8 +107,7 @@ class DatasetMapper:
         d["instances"] = self._instances(annos, tfm, (int(h), int(w)), d, (orig_h, orig_w))
         return d
 
-    @staticmethod
-    def _instances(annos, tfm, image_size, record, orig_size):
+    def _instances(self, annos, tfm, image_size, record, orig_size):
         h, w = image_size
         kept, boxes = [], []
         for a in annos:
@@ -96,6 +120,7 @@ class DatasetMapper:
                                    record=f"annotation id={a.get('id')}", field="bbox") from e
             kept.append(a)
             boxes.append([x, y, x + bw, y + bh])
+        masks = self._masks(kept, tfm, image_size, record, orig_size) if self.mask_on else None
         # all boxes at once as tv_tensors.BoundingBoxes through the same v2 ops as the image
         boxes = tfm.apply(to_tv_boxes(np.asarray(boxes, np.float64).reshape(-1, 4), orig_size))
         boxes = np.clip(boxes.as_subclass(torch.Tensor).numpy(), [0, 0, 0, 0], [w, h, w, h])
@@ -109,4 +134,35 @@ class DatasetMapper:
                 obj["ignore"] = bool(a["ignore"])
             out.append(obj)
         inst = annotations_to_instances(out, (h, w))
+        if masks is not None:
+            inst.gt_masks = masks
         return filter_empty_instances(inst)
+
+    def _masks(self, annos, tfm, image_size, record, orig_size) -> torch.Tensor:
+        """(N, H, W) uint8 masks of the kept annotations in the augmented image (see the class docstring)."""
+        file = record.get("file_name")
+        out: list[torch.Tensor | None] = [None] * len(annos)
+        warp, warp_at = [], []  # masks made at the original size, warped together with the image's transform
+        for i, a in enumerate(annos):
+            rec = f"annotation id={a.get('id')}"
+            seg = a.get("segmentation")
+            if seg is None or (isinstance(seg, list) and not seg):
+                raise DatasetError("MODEL.MASK_ON is set but the annotation has no segmentation (polygons or RLE)",
+                                   file=file, record=rec, field="segmentation")
+            if isinstance(seg, dict):
+                warp.append(rle_to_mask(check_rle(seg, *orig_size, file=file, record=rec)))
+                warp_at.append(i)
+                continue
+            polys = check_polygons(seg, file=file, record=rec)
+            if self.mask_format == "bitmask":
+                warp.append(polygons_to_mask(polys, *orig_size))
+                warp_at.append(i)
+            else:
+                out[i] = torch.from_numpy(polygons_to_mask(tfm.apply_polygons(polys), *image_size))
+        if warp:
+            warped = tfm.apply(tv_tensors.Mask(torch.from_numpy(np.stack(warp))))
+            for i, m in zip(warp_at, warped.as_subclass(torch.Tensor)):
+                out[i] = m
+        if not out:
+            return torch.zeros((0, *image_size), dtype=torch.uint8)
+        return torch.stack(out).to(torch.uint8).contiguous()

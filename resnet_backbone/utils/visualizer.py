@@ -1,6 +1,6 @@
-"""On an RGB image (PIL drawing): `draw_detections` (boxes or polygons with "name 0.93" labels) and
-`draw_ground_truth` (annotations: boxes or text polygons with class names; crowd boxes and don't-care text
-dashed in grey)."""
+"""On an RGB image (PIL drawing): `draw_detections` (boxes or polygons with "name 0.93" labels, instance masks
+as a translucent class-coloured fill with an outline) and `draw_ground_truth` (annotations: boxes or text
+polygons with class names, masks as for detections; crowd boxes and don't-care text dashed in grey)."""
 from __future__ import annotations
 
 import colorsys
@@ -8,10 +8,12 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["draw_detections", "draw_ground_truth", "class_color", "IGNORED_COLOR"]
+__all__ = ["draw_detections", "draw_ground_truth", "class_color", "IGNORED_COLOR", "MASK_ALPHA"]
 
 #: the colour of crowd boxes and don't-care text (drawn dashed, whatever their class)
 IGNORED_COLOR = (150, 150, 150)
+#: the opacity of a mask's fill (its outline is opaque)
+MASK_ALPHA = 0.45
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -50,13 +52,61 @@ def _as_rgb_uint8(image_rgb, who: str) -> np.ndarray:
     return img
 
 
+def _check_masks(masks, n: int, h: int, w: int, who: str):
+    """(N, H, W) masks (tensor or array, bool or 0/1; None entries allowed in a list) -> list of bool arrays or
+    None, checked against the N instances and the image size."""
+    if masks is None:
+        return None
+    if hasattr(masks, "detach") or isinstance(masks, np.ndarray):
+        masks = list(_to_numpy(masks))
+    if len(masks) != n:
+        raise ValueError(f"{who}: {len(masks)} masks for {n} instances")
+    out = []
+    for m in masks:
+        m = None if m is None else _to_numpy(m).astype(bool)
+        if m is not None and m.shape != (h, w):
+            raise ValueError(f"{who}: a mask of shape {m.shape} on an image of {h}x{w}")
+        out.append(m)
+    return out
+
+
+def _outline(m: np.ndarray, width: int) -> np.ndarray:
+    """The pixels of `m` within `width` pixels of its border (4-neighbour erosion, `width` times)."""
+    inner = m.copy()
+    for _ in range(width):
+        shrunk = inner.copy()
+        shrunk[1:, :] &= inner[:-1, :]
+        shrunk[:-1, :] &= inner[1:, :]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    return m & ~inner
+
+
+def _paint_masks(img: np.ndarray, items, line_w: int) -> np.ndarray:
+    """`items`: (mask, colour) pairs, painted in order on a copy of `img`: the fill blended at MASK_ALPHA, then
+    the outline opaque."""
+    out = img.astype(np.float32)
+    for m, color in items:
+        if m is None or not m.any():
+            continue
+        c = np.asarray(color, np.float32)
+        out[m] = out[m] * (1.0 - MASK_ALPHA) + c * MASK_ALPHA
+        out[_outline(m, line_w)] = c
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _line_width(h: int, w: int) -> int:
+    return max(1, int(round(min(h, w) / 200)))
+
+
 def _canvas(img: np.ndarray):
     """A PIL canvas over an RGB uint8 image, its drawer, and the font and line width for the image's size:
     (canvas, draw, font, line_width, h, w)."""
     h, w = img.shape[:2]
     canvas = Image.fromarray(img).convert("RGB")
     font_size = max(10, min(24, int(round(min(h, w) / 28))))
-    return canvas, ImageDraw.Draw(canvas), _font(font_size), max(1, int(round(min(h, w) / 200))), h, w
+    return canvas, ImageDraw.Draw(canvas), _font(font_size), _line_width(h, w), h, w
 
 
 def _label(draw, text: str, x0: float, y0: float, color, font, h: int, w: int) -> None:
@@ -91,12 +141,13 @@ def _dashed_closed(draw, pts, color, width: int, dash: float) -> None:
 
 
 def draw_detections(image_rgb: np.ndarray, boxes, labels, scores, class_names=None, polygons=None,
-                    score_thresh: float = 0.5) -> np.ndarray:
+                    score_thresh: float = 0.5, masks=None) -> np.ndarray:
     """Draw the detections with score >= score_thresh on a copy of `image_rgb` (HxWx3 uint8, RGB).
 
     boxes: (N, 4) xyxy; labels: (N,) class ids; scores: (N,); class_names: list indexed by label (ids
-    shown when missing); polygons: optional list of N (P, 2) arrays, drawn instead of the boxes.
-    Returns an HxWx3 uint8 RGB array.
+    shown when missing); polygons: optional list of N (P, 2) arrays, drawn instead of the boxes; masks:
+    optional (N, H, W) bool (a Mask R-CNN's "masks"), each filled translucent in its class colour with an
+    opaque outline, under the boxes and labels (higher scores on top). Returns an HxWx3 uint8 RGB array.
     """
     img = _as_rgb_uint8(image_rgb, "draw_detections")
     boxes = _to_numpy(boxes)
@@ -109,8 +160,12 @@ def draw_detections(image_rgb: np.ndarray, boxes, labels, scores, class_names=No
     if polygons is not None and len(polygons) != n:
         raise ValueError(f"draw_detections: {len(polygons)} polygons for {n} detections")
 
-    canvas, draw, font, line_w, h, w = _canvas(img)
     order = np.argsort(-scores, kind="stable")
+    masks = _check_masks(masks, n, *img.shape[:2], "draw_detections")
+    if masks is not None:
+        img = _paint_masks(img, [(masks[i], class_color(labels[i])) for i in order[::-1] if scores[i] >= score_thresh],
+                           _line_width(*img.shape[:2]))
+    canvas, draw, font, line_w, h, w = _canvas(img)
     for i in order[::-1]:  # highest score drawn last (on top)
         if scores[i] < score_thresh:
             continue
@@ -132,13 +187,15 @@ def draw_detections(image_rgb: np.ndarray, boxes, labels, scores, class_names=No
 
 
 def draw_ground_truth(image_rgb: np.ndarray, boxes, labels, class_names=None, polygons=None, crowd=None,
-                      ignore=None) -> np.ndarray:
+                      ignore=None, masks=None) -> np.ndarray:
     """Draw annotations on a copy of `image_rgb` (HxWx3 uint8 RGB; HxW or HxWx1 grey is accepted).
 
     boxes: (N, 4) xyxy; labels: (N,) class ids (named by `class_names` when given); polygons: optional list of
     N (P, 2) arrays (an entry None: that instance's box), drawn instead of the boxes (text); crowd / ignore:
     optional (N,) bools. A crowd box is drawn dashed in IGNORED_COLOR with the label "name (crowd)"; a don't-care
-    instance (ignore) dashed in IGNORED_COLOR with "### (don't care)". Returns an HxWx3 uint8 RGB array.
+    instance (ignore) dashed in IGNORED_COLOR with "### (don't care)". masks: optional (N, H, W) bool, or a list
+    of N (H, W) masks with None for an instance without one: filled translucent (class colour; IGNORED_COLOR for
+    crowd / don't care) with an outline, under the boxes. Returns an HxWx3 uint8 RGB array.
     """
     img = _as_rgb_uint8(image_rgb, "draw_ground_truth")
     boxes = _to_numpy(boxes)
@@ -153,10 +210,15 @@ def draw_ground_truth(image_rgb: np.ndarray, boxes, labels, class_names=None, po
     if polygons is not None and len(polygons) != n:
         raise ValueError(f"draw_ground_truth: {len(polygons)} polygons for {n} boxes")
 
+    # ignored ones first, so that the instances that count are drawn on top
+    order = sorted(range(n), key=lambda k: not (crowd[k] or ignore[k]))
+    masks = _check_masks(masks, n, *img.shape[:2], "draw_ground_truth")
+    if masks is not None:
+        img = _paint_masks(img, [(masks[i], IGNORED_COLOR if crowd[i] or ignore[i] else class_color(labels[i]))
+                                 for i in order], _line_width(*img.shape[:2]))
     canvas, draw, font, line_w, h, w = _canvas(img)
     dash = max(3.0, 3.0 * line_w)
-    # ignored ones first, so that the instances that count are drawn on top
-    for i in sorted(range(n), key=lambda k: not (crowd[k] or ignore[k])):
+    for i in order:
         x0, y0, x1, y1 = boxes[i]
         pts = None
         if polygons is not None and polygons[i] is not None:

@@ -10,11 +10,20 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pycocotools import mask as mask_util
 
 from resnet_backbone.data import DatasetCatalog, DatasetError, MetadataCatalog, load_coco_json, register_coco_instances
 from resnet_backbone.data.build import get_detection_dataset_dicts
 from resnet_backbone.data.errors import bad_sample_counts
 from resnet_backbone.data.text import load_text_json
+
+
+def _crowd_rle():
+    """A valid compressed RLE of the crowd box of image 10 (80x100), made by pycocotools."""
+    m = np.zeros((80, 100), np.uint8)
+    m[20:60, 50:90] = 1
+    rle = mask_util.encode(np.asfortranarray(m))
+    return {"counts": rle["counts"].decode("ascii"), "size": [80, 100]}
 
 
 def _valid():
@@ -27,7 +36,7 @@ def _valid():
             {"id": 1, "image_id": 10, "category_id": 3, "bbox": [10, 10, 20, 30], "area": 600, "iscrowd": 0,
              "segmentation": [[10, 10, 30, 10, 30, 40, 10, 40]]},
             {"id": 2, "image_id": 10, "category_id": 7, "bbox": [50, 20, 40, 40], "area": 1600, "iscrowd": 1,
-             "segmentation": {"counts": "abc", "size": [80, 100]}},
+             "segmentation": _crowd_rle()},
             {"id": 3, "image_id": 11, "category_id": 1, "bbox": [0, 0, 50, 50], "area": 2500, "iscrowd": 0},
         ],
         "categories": [{"id": 7, "name": "triangle"}, {"id": 1, "name": "circle"}, {"id": 3, "name": "square"}],

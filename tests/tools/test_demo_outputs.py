@@ -16,15 +16,24 @@ demo = load_tool("demo")
 
 
 class _OneBoxModel(nn.Module):
-    """Eval output of a detector: one box in the middle of each image."""
+    """Eval output of a detector: one box in the middle of each image (`with_masks`: and a Mask R-CNN's "masks",
+    the disc inscribed in the box, in the original image's pixels)."""
+
+    with_masks = False
 
     def __init__(self, cfg=None):
         super().__init__()
         self.w = nn.Parameter(torch.zeros(1))
 
     def forward(self, batched_inputs):
-        return [{"boxes": torch.tensor([[d["width"] * 0.2, d["height"] * 0.2, d["width"] * 0.8, d["height"] * 0.8]]),
-                 "scores": torch.tensor([0.9]), "labels": torch.tensor([0])} for d in batched_inputs]
+        out = [{"boxes": torch.tensor([[d["width"] * 0.2, d["height"] * 0.2, d["width"] * 0.8, d["height"] * 0.8]]),
+                "scores": torch.tensor([0.9]), "labels": torch.tensor([0])} for d in batched_inputs]
+        if self.with_masks:
+            for o, d in zip(out, batched_inputs):
+                yy, xx = torch.meshgrid(torch.arange(d["height"]), torch.arange(d["width"]), indexing="ij")
+                r = 0.3 * min(d["height"], d["width"])
+                o["masks"] = (((yy + 0.5 - d["height"] / 2) ** 2 + (xx + 0.5 - d["width"] / 2) ** 2) <= r * r)[None]
+        return out
 
 
 @pytest.fixture()
@@ -136,3 +145,22 @@ def test_a_renamed_output_that_is_taken_is_refused(tmp_path):
     with pytest.raises(ToolError, match="would both be drawn to 'x.png.png'"):
         demo.output_names(files)
     assert demo.output_names([str(tmp_path / "a.jpeg"), str(tmp_path / "b.webp")]) == ["a.jpg", "b.png"]
+
+
+def test_masks_are_drawn(cfg_file, tmp_path, monkeypatch):
+    """A model that gives "masks": the picture is blended with the class colour inside the mask (under the box and
+    label) and untouched away from the detection."""
+    from resnet_backbone.utils.visualizer import MASK_ALPHA, class_color
+
+    monkeypatch.setattr(_OneBoxModel, "with_masks", True)
+    src = tmp_path / "in" / "grey.png"
+    src.parent.mkdir()
+    Image.fromarray(np.full((80, 120, 3), 100, np.uint8)).save(src)
+    (dst,) = _demo(cfg_file, [src], tmp_path / "out")
+    out = np.asarray(Image.open(dst))
+    blend = np.round(100 * (1 - MASK_ALPHA) + np.asarray(class_color(0), float) * MASK_ALPHA)
+    np.testing.assert_array_equal(out[35:45, 50:70], np.broadcast_to(blend, (10, 20, 3)))  # inside the disc
+    assert (out[:, 100:] == 100).all() and (out[70:] == 100).all()  # right of and below the detection
+    monkeypatch.setattr(_OneBoxModel, "with_masks", False)
+    (plain,) = _demo(cfg_file, [src], tmp_path / "plain")
+    assert (np.asarray(Image.open(plain))[35:45, 50:70] == 100).all()  # no masks: only the box's outline

@@ -5,7 +5,8 @@ dataset ids and contiguous ids shows. Each image: a textured, noisy background (
 blobs, pixel noise), 1-6 objects of random colour whose size (the longer side of the object's box) is 6%-40% of
 the shorter image side (squares and triangles randomly rotated), drawn in order so later objects may occlude
 earlier ones. Annotations describe what is visible: bbox = the tight box of the visible pixels, segmentation =
-the visible region's outer contours, area = visible pixel count. An object is never hidden by more than half.
+the visible region's outer outlines along the pixel edges (pycocotools rasterises them back to the visible pixels:
+IoU > 0.9 per instance), area = visible pixel count. An object is never hidden by more than half.
 Image sizes vary: the long side is `image_size`, the short side is `image_size` or 3/4 of it (landscape or
 portrait). Deterministic for a seed.
 """
@@ -25,6 +26,7 @@ SHAPE_CATEGORIES = [{"id": 1, "name": "circle", "supercategory": "shape"},
                     {"id": 7, "name": "triangle", "supercategory": "shape"}]
 
 _MAX_OCCLUDED = 0.5  # an earlier object may lose at most this fraction of its pixels to later ones
+_CLIPPER_SCALE = 1024  # pyclipper works on integers: coordinates in 1/1024 px
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -71,15 +73,63 @@ def _shape_mask(rng, cls_name: str, h: int, w: int, size: float):
     return mask.astype(bool)
 
 
+def _outline_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """The outlines of `mask`'s regions as (P, 2) polygons along the pixels' edges (pixel (i, j) spans
+    [j, j + 1] x [i, i + 1]), one per connected region, so that pycocotools' rasterisation (frPyObjects + merge +
+    decode, which is what COCOeval and the mapper use) gives back the pixels.
+
+    OpenCV's contours (CHAIN_APPROX_SIMPLE: the corners of the staircase) run through the centres of the
+    boundary pixels: offset by half a pixel (pyclipper, mitred corners: outlines outwards, holes inwards) they
+    follow the region's edge; a contour of one or two points (a pixel, a one-pixel-wide line) becomes the
+    squares around it. A region with holes (a later object lying inside an earlier one) is one "keyhole" polygon:
+    its outline, then each hole, each reached from and left back to the outline's first point along the same
+    segment, so the even-odd fill pycocotools does leaves the holes out.
+
+    Through the centres themselves (this generator's first form) the outlines lost a half-pixel rim and filled
+    the holes: on 96-px images about 60% of the instances rasterised to IoU < 0.9 with their pixels (down to
+    0.57). Now the worst of ~740 instances (48-256 px images) is 0.977, the mean 1.000
+    (tests/data/test_synthetic_shapes.py); simplifying the outline (approxPolyDP, 0.3-0.5 px) took the smallest
+    objects below 0.9 and saved only ~7% of the json."""
+    import pyclipper
+
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    hierarchy = hierarchy.reshape(-1, 4)  # next, previous, first child, parent
+
+    def clipper_path(i):
+        c = contours[i].reshape(-1, 2).astype(np.float64) + 0.5
+        return pyclipper.scale_to_clipper(c.tolist(), _CLIPPER_SCALE)
+
+    out = []
+    for i in np.flatnonzero(hierarchy[:, 3] < 0):  # the regions' outer contours; their children are holes
+        po = pyclipper.PyclipperOffset()
+        path = clipper_path(i)
+        po.AddPath(path, pyclipper.JT_MITER, pyclipper.ET_CLOSEDPOLYGON if len(path) >= 3 else pyclipper.ET_OPENSQUARE)
+        child = hierarchy[i, 2]
+        while child >= 0:
+            hole = clipper_path(child)
+            if len(hole) >= 3:
+                po.AddPath(hole, pyclipper.JT_MITER, pyclipper.ET_CLOSEDPOLYGON)
+            child = hierarchy[child, 0]
+        tree = po.Execute2(0.5 * _CLIPPER_SCALE)
+        for node in tree.Childs:  # outlines (a hole that closed up under the offset is gone)
+            ring = np.asarray(pyclipper.scale_from_clipper(node.Contour, _CLIPPER_SCALE), np.float64).reshape(-1, 2)
+            if len(ring) < 3:
+                continue
+            parts = [ring, ring[:1]]
+            for h in node.Childs:
+                hole = np.asarray(pyclipper.scale_from_clipper(h.Contour, _CLIPPER_SCALE), np.float64).reshape(-1, 2)
+                if len(hole) >= 3:
+                    parts += [hole, hole[:1], ring[:1]]
+            out.append(np.concatenate(parts))
+    return out
+
+
 def _visible_annotation(mask: np.ndarray):
     ys, xs = np.nonzero(mask)
     x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    seg = []
-    for c in contours:
-        c = cv2.approxPolyDP(c, 0.7, True).reshape(-1, 2).astype(np.float64)
-        if len(c) >= 3:
-            seg.append([round(float(v), 2) for v in (c + 0.5).reshape(-1)])
+    seg = [[round(float(v), 2) for v in p.reshape(-1)] for p in _outline_polygons(mask)]
     if not seg:  # a sliver: use the box outline
         seg = [[x0, y0, x1, y0, x1, y1, x0, y1]]
     return [x0, y0, x1 - x0, y1 - y0], seg, int(mask.sum())
