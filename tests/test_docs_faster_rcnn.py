@@ -12,7 +12,8 @@ from resnet_backbone.modeling.rcnn.build import check_rcnn_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "FASTER_RCNN.md"
-FAMILY = ("MODEL.PROPOSAL_GENERATOR", "MODEL.ANCHOR_GENERATOR", "MODEL.RPN", "MODEL.ROI_HEADS", "MODEL.ROI_BOX_HEAD")
+FAMILY = ("MODEL.PROPOSAL_GENERATOR", "MODEL.ANCHOR_GENERATOR", "MODEL.RPN", "MODEL.ROI_HEADS", "MODEL.ROI_BOX_HEAD",
+          "MODEL.ROI_MASK_HEAD")
 # the code that reads them: the builders, the detector, the resize, test-time augmentation and its switch
 READERS = [ROOT / "resnet_backbone" / "modeling" / "rcnn" / "build.py",
            ROOT / "resnet_backbone" / "modeling" / "meta_arch" / "faster_rcnn.py",
@@ -22,7 +23,7 @@ READERS = [ROOT / "resnet_backbone" / "modeling" / "rcnn" / "build.py",
            ROOT / "resnet_backbone" / "data" / "transforms.py"]
 # a changed value for each refused key (and for the honoured keys refused only in combination with another)
 REFUSED = {
-    "MODEL.MASK_ON": True, "MODEL.KEYPOINT_ON": True, "MODEL.LOAD_PROPOSALS": True,
+    "MODEL.KEYPOINT_ON": True, "MODEL.LOAD_PROPOSALS": True,
     "MODEL.PROPOSAL_GENERATOR.NAME": "PrecomputedProposals", "MODEL.ANCHOR_GENERATOR.NAME": "RotatedAnchorGenerator",
     "MODEL.ANCHOR_GENERATOR.ANGLES": [[0]], "MODEL.RPN.HEAD_NAME": "MyRPNHead", "MODEL.RPN.IOU_LABELS": [0, 1, 1],
     "MODEL.ROI_HEADS.NAME": "Res5ROIHeads", "MODEL.ROI_HEADS.IOU_LABELS": [-1, 1],

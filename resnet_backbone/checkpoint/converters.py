@@ -284,12 +284,12 @@ def _backbone_format(fmt, naming: str):
 def save_converted(converted: dict, path: str) -> None:
     """torch.save a converted checkpoint (tensors and plain values only: loads with weights_only=True), atomically.
     An input convention value that is None (not recorded by our own checkpoint) is left out. A whole-detector
-    conversion (detector_converters) also keeps "architecture", "num_classes", "dropped" and "notes"."""
+    conversion (detector_converters) also keeps "architecture", "mask_on", "num_classes", "dropped" and "notes"."""
     from .checkpointer import atomic_torch_save
 
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    keys = ("model", *_PIXEL_KEYS, "source", "architecture", "num_classes", "dropped", "notes")
+    keys = ("model", *_PIXEL_KEYS, "source", "architecture", "mask_on", "num_classes", "dropped", "notes")
     atomic_torch_save({k: converted[k] for k in keys if converted.get(k) is not None}, path)
 
 

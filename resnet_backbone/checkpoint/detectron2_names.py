@@ -191,6 +191,8 @@ def ours_to_detectron2(state_dict: Mapping[str, torch.Tensor], layout: str | Non
 
 _OURS_RPN = re.compile(r"^rpn\.head\.(?:conv\.(\d+)\.0|(cls_logits|bbox_pred))\.(weight|bias)$")
 _OURS_BOX_HEAD = re.compile(r"^roi_heads\.box_head\.(fc6|fc7|\d+)\.(?:([01])\.)?(.+)$")
+_OURS_MASK = re.compile(r"^roi_heads\.(?:mask_head\.(\d+)\.([01])|mask_predictor\.(conv5_mask|mask_fcn_logits))\."
+                        r"(.+)$")
 _CLS_SCORE = "roi_heads.box_predictor.cls_score"
 _BBOX_PRED = "roi_heads.box_predictor.bbox_pred"
 
@@ -203,7 +205,10 @@ def ours_detector_to_detectron2(state_dict: Mapping[str, Any], numpy: bool = Fal
     proposal_generator.rpn_head.conv (one conv) or .conv.conv{k} (several), cls_logits -> objectness_logits,
     bbox_pred -> anchor_deltas; roi_heads.box_head fc6/fc7 (or the FastRCNNConvFCHead sequence {i}.0 / {i}.1 /
     {C+1+2j}) -> conv{i+1}[.norm] / fc{j+1}; box_predictor.cls_score's background row 0 moved last, bbox_pred's 4
-    background rows dropped. Any other key is a CheckpointError naming it.
+    background rows dropped; the mask branch (MODEL.MASK_ON) roi_heads.mask_head.{i}.0 / .1 -> mask_head.mask_fcn{i+1}
+    / .norm, mask_predictor.conv5_mask -> mask_head.deconv, mask_fcn_logits -> mask_head.predictor without our
+    background channel 0 (K channels; a 1-channel class-agnostic one as it is). Any other key is a CheckpointError
+    naming it.
     """
     state = _tensors(state_dict, source)
     rpn_convs = sorted({int(m.group(1)) for k in state if (m := _OURS_RPN.match(k)) and m.group(1) is not None})
@@ -238,12 +243,20 @@ def ours_detector_to_detectron2(state_dict: Mapping[str, Any], numpy: bool = Fal
             name, v = k, torch.cat([v[1:], v[:1]])  # background: row 0 -> last
         elif k in (f"{_BBOX_PRED}.weight", f"{_BBOX_PRED}.bias"):
             name, v = k, v[4:]  # the 4 background rows are never used
+        elif m := _OURS_MASK.match(k):
+            index, part, module, field = m.groups()
+            if module == "conv5_mask":
+                name = f"roi_heads.mask_head.deconv.{field}"
+            elif module == "mask_fcn_logits":
+                name, v = f"roi_heads.mask_head.predictor.{field}", (v[1:] if v.shape[0] > 1 else v)
+            else:
+                name = f"roi_heads.mask_head.mask_fcn{int(index) + 1}." + (field if part == "0" else f"norm.{field}")
         else:
             unknown.append(k)
             continue
         out[name] = v.detach().cpu().numpy() if numpy else v
     if unknown:
-        raise CheckpointError(f"{source}: keys that are not part of our FasterRCNN (FPN, box head only): "
+        raise CheckpointError(f"{source}: keys that are not part of our FasterRCNN (FPN, box and mask heads): "
                               f"{unknown[:10]}" + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""))
     return out
 
@@ -280,10 +293,10 @@ def save_detectron2_checkpoint(d2_state: Mapping[str, Any], path: str, author: s
 def convert_to_detectron2(path_or_obj, layout: str | None = None, source: str = "auto", trust: bool = False) -> dict:
     """Any weights we can read -> detectron2 names (what `tools/convert_weights.py --to detectron2` writes).
 
-    A whole Faster R-CNN (ours: our checkpoint or state dict, or a converted file of one; with source "auto" also a
-    detectron2 / torchvision one, "detectron2_detector" / "torchvision_detector" insist on it) is written whole in
-    detectron2's GeneralizedRCNN names (`ours_detector_to_detectron2`; layout "fpn" only). Another checkpoint that
-    holds an FPN (e.g. ours with partial heads, or a detectron2 Mask R-CNN) keeps the whole FPN
+    A whole Faster / Mask R-CNN (ours: our checkpoint or state dict, or a converted file of one; with source "auto"
+    also a detectron2 / torchvision one, "detectron2_detector" / "torchvision_detector" insist on it) is written whole
+    in detectron2's GeneralizedRCNN names (`ours_detector_to_detectron2`; layout "fpn" only). Another checkpoint that
+    holds an FPN (e.g. ours with partial heads, or a detectron2 RetinaNet) keeps the whole FPN
     ("backbone.bottom_up.*", "backbone.fpn_*", "backbone.top_block.*"); heads are left out. Anything else goes
     through converters.py (torchvision / timm / Caffe2 / detectron2 ResNet names) and its ResNet is written for
     `layout` ("fpn": under backbone.bottom_up., "resnet", "c4"; see `ours_to_detectron2`). Returns {"model":
@@ -291,7 +304,7 @@ def convert_to_detectron2(path_or_obj, layout: str | None = None, source: str = 
     detectron2's INPUT.FORMAT / MODEL.PIXEL_MEAN / PIXEL_STD must be set to.
     """
     from .converters import convert_checkpoint  # converters imports this package; keep the import lazy
-    from .detector_converters import DETECTOR_SOURCES, convert_detector, identify_detector
+    from .detector_converters import CONVERTIBLE, DETECTOR_SOURCES, convert_detector, identify_detector
 
     weights = read_weights(path_or_obj, trust=trust)
     name = f"'{weights.name}'" if isinstance(path_or_obj, (str, os.PathLike)) else weights.name
@@ -302,7 +315,7 @@ def convert_to_detectron2(path_or_obj, layout: str | None = None, source: str = 
     if source.endswith("_detector") and (found is None or found[0] != whole[source]):
         raise CheckpointError(f"{name}: --source {source} given, but it is not a whole {whole[source]} Faster R-CNN "
                               f"({'a ' + found[1] + ' in ' + found[0] + ' names' if found else 'no detector heads'})")
-    if found is not None and found[1] == "Faster R-CNN" and layout in (None, "fpn"):
+    if found is not None and found[1] in CONVERTIBLE and layout in (None, "fpn"):
         # a whole Faster R-CNN: ours directly, a torchvision / detectron2 one through our names
         if found[0] == "ours":
             pixels, ours = convert_checkpoint(weights, source="ours"), weights.tensors
@@ -315,7 +328,8 @@ def convert_to_detectron2(path_or_obj, layout: str | None = None, source: str = 
         return {"model": d2, **{k: pixels[k] for k in ("format", "pixel_mean", "pixel_std")}, "source": used,
                 "architecture": "FasterRCNN"}
     if source in ("detectron2_detector", "torchvision_detector"):
-        raise CheckpointError(f"{name} is a {found[1]} file: only a Faster R-CNN converts whole (layout 'fpn')")
+        raise CheckpointError(f"{name} is a {found[1]} file: only a Faster / Mask R-CNN converts whole (layout "
+                              "'fpn')")
     converted = convert_checkpoint(weights, source=source)
     raw = weights.tensors
     backbone = _select(raw, D2_BACKBONE) or raw

@@ -58,6 +58,10 @@ def check_exportable(cfg, format: str, part: str = "model") -> None:
     if part == "model" and m.META_ARCHITECTURE not in _GRAPHS:
         raise ConfigError(f"MODEL.META_ARCHITECTURE = {m.META_ARCHITECTURE!r} has no export; exportable: "
                           f"{', '.join(_GRAPHS)} (or export the backbone alone)")
+    if part == "model" and m.META_ARCHITECTURE == "FasterRCNN" and m.get("MASK_ON", False):
+        raise ConfigError("MODEL.MASK_ON = True cannot be exported: the exported Faster R-CNN graph gives boxes, "
+                          "scores and labels only (no mask head); export with MODEL.MASK_ON False (the box detector "
+                          "of the same weights) or the backbone alone")
     if format == "torchscript" and part == "model" and m.META_ARCHITECTURE == "FasterRCNN":
         _refuse_torchscript()
 

@@ -22,6 +22,10 @@ checkpoint/detector_converters.py.
 Losses: torchvision's names (loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg) for detectron2's
 loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg.
 
+Mask R-CNN: MODEL.MASK_ON adds the mask branch to the RoI heads (rcnn/mask_head.py; detectron2's GeneralizedRCNN
+with a mask head, torchvision's maskrcnn_resnet50_fpn): training reads instances.gt_masks ((N, H, W) 0/1 in the
+transformed image) and adds loss_mask; eval adds "masks", bool (N, H, W) in the original image.
+
 Fast paths: MODEL.CHANNELS_LAST (channels-last memory format for the whole model and the input batch, in training
 too, through fast_paths.to_channels_last); the inference-only ones are applied by fast_paths.optimize_for_inference.
 """
@@ -35,6 +39,7 @@ from ..backbone import Backbone, build_backbone
 from ..fast_paths import to_channels_last
 from ..rcnn import RPN, AnchorGenerator, RoIHeads, build_roi_heads, build_rpn
 from ..rcnn.build import check_rcnn_config
+from ..rcnn.mask_head import MASK_THRESHOLD, paste_masks
 from .build import META_ARCH_REGISTRY
 from .image_input import ImageInputMixin, describe_input
 
@@ -64,6 +69,7 @@ class FasterRCNN(ImageInputMixin, nn.Module):
         self.channels_last = channels_last
         self.register_pixel_stats(pixel_mean, pixel_std)
         self.num_classes = roi_heads.box_predictor.cls_score.out_features - 1
+        self.mask_on = roi_heads.has_mask()
         if channels_last:
             to_channels_last(self)
 
@@ -105,12 +111,36 @@ class FasterRCNN(ImageInputMixin, nn.Module):
                     j = int(bad[0])
                     raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_classes'[{j}] = {int(classes[j])} "
                                      f"is outside 0..{self.num_classes - 1} (MODEL.ROI_HEADS.NUM_CLASSES)")
-            targets.append({"boxes": boxes, "labels": classes + 1})
+            target = {"boxes": boxes, "labels": classes + 1}
+            if self.mask_on:
+                target["masks"] = self._gt_masks(x, i, inst, len(boxes))
+            targets.append(target)
         return targets
+
+    def _gt_masks(self, x: dict, i: int, inst, count: int) -> torch.Tensor:
+        """instances.gt_masks: (N, H, W) 0/1 in the (transformed) image's coordinates, one per gt box."""
+        if not inst.has("gt_masks"):
+            raise ValueError(f"{describe_input(x, i)}: MODEL.MASK_ON training needs field 'instances.gt_masks' (the "
+                             "mapper gives it with MODEL.MASK_ON)")
+        masks = inst.gt_masks
+        masks = getattr(masks, "tensor", masks)  # detectron2's BitMasks
+        size = tuple(x["image"].shape[-2:])
+        if not isinstance(masks, torch.Tensor) or masks.dim() != 3 or masks.shape[0] != count \
+                or tuple(masks.shape[1:]) != size:
+            shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+            raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_masks' is {shape}; expected a "
+                             f"({count}, {size[0]}, {size[1]}) tensor (one mask per gt box, the image's size)")
+        return masks.to(self.device)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict]):
-        """Training: dict of the four losses. Eval: one {"boxes","scores","labels"} dict per image."""
+        """Training: dict of the four losses (+ loss_mask). Eval: one {"boxes","scores","labels"[,"masks"]} dict per
+        image ("masks": bool (N, H, W) in the original image, the pasted probability >= 0.5)."""
+        return self._run(batched_inputs, MASK_THRESHOLD)
+
+    def _run(self, batched_inputs: list[dict], mask_threshold: float | None):
+        """forward, with the paste threshold as an argument (None: "masks" are the pasted float probabilities,
+        for comparisons with other libraries)."""
         if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
             raise ValueError("FasterRCNN takes a non-empty list of dicts with an 'image' tensor each")
         images = self.preprocess_image(batched_inputs)
@@ -124,11 +154,14 @@ class FasterRCNN(ImageInputMixin, nn.Module):
         detections, detector_losses = self.roi_heads(features, proposals, tv_images.image_sizes, targets)
         if self.training:
             return {**proposal_losses, **detector_losses}
-        return self.postprocess(detections, batched_inputs, images.image_sizes)
+        return self.postprocess(detections, batched_inputs, images.image_sizes, self.roi_heads.edge_rules,
+                                mask_threshold)
 
     @staticmethod
-    def postprocess(detections: list[dict], batched_inputs: list[dict], image_sizes) -> list[dict]:
-        """Rescale boxes from the resized input to the original image ("height", "width"), clip, shift labels."""
+    def postprocess(detections: list[dict], batched_inputs: list[dict], image_sizes, edge_rules: str = "detectron2",
+                    mask_threshold: float | None = MASK_THRESHOLD) -> list[dict]:
+        """Rescale boxes from the resized input to the original image ("height", "width"), clip, shift labels;
+        paste the masks ("mask_probs") into the original image with the rescaled boxes (mask_head.paste_masks)."""
         results = []
         for det, x, (h, w) in zip(detections, batched_inputs, image_sizes):
             out_h, out_w = int(x.get("height", h)), int(x.get("width", w))
@@ -136,7 +169,10 @@ class FasterRCNN(ImageInputMixin, nn.Module):
             boxes = det["boxes"] * scale
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, out_w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, out_h)
-            results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"] - 1})
+            result = {"boxes": boxes, "scores": det["scores"], "labels": det["labels"] - 1}
+            if "mask_probs" in det:
+                result["masks"] = paste_masks(det["mask_probs"], boxes, (out_h, out_w), edge_rules, mask_threshold)
+            results.append(result)
         return results
 
 

@@ -159,4 +159,8 @@ def build_tta_model(cfg, model: nn.Module) -> nn.Module:
     if not isinstance(inner, FasterRCNN):
         raise ConfigError(f"TEST.AUG.ENABLED: test-time augmentation is implemented for FasterRCNN only, got "
                           f"MODEL.META_ARCHITECTURE={arch!r} ({type(inner).__name__}); set TEST.AUG.ENABLED False")
+    if inner.mask_on:
+        raise ConfigError("TEST.AUG.ENABLED: test-time augmentation merges boxes only; with MODEL.MASK_ON True it is "
+                          "not implemented (detectron2 re-runs the mask head on the merged boxes); set "
+                          "TEST.AUG.ENABLED False")
     return FasterRCNNWithTTA.from_config(cfg, model)

@@ -1,7 +1,8 @@
 """RPN and RoI heads from the config: detectron2's keys with detectron2's meaning, plus ours (defaults.py).
 
-Every key of MODEL.PROPOSAL_GENERATOR / ANCHOR_GENERATOR / RPN / ROI_HEADS / ROI_BOX_HEAD is read here or refused
-when set to a value we do not implement, with the key named (docs/FASTER_RCNN.md lists them all).
+Every key of MODEL.PROPOSAL_GENERATOR / ANCHOR_GENERATOR / RPN / ROI_HEADS / ROI_BOX_HEAD (and ROI_MASK_HEAD with
+MODEL.MASK_ON) is read here or refused when set to a value we do not implement, with the key named
+(docs/FASTER_RCNN.md lists them all).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ...layers import ShapeSpec
 from ...layers.batch_norm import NORM_CHOICES
 from .anchors import AnchorGenerator
 from .losses import BOX_LOSS_TYPES
+from .mask_head import MASK_HEAD_NAMES, build_mask_head, build_mask_predictor, init_mask_branch
 from .roi_heads import (
     RoIHeads,
     build_box_head,
@@ -68,7 +70,6 @@ def check_config(cfg) -> list[str]:
     out: list[str] = []
     m = cfg.MODEL
     rpn, ag, rh, bh = m.RPN, m.ANCHOR_GENERATOR, m.ROI_HEADS, m.ROI_BOX_HEAD
-    _require(not m.MASK_ON, "MODEL.MASK_ON", m.MASK_ON, "no mask head", out)
     _require(not m.KEYPOINT_ON, "MODEL.KEYPOINT_ON", m.KEYPOINT_ON, "no keypoint head", out)
     _require(not m.LOAD_PROPOSALS, "MODEL.LOAD_PROPOSALS", m.LOAD_PROPOSALS, "proposals come from the RPN", out)
     _require(m.RCNN_EDGE_RULES in EDGE_RULES, "MODEL.RCNN_EDGE_RULES", m.RCNN_EDGE_RULES,
@@ -120,7 +121,27 @@ def check_config(cfg) -> list[str]:
     _require(not bh.TRAIN_ON_PRED_BOXES, "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", bh.TRAIN_ON_PRED_BOXES,
              "not implemented", out)
     _check_box_loss("MODEL.ROI_BOX_HEAD", bh, out)
+    if m.MASK_ON:  # the mask head's keys are read only with a mask head, as in detectron2
+        _check_mask_head(m.ROI_MASK_HEAD, out)
+        _require(not cfg.TEST.AUG.ENABLED, "TEST.AUG.ENABLED", cfg.TEST.AUG.ENABLED,
+                 "test-time augmentation merges boxes only, not masks (MODEL.MASK_ON True)", out)
     return out
+
+
+def _check_mask_head(mh, out: list[str]) -> None:
+    _require(mh.NAME in MASK_HEAD_NAMES, "MODEL.ROI_MASK_HEAD.NAME", mh.NAME,
+             f"only {', '.join(repr(n) for n in MASK_HEAD_NAMES)}", out)
+    _require(mh.POOLER_TYPE in _POOLER_TYPES, "MODEL.ROI_MASK_HEAD.POOLER_TYPE", mh.POOLER_TYPE,
+             "ROIAlignV2 (aligned) or ROIAlign", out)
+    _require(mh.POOLER_RESOLUTION >= 1, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", mh.POOLER_RESOLUTION,
+             "must be >= 1", out)
+    _require(mh.POOLER_SAMPLING_RATIO >= 0, "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", mh.POOLER_SAMPLING_RATIO,
+             "0 (adaptive) or a positive count", out)
+    _require(mh.NUM_CONV >= 0, "MODEL.ROI_MASK_HEAD.NUM_CONV", mh.NUM_CONV, "must be >= 0", out)
+    _require(mh.CONV_DIM >= 1, "MODEL.ROI_MASK_HEAD.CONV_DIM", mh.CONV_DIM, "must be >= 1", out)
+    _require(mh.NORM in NORM_CHOICES, "MODEL.ROI_MASK_HEAD.NORM", mh.NORM, f"choose from {NORM_CHOICES}", out)
+    _require(mh.NUM_CONV > 0 or mh.NORM in ("", "none"), "MODEL.ROI_MASK_HEAD.NORM", mh.NORM,
+             "the norm applies to the mask head's convs and MODEL.ROI_MASK_HEAD.NUM_CONV is 0", out)
 
 
 def check_rcnn_config(cfg) -> None:
@@ -171,7 +192,8 @@ def build_rpn(cfg, input_shape: dict[str, ShapeSpec]) -> RPN:
 
 
 def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
-    """Box RoI heads from MODEL.ROI_HEADS / MODEL.ROI_BOX_HEAD (and TEST.DETECTIONS_PER_IMAGE)."""
+    """RoI heads from MODEL.ROI_HEADS / MODEL.ROI_BOX_HEAD (and TEST.DETECTIONS_PER_IMAGE), with the mask branch
+    from MODEL.ROI_MASK_HEAD when MODEL.MASK_ON."""
     check_rcnn_config(cfg)
     rh, bh = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
     in_features = list(rh.IN_FEATURES)
@@ -189,6 +211,8 @@ def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
     # kept from the first release so that seeded runs (the README's measured demo) reproduce
     init_box_head(box_head)
     init_box_predictor(predictor)
+    # the mask branch after the box head's init: without MASK_ON nothing else draws a random number
+    mask = _build_mask_branch(cfg, in_features, strides, channels) if cfg.MODEL.MASK_ON else {}
     ious = list(rh.IOU_THRESHOLDS)
     bg_thresh, fg_thresh = (ious[0], ious[0]) if len(ious) == 1 else ious
     return RoIHeads(
@@ -208,4 +232,17 @@ def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> RoIHeads:
         box_loss_type=bh.BBOX_REG_LOSS_TYPE,
         smooth_l1_beta=float(bh.SMOOTH_L1_BETA),
         bbox_reg_loss_weight=float(bh.BBOX_REG_LOSS_WEIGHT),
+        **mask,
     )
+
+
+def _build_mask_branch(cfg, in_features: list[str], strides: list[int], channels: int) -> dict:
+    """mask_roi_pool / mask_head / mask_predictor from MODEL.ROI_MASK_HEAD (mask_head.py), detectron2's init."""
+    mh = cfg.MODEL.ROI_MASK_HEAD
+    pooler = build_box_pooler(in_features, strides, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO,
+                              aligned=_POOLER_TYPES[mh.POOLER_TYPE], edge_rules=cfg.MODEL.RCNN_EDGE_RULES)
+    head = build_mask_head(channels, mh.NUM_CONV, mh.CONV_DIM, mh.NORM)
+    predictor = build_mask_predictor(mh.CONV_DIM if mh.NUM_CONV else channels, mh.CONV_DIM,
+                                     cfg.MODEL.ROI_HEADS.NUM_CLASSES, mh.CLS_AGNOSTIC_MASK)
+    init_mask_branch(head, predictor)
+    return {"mask_roi_pool": pooler, "mask_head": head, "mask_predictor": predictor}

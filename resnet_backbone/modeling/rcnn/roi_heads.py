@@ -18,6 +18,10 @@ NMS, top DETECTIONS_PER_IMAGE). Replaced, because they differ:
 - inference drops non-finite predictions (detectron2) and, under torchvision's rules only, boxes with a side
   under 1e-2 px before NMS.
 
+With a mask branch (mask_roi_pool, mask_head, mask_predictor given: MODEL.MASK_ON), training adds `loss_mask` over
+the foreground RoIs and inference adds each image's "mask_probs" (N, M, M) for its detections; mask_head.py has the
+rules and FasterRCNN.postprocess pastes them into the image.
+
 Class ids: background is class 0 here (torchvision), contiguous class c is label c + 1; detectron2 puts background
 last. The converters move the rows (checkpoint/detector_converters.py).
 """
@@ -35,6 +39,7 @@ from torchvision.ops.poolers import LevelMapper
 
 from ...layers import ThreadedMultiScaleRoIAlign, get_norm
 from .losses import box_regression_loss
+from .mask_head import mask_loss
 
 __all__ = ["RoIHeads", "Detectron2LevelMapper", "build_box_pooler", "build_box_head", "build_box_predictor",
            "init_box_head", "init_box_predictor"]
@@ -111,7 +116,7 @@ def init_box_predictor(predictor: FastRCNNPredictor) -> None:
 
 
 class RoIHeads(_TVRoIHeads):
-    """Box-only RoIHeads with the replacements listed in the module docstring.
+    """RoIHeads (boxes, and masks when a mask branch is given) with the replacements listed in the module docstring.
 
     Extra arguments: proposal_append_gt, edge_rules, box_loss_type, smooth_l1_beta, bbox_reg_loss_weight.
     """
@@ -119,7 +124,7 @@ class RoIHeads(_TVRoIHeads):
     def __init__(self, *args, proposal_append_gt: bool = True, edge_rules: str = "detectron2",
                  box_loss_type: str = "smooth_l1", smooth_l1_beta: float = 0.0, bbox_reg_loss_weight: float = 1.0,
                  **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # mask_roi_pool / mask_head / mask_predictor: Mask R-CNN (mask_head.py)
         self.proposal_append_gt = bool(proposal_append_gt)
         self.edge_rules = edge_rules
         self.box_loss_type = box_loss_type
@@ -137,11 +142,40 @@ class RoIHeads(_TVRoIHeads):
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
         if self.training:
-            return [], self.losses(class_logits.float(), box_regression.float(), proposals, matched_idxs, labels,
-                                   targets)
+            losses = self.losses(class_logits.float(), box_regression.float(), proposals, matched_idxs, labels,
+                                 targets)
+            if self.has_mask():
+                losses["loss_mask"] = self.mask_losses(features, proposals, matched_idxs, labels, targets,
+                                                       image_shapes)
+            return [], losses
         boxes, scores, labels = self.postprocess_detections(class_logits.float(), box_regression.float(), proposals,
                                                             image_shapes)
-        return [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(boxes, scores, labels)], {}
+        result = [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(boxes, scores, labels)]
+        if self.has_mask():
+            for r, probs in zip(result, self.mask_probabilities(features, boxes, labels, image_shapes)):
+                r["mask_probs"] = probs
+        return result, {}
+
+    def _mask_logits(self, features, boxes: list[torch.Tensor], image_shapes) -> torch.Tensor:
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))).float()
+
+    def mask_losses(self, features, proposals, matched_idxs, labels, targets, image_shapes) -> torch.Tensor:
+        """loss_mask over the foreground RoIs (label > 0), targets from each image's gt "masks" (mask_head.py)."""
+        fg = [torch.where(lab > 0)[0] for lab in labels]
+        fg_boxes = [p[i] for p, i in zip(proposals, fg)]
+        logits = self._mask_logits(features, fg_boxes, image_shapes)
+        return mask_loss(logits, fg_boxes, [t["masks"] for t in targets], [lab[i] for lab, i in zip(labels, fg)],
+                         [m[i] for m, i in zip(matched_idxs, fg)], self.edge_rules)
+
+    def mask_probabilities(self, features, boxes: list[torch.Tensor], labels: list[torch.Tensor], image_shapes
+                           ) -> list[torch.Tensor]:
+        """Per image, the (N, M, M) sigmoid of each detection's predicted-class channel (channel 0 when the
+        predictor is class-agnostic), the mask head run on the detections' boxes."""
+        logits = self._mask_logits(features, boxes, image_shapes)
+        labels = torch.cat(labels)
+        channels = labels if logits.shape[1] > 1 else torch.zeros_like(labels)
+        probs = logits[torch.arange(labels.numel(), device=logits.device), channels].sigmoid()
+        return list(probs.split([int(b.shape[0]) for b in boxes]))
 
     def losses(self, class_logits, box_regression, proposals, matched_idxs, labels, targets) -> dict:
         gt_boxes = torch.cat([t["boxes"][m.clamp(min=0)] if t["boxes"].numel() else

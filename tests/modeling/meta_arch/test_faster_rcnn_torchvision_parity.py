@@ -37,13 +37,14 @@ def _frozen_bn(module: torch.nn.Module) -> None:
             _frozen_bn(child)
 
 
-def _torchvision_model(version: str, min_size: int):
+def _torchvision_model(version: str, min_size: int, build=None):
     """The reference with random weights and BN statistics, scaled so that nothing saturates: each FPN level's
     output is brought to unit spread on the test images (a random ResNet's features reach the hundreds, which
     would saturate every sigmoid and softmax into ties), then the RPN and class logits are spread out so that
-    proposals are ranked by distinct scores and detections pass the 0.05 threshold."""
+    proposals are ranked by distinct scores and detections pass the 0.05 threshold. `build`: another torchvision
+    builder of the version's layout (maskrcnn_resnet50_fpn for v1)."""
     torch.manual_seed(0)
-    build = fasterrcnn_resnet50_fpn if version == "v1" else fasterrcnn_resnet50_fpn_v2
+    build = build or (fasterrcnn_resnet50_fpn if version == "v1" else fasterrcnn_resnet50_fpn_v2)
     model = build(weights=None, weights_backbone=None, min_size=min_size, max_size=1333).eval()
     with torch.no_grad():
         for m in model.modules():

@@ -22,7 +22,6 @@ SHAPES = {f"p{i}": ShapeSpec(channels=8, stride=2 ** i) for i in range(2, 7)}
 
 # (key named in the error, overrides that break only that rule); several cases for some keys
 REFUSED = [
-    ("MODEL.MASK_ON", {"MODEL.MASK_ON": True}),
     ("MODEL.KEYPOINT_ON", {"MODEL.KEYPOINT_ON": True}),
     ("MODEL.LOAD_PROPOSALS", {"MODEL.LOAD_PROPOSALS": True}),
     ("MODEL.RCNN_EDGE_RULES", {"MODEL.RCNN_EDGE_RULES": "mmdet"}),
@@ -63,6 +62,18 @@ REFUSED = [
     ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", {"MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": "iou"}),
     ("MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", {"MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA": -1.0}),
     ("MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", {"MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS": (10.0, 10.0, 5.0, 5.0, 1.0)}),
+    # the mask head's keys, checked with MODEL.MASK_ON (Mask R-CNN)
+    ("MODEL.ROI_MASK_HEAD.NAME", {"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.NAME": "MaskRCNNPointRendHead"}),
+    ("MODEL.ROI_MASK_HEAD.POOLER_TYPE", {"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "ROIPool"}),
+    ("MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", {"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 0}),
+    ("MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", {"MODEL.MASK_ON": True,
+                                                   "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": -1}),
+    ("MODEL.ROI_MASK_HEAD.NUM_CONV", {"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.NUM_CONV": -1}),
+    ("MODEL.ROI_MASK_HEAD.CONV_DIM", {"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.CONV_DIM": 0}),
+    ("MODEL.ROI_MASK_HEAD.NORM", {"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.NORM": "LN"}),
+    ("MODEL.ROI_MASK_HEAD.NORM", {"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.NUM_CONV": 0,
+                                  "MODEL.ROI_MASK_HEAD.NORM": "GN"}),  # no conv to normalise
+    ("TEST.AUG.ENABLED", {"MODEL.MASK_ON": True, "TEST.AUG.ENABLED": True}),  # TTA merges boxes only
 ]
 
 
@@ -125,7 +136,7 @@ def test_refused_value_names_its_key(key, overrides):
         builder(cfg, SHAPES)
 
 
-@pytest.mark.parametrize("key", ["MODEL.MASK_ON", "MODEL.KEYPOINT_ON", "MODEL.LOAD_PROPOSALS"])
+@pytest.mark.parametrize("key", ["MODEL.KEYPOINT_ON", "MODEL.LOAD_PROPOSALS"])
 def test_meta_arch_refuses_before_building(key):
     """FasterRCNN.from_config runs the same checks (here: the heads it has not)."""
     with pytest.raises(ValueError, match=rf"^{re.escape(key)} = True is not supported"):
