@@ -18,11 +18,13 @@ converted whole: "model" is then our FasterRCNN's state dict (backbone.bottom_up
 roi_heads.*), with "architecture": "FasterRCNN", "num_classes" and "dropped" (the source keys a Faster R-CNN does
 not use, also printed). torchvision's 91-way COCO head becomes our 80 classes. --source detectron2_detector /
 torchvision_detector insist on a whole detector; --source detectron2 / torchvision convert a detector file's
-ResNet names only (its other keys unchanged), as for backbone files. Files of other detectors (Mask / Keypoint /
-Cascade / C4 R-CNN, RetinaNet, FCOS, Panoptic FPN) are refused. --to detectron2 on our own FasterRCNN checkpoint
-(or a torchvision one) writes detectron2's GeneralizedRCNN names, heads included. An official DETR checkpoint
-(facebookresearch/detr: backbone.0.body.*, query_embed.weight) is recognised too and converted whole into our DETR's
-names (--source detr insists; its files pickle their arguments: --trust).
+ResNet names only (its other keys unchanged), as for backbone files. Mask R-CNNs (detectron2's FPN ones and
+torchvision's maskrcnn_resnet50_fpn) convert whole the same way, into our FasterRCNN with MODEL.MASK_ON. Files of
+other detectors (Keypoint / Cascade / C4 R-CNN, FCOS, Panoptic FPN) are refused; RetinaNet files convert whole
+(checkpoint/retinanet_converter.py). --to detectron2 on our
+own FasterRCNN checkpoint (or a torchvision one) writes detectron2's GeneralizedRCNN names, heads included. An
+official DETR checkpoint (facebookresearch/detr: backbone.0.body.*, query_embed.weight) is recognised too and
+converted whole into our DETR's names (--source detr insists; its files pickle their arguments: --trust).
 
 Our own checkpoints (what tools/train_net.py saves) are recognised
 by their format tag (source "ours") and keep the convention they record; one that records none gets none
@@ -40,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from resnet_backbone.checkpoint import CheckpointError  # noqa: E402
 from resnet_backbone.checkpoint.converters import SOURCES, convert_checkpoint, save_converted  # noqa: E402
-from resnet_backbone.checkpoint.detector_converters import identify_detector  # noqa: E402
+from resnet_backbone.checkpoint.detector_converters import CONVERTIBLE, identify_detector  # noqa: E402
 from resnet_backbone.checkpoint.formats import FORMATS, detect_format  # noqa: E402
 from resnet_backbone.checkpoint.reader import read_weights  # noqa: E402
 from resnet_backbone.utils.cli import run_tool  # noqa: E402
@@ -77,14 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{TOOL}: error: {e}", file=sys.stderr)
         return 2  # the tools' status for the library's own errors (utils.cli)
     state = converted["model"]
+    if converted.get("architecture") == "RetinaNet":  # checkpoint/retinanet_converter.py
+        print(f"{args.input} (whole {converted['source']} RetinaNet) -> {args.output}: {len(state)} tensors in our "
+              f"RetinaNet names, {converted['num_classes']} classes (MODEL.RETINANET.NUM_CLASSES); "
+              + "; ".join([*converted["notes"], f"dropped: {converted['dropped']}"]))
+        print(f"input convention: {_convention(converted['format'], converted['pixel_mean'], converted['pixel_std'])}")
+        return 0
     if converted.get("architecture") == "FasterRCNN":
-        print(f"{args.input} (whole {converted['source']} Faster R-CNN) -> {args.output}: {len(state)} tensors in "
-              f"our FasterRCNN names, {converted['num_classes']} classes (MODEL.ROI_HEADS.NUM_CLASSES)")
+        what, mask = ("Mask R-CNN", ", MODEL.MASK_ON True") if converted.get("mask_on") else ("Faster R-CNN", "")
+        print(f"{args.input} (whole {converted['source']} {what}) -> {args.output}: {len(state)} tensors in "
+              f"our FasterRCNN names, {converted['num_classes']} classes (MODEL.ROI_HEADS.NUM_CLASSES{mask})")
         for note in converted["notes"]:
             print(f"  {note}")
         dropped = converted["dropped"]
-        print(f"dropped {len(dropped)} source keys a Faster R-CNN does not use" + (f": {', '.join(dropped)}"
-                                                                                   if dropped else ""))
+        print(f"dropped {len(dropped)} source keys the detector does not use" + (f": {', '.join(dropped)}"
+                                                                                 if dropped else ""))
         print(f"input convention: {_convention(converted['format'], converted['pixel_mean'], converted['pixel_std'])}")
         return 0
     ours = sum(1 for k in state if k.split(".", 1)[0] in ("stem", "res2", "res3", "res4", "res5", "linear"))
@@ -114,10 +123,10 @@ def _convert(args) -> dict:
                               f"Faster R-CNN ({what})")
     if fmt.whole == "FasterRCNN":
         family, arch = identify_detector(weights.tensors)
-        if arch != "Faster R-CNN":
-            raise CheckpointError(f"'{args.input}' is a {arch} file, not a Faster R-CNN: only Faster R-CNN (FPN, "
-                                  f"box head only) converts whole (--source {family} converts its ResNet names "
-                                  "only, the other keys unchanged)")
+        if arch not in CONVERTIBLE:
+            raise CheckpointError(f"'{args.input}' is a {arch} file, not a Faster R-CNN: only Faster R-CNN and Mask "
+                                  f"R-CNN (FPN) convert whole (--source {family} converts its ResNet names only, the "
+                                  "other keys unchanged)")
     if fmt.whole is not None:
         return fmt.to_ours(weights, **pixels)
     return convert_checkpoint(weights, source="auto", **pixels)
@@ -147,7 +156,10 @@ def _to_detectron2(args) -> int:
     except CheckpointError as e:
         print(f"{TOOL}: error: {e}", file=sys.stderr)
         return 2  # the tools' status for the library's own errors (utils.cli)
-    whole = " (a whole Faster R-CNN, heads included)" if converted.get("architecture") == "FasterRCNN" else ""
+    whole = ""
+    if converted.get("architecture") == "FasterRCNN":
+        masks = any(k.startswith("roi_heads.mask_head.") for k in converted["model"])
+        whole = f" (a whole {'Mask' if masks else 'Faster'} R-CNN, heads included)"
     print(f"{args.input} ({converted['source']} names) -> {args.output}: {len(converted['model'])} tensors in "
           f"detectron2 names{whole} (load with MODEL.WEIGHTS)")
     print(f"set in the detectron2 config: {_convention(fmt, mean, std)}")

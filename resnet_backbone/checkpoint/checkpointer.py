@@ -510,6 +510,10 @@ class Checkpointer:
             return own[f"{detector_converters.CLS_SCORE}.weight"].shape[0] - 1
         if fmt.whole == "DETR" and "query_embed.weight" in own and "class_embed.weight" in own:
             return own["class_embed.weight"].shape[0] - 1
+        if fmt.whole == "RetinaNet":
+            from .retinanet_converter import check_retinanet_classes, is_retinanet_model
+
+            return check_retinanet_classes(own, "the model") if is_retinanet_model(self.model) else None
         return None
 
     def _resnet_in_place(self, tensors: dict) -> bool:

@@ -22,6 +22,15 @@ Our FasterRCNN's state-dict names (meta_arch/faster_rcnn.py, modeling/rcnn/) and
       K+1 rows, background row 0           (moved to row 0)
     roi_heads.box_predictor.bbox_pred.*  bbox_pred: 4K rows, no background       bbox_pred: 4(K+1) rows
       4(K+1) rows, rows 0..3 background    (4 zero rows put in front)
+    Mask R-CNN (MODEL.MASK_ON):
+    roi_heads.mask_head.{i}.0.*          roi_heads.mask_head.mask_fcn{i+1}.*     roi_heads.mask_head.{i}.0.*
+                                                                                 (old files: mask_fcn{i+1}.*)
+    roi_heads.mask_head.{i}.1.* (NORM)   roi_heads.mask_head.mask_fcn{i+1}.norm.* roi_heads.mask_head.{i}.1.*
+    roi_heads.mask_predictor.conv5_mask  roi_heads.mask_head.deconv.*            roi_heads.mask_predictor.conv5_mask
+    roi_heads.mask_predictor.            roi_heads.mask_head.predictor.*: K      ...mask_fcn_logits: K+1 channels,
+      mask_fcn_logits.*: K+1 channels,     channels (a zero background channel     background 0 (91 for COCO: as the
+      background 0 (unused); 1 with        put in front), 1 class-agnostic         box rows)
+      CLS_AGNOSTIC_MASK
 
 torchvision's COCO models predict 91 classes (row 0 background, row i = COCO category id i, 10 ids unused); with
 num_classes None or 80 such a head becomes our 80 contiguous classes (COCO_CATEGORY_IDS order, detectron2's) + 0.
@@ -29,7 +38,8 @@ A class-agnostic detectron2 box regression (4 rows, CLS_AGNOSTIC_BBOX_REG) is re
 detections at inference. Keys a Faster R-CNN does not need are dropped and named (`"dropped"`): detectron2's old
 `proposal_generator.anchor_generator.cell_anchors.*` and `pixel_mean` / `pixel_std` buffers (their values give the
 converted file's pixel statistics). Any other key outside the backbone is refused by name, as are files of other
-architectures (Mask / Keypoint / Cascade / C4 R-CNN, RetinaNet, FCOS, SSD, Panoptic FPN; `identify_detector`).
+architectures (Keypoint / Cascade / C4 R-CNN, RetinaNet, FCOS, SSD, Panoptic FPN; `identify_detector`). Mask R-CNN
+files (FPN) convert whole into our FasterRCNN built with MODEL.MASK_ON; their "mask_on" field says so.
 
 Pixel conventions recorded: detectron2 model zoo BGR, PIXEL_MEAN 103.53 116.28 123.675, STD 1 1 1 (a file whose
 `__author__` mentions torchvision, or whose pixel_* buffers say so, differs; top-level "format" / "pixel_mean" /
@@ -38,7 +48,8 @@ x 255.
 
     convert_detector(path_or_obj, source="auto"|"detectron2"|"torchvision", num_classes=None) -> converted dict
         {"model": our FasterRCNN state dict, "format", "pixel_mean", "pixel_std", "source", "architecture":
-         "FasterRCNN", "num_classes": K, "dropped": [source keys], "notes": [...], "source_keys": {ours: theirs}}
+         "FasterRCNN", "mask_on": bool, "num_classes": K, "dropped": [source keys], "notes": [...],
+         "source_keys": {ours: theirs}}
         (converters.save_converted writes all but "source_keys"; the file loads with MODEL.WEIGHTS)
 """
 from __future__ import annotations
@@ -62,6 +73,7 @@ __all__ = [
     "convert_detector_state_dict",
     "convert_detector",
     "check_num_classes",
+    "CONVERTIBLE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +82,8 @@ DETECTOR_SOURCES = ("detectron2", "torchvision")
 ARCHITECTURE = "FasterRCNN"
 CLS_SCORE = "roi_heads.box_predictor.cls_score"
 BBOX_PRED = "roi_heads.box_predictor.bbox_pred"
+MASK_LOGITS = "roi_heads.mask_predictor.mask_fcn_logits"
+CONVERTIBLE = ("Faster R-CNN", "Mask R-CNN")  # the architectures identify_detector names that convert whole
 NUM_CLASSES_KEY = "MODEL.ROI_HEADS.NUM_CLASSES"
 _NORM_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -96,7 +110,6 @@ def _cascade(keys) -> bool:
 
 # (test on the key names, architecture), the first that holds names the file; none: a Faster R-CNN
 _TORCHVISION_ARCHS = (
-    (_marks("roi_heads.mask_head.", "roi_heads.mask_predictor."), "torchvision Mask R-CNN (maskrcnn_resnet50_fpn)"),
     (_marks("roi_heads.keypoint_head.", "roi_heads.keypoint_predictor."),
      "torchvision Keypoint R-CNN (keypointrcnn_resnet50_fpn)"),
     (_marks("head.regression_head.bbox_ctrness"), "torchvision FCOS (fcos_resnet50_fpn)"),
@@ -104,16 +117,17 @@ _TORCHVISION_ARCHS = (
     (_marks("head."), "torchvision RetinaNet (retinanet_resnet50_fpn)"),
     (lambda keys: not _has(keys, "backbone.body.layer1."),
      "torchvision Faster R-CNN with a non-ResNet backbone (e.g. fasterrcnn_mobilenet_v3_large_fpn)"),
+    (_marks("roi_heads.mask_head.", "roi_heads.mask_predictor."), "Mask R-CNN"),
 )
 _DETECTRON2_ARCHS = (
     (lambda keys: _has(keys, "sem_seg_head.") and _has(keys, "roi_heads."), "detectron2 Panoptic FPN"),
     (_marks("sem_seg_head."), "detectron2 semantic segmentation model (SemanticSegmentor)"),
-    (_marks("roi_heads.mask_head."), "detectron2 Mask R-CNN"),
     (_marks("roi_heads.keypoint_head."), "detectron2 Keypoint R-CNN"),
     (_marks("head."), "detectron2 RetinaNet"),
     (_cascade, "detectron2 Cascade R-CNN"),
     (_marks("roi_heads.res5."), "detectron2 C4 Faster R-CNN (Res5ROIHeads: res5 in the box head)"),
     (lambda keys: not _has(keys, "roi_heads."), "detectron2 RPN-only model (ProposalNetwork)"),
+    (_marks("roi_heads.mask_head."), "Mask R-CNN"),  # after Cascade / C4 / Panoptic, which have mask heads too
 )
 
 
@@ -123,8 +137,9 @@ def _architecture(keys: list[str], table) -> str:
 
 def identify_detector(state: Mapping[str, Any]) -> tuple[str, str] | None:
     """(family, architecture) of a whole-detector state dict or checkpoint, None for anything else (a backbone,
-    DETR, a classifier). family: "detectron2" | "torchvision" | "ours"; architecture: "Faster R-CNN" for the
-    one we convert, else a description such as "detectron2 Mask R-CNN" (`convert_detector` refuses those)."""
+    DETR, a classifier). family: "detectron2" | "torchvision" | "ours"; architecture: "Faster R-CNN" or "Mask
+    R-CNN" for the ones we convert (CONVERTIBLE), else a description such as "detectron2 Keypoint R-CNN"
+    (`convert_detector` refuses those)."""
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     if not isinstance(state, Mapping):
@@ -132,12 +147,14 @@ def identify_detector(state: Mapping[str, Any]) -> tuple[str, str] | None:
     keys = [k for k in state if isinstance(k, str)]
     if keys and all(k.startswith("module.") for k in keys):
         keys = [k[len("module."):] for k in keys]
+    if _has(keys, "backbone.bottom_up.") and _has(keys, "head.classification_head."):  # our RetinaNet's names
+        return "ours", "RetinaNet"
     if _has(keys, "backbone.body.", "head.classification_head.") and _has(keys, "rpn.", "roi_heads.", "head."):
         return "torchvision", _architecture(keys, _TORCHVISION_ARCHS)
     if _has(keys, *_D2_ONLY) or _cascade(keys):
         return "detectron2", _architecture(keys, _DETECTRON2_ARCHS)
     if _has(keys, "rpn.head.") and _has(keys, "roi_heads.box_predictor.") and _has(keys, "backbone."):
-        return "ours", "Faster R-CNN"
+        return "ours", "Mask R-CNN" if _has(keys, "roi_heads.mask_predictor.") else "Faster R-CNN"
     return None
 
 
@@ -168,7 +185,7 @@ class _Out:
 
 def _refuse_unknown(name: str, unknown: list[str], family: str) -> None:
     if unknown:
-        raise CheckpointError(f"'{name}': not a {family} Faster R-CNN (FPN, box head only) file: unknown keys "
+        raise CheckpointError(f"'{name}': not a {family} Faster / Mask R-CNN (FPN) file: unknown keys "
                               f"{unknown[:10]}" + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""))
 
 
@@ -211,13 +228,15 @@ _D2_DROPPED = re.compile(r"^(proposal_generator\.anchor_generator\.cell_anchors\
 def _detectron2_to_ours(state: dict[str, torch.Tensor], name: str) -> _Out:
     _check_required(state, name, "detectron2")
     out = _Out(name)
-    heads = {}
+    heads, masks = {}, {}
     unknown = []
     for k, v in state.items():
         if k.startswith("backbone."):
             out.put(k, k, v)  # our backbone names are detectron2's
         elif _D2_DROPPED.match(k):
             out.dropped.append(k)
+        elif k.startswith("roi_heads.mask_head."):
+            masks[k] = v
         elif k.startswith(("proposal_generator.", "roi_heads.box_head.")) or k.startswith(
                 (f"{CLS_SCORE}.", f"{BBOX_PRED}.")):
             heads[k] = v
@@ -284,13 +303,55 @@ def _detectron2_to_ours(state: dict[str, torch.Tensor], name: str) -> _Out:
     out.put(f"{BBOX_PRED}.bias", f"{BBOX_PRED}.bias", torch.cat([box_b.new_zeros(4), box_b]))
     out.notes.append(f"{num_classes} classes; background moved from the last row of '{CLS_SCORE}' to row 0, "
                      f"4 zero background rows put in front of '{BBOX_PRED}'")
+    if masks:
+        _detectron2_mask_head(masks, out, name, num_classes)
     return out
+
+
+_D2_MASK = re.compile(r"^roi_heads\.mask_head\.(?:mask_fcn(\d+)\.(weight|bias|norm\.(\w+))|(deconv|predictor)\."
+                      r"(weight|bias))$")
+
+
+def _detectron2_mask_head(masks: dict[str, torch.Tensor], out: _Out, name: str, num_classes: int) -> None:
+    """detectron2's MaskRCNNConvUpsampleHead -> torchvision's MaskRCNNHeads / MaskRCNNPredictor names; the K-channel
+    predictor gets a zero background channel 0 (ours has torchvision's K + 1; a 1-channel class-agnostic one stays)."""
+    unknown = []
+    for k, v in masks.items():
+        m = _D2_MASK.match(k)
+        if not m or (m.group(1) is not None and int(m.group(1)) < 1) or (
+                m.group(3) is not None and m.group(3) not in _NORM_FIELDS):
+            unknown.append(k)
+            continue
+        index, field, norm_field, module, pfield = m.groups()
+        if module == "deconv":
+            out.put(f"roi_heads.mask_predictor.conv5_mask.{pfield}", k, v)
+        elif module == "predictor":
+            if v.shape[0] not in (num_classes, 1):
+                raise CheckpointError(f"'{name}': '{k}' has shape {tuple(v.shape)}: detectron2's mask predictor has "
+                                      f"{num_classes} channels (one per class of '{CLS_SCORE}') or 1 (class-agnostic)")
+            if v.shape[0] == num_classes:  # class-specific (a 1-class file counts as such: 2 channels here)
+                v = torch.cat([v.new_zeros((1, *v.shape[1:])), v])
+            out.put(f"{MASK_LOGITS}.{pfield}", k, v)
+        elif norm_field is not None:
+            out.put(f"roi_heads.mask_head.{int(index) - 1}.1.{norm_field}", k, v)
+        else:
+            out.put(f"roi_heads.mask_head.{int(index) - 1}.0.{field}", k, v)
+    _refuse_unknown(name, unknown, "detectron2")
+    for theirs, ours in (("roi_heads.mask_head.deconv.weight", "roi_heads.mask_predictor.conv5_mask.weight"),
+                         ("roi_heads.mask_head.predictor.weight", f"{MASK_LOGITS}.weight")):
+        if ours not in out.model:
+            raise CheckpointError(f"'{name}': this detectron2 Mask R-CNN file lacks '{theirs}': the mask head "
+                                  "cannot be filled")
+    out.notes.append(f"mask head: mask_fcn / deconv / predictor -> torchvision's mask_head / mask_predictor names, "
+                     f"'{MASK_LOGITS}' with a zero background channel 0 in front")
 
 
 _TV_FPN = re.compile(r"^backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(?:(0|1)\.)?(\w+)$")
 _TV_HEAD = re.compile(r"^(rpn\.head\.(conv\.\d+\.0|cls_logits|bbox_pred)|"
                       r"roi_heads\.box_head\.(fc6|fc7|\d+|\d+\.[01])|roi_heads\.box_predictor\.(cls_score|bbox_pred))"
                       r"\.(\w+)$")
+_TV_MASK = re.compile(r"^roi_heads\.(?:mask_head\.(?:mask_fcn(\d+)|\d+\.[01])|mask_predictor\.(?:conv5_mask|"
+                      r"mask_fcn_logits))\.(\w+)$")
 
 
 def _torchvision_to_ours(state: dict[str, torch.Tensor], name: str, num_classes: int | None) -> _Out:
@@ -317,6 +378,12 @@ def _torchvision_to_ours(state: dict[str, torch.Tensor], name: str, num_classes:
             out.put(f"rpn.head.conv.0.0.{k.rsplit('.', 1)[1]}", k, v)
         elif _TV_HEAD.match(k) and not k.startswith((f"{CLS_SCORE}.", f"{BBOX_PRED}.")):
             out.put(k, k, v)
+        elif m := _TV_MASK.match(k):
+            old_index, field = m.group(1), m.group(2)
+            if old_index is not None:  # MaskRCNNHeads before its version 2: mask_fcn{i+1}.weight
+                out.put(f"roi_heads.mask_head.{int(old_index) - 1}.0.{field}", k, v)
+            elif not k.startswith(f"{MASK_LOGITS}."):
+                out.put(k, k, v)
         elif k not in (f"{CLS_SCORE}.weight", f"{CLS_SCORE}.bias", f"{BBOX_PRED}.weight", f"{BBOX_PRED}.bias"):
             unknown.append(k)
     _refuse_unknown(name, unknown, "torchvision")
@@ -329,16 +396,30 @@ def _torchvision_to_ours(state: dict[str, torch.Tensor], name: str, num_classes:
     if box_w.shape[0] != 4 * rows or box_b.shape[0] != 4 * rows or cls_b.shape[0] != rows:
         raise CheckpointError(f"'{name}': '{BBOX_PRED}.weight' {tuple(box_w.shape)} does not hold 4 deltas for "
                               f"each of the {rows} classes of '{CLS_SCORE}.weight' {tuple(cls_w.shape)}")
+    mask_w, mask_b = state.get(f"{MASK_LOGITS}.weight"), state.get(f"{MASK_LOGITS}.bias")
+    if any(k.startswith("roi_heads.mask_") for k in state):
+        if mask_w is None or mask_b is None:
+            raise CheckpointError(f"'{name}': this torchvision Mask R-CNN file lacks '{MASK_LOGITS}.weight' / "
+                                  "'.bias': the mask head cannot be filled")
+        if mask_w.shape[0] not in (rows, 1) or mask_b.shape[0] != mask_w.shape[0]:
+            raise CheckpointError(f"'{name}': '{MASK_LOGITS}.weight' {tuple(mask_w.shape)} (bias "
+                                  f"{tuple(mask_b.shape)}) does not hold one mask channel for each of the {rows} "
+                                  f"classes of '{CLS_SCORE}.weight' {tuple(cls_w.shape)} (or 1, class-agnostic)")
     if rows == 91 and num_classes in (None, 80):  # COCO category ids 0..90 -> background + 80 contiguous
         keep = torch.tensor([0] + COCO_CATEGORY_IDS)
         box_rows = (4 * keep[:, None] + torch.arange(4)[None, :]).flatten()
         cls_w, cls_b, box_w, box_b = cls_w[keep], cls_b[keep], box_w[box_rows], box_b[box_rows]
+        if mask_w is not None and mask_w.shape[0] == rows:  # the mask channels as the class rows
+            mask_w, mask_b = mask_w[keep], mask_b[keep]
         out.notes.append("torchvision's 91-way COCO head (row = COCO category id) reduced to background + the 80 "
                          "COCO classes in contiguous order (COCO_CATEGORY_IDS); the 10 unused ids' rows dropped")
     out.put(f"{CLS_SCORE}.weight", f"{CLS_SCORE}.weight", cls_w)
     out.put(f"{CLS_SCORE}.bias", f"{CLS_SCORE}.bias", cls_b)
     out.put(f"{BBOX_PRED}.weight", f"{BBOX_PRED}.weight", box_w)
     out.put(f"{BBOX_PRED}.bias", f"{BBOX_PRED}.bias", box_b)
+    if mask_w is not None:
+        out.put(f"{MASK_LOGITS}.weight", f"{MASK_LOGITS}.weight", mask_w)
+        out.put(f"{MASK_LOGITS}.bias", f"{MASK_LOGITS}.bias", mask_b)
     return out
 
 
@@ -362,9 +443,9 @@ def _convert_tensors(tensors: dict[str, torch.Tensor], source: str, name: str, n
                               f"'roi_heads.*' or torchvision 'rpn.*' / 'roi_heads.*' keys beside its backbone); "
                               f"first keys: {list(tensors)[:6]}")
     family, arch = found
-    if arch != "Faster R-CNN":
-        raise CheckpointError(f"'{name}' is a {arch} file, not a Faster R-CNN: only Faster R-CNN (FPN, box head only) "
-                              "converts to our FasterRCNN")
+    if arch not in CONVERTIBLE:
+        raise CheckpointError(f"'{name}' is a {arch} file, not a Faster R-CNN: only Faster R-CNN and Mask R-CNN (FPN) "
+                              "convert to our FasterRCNN")
     if source != "auto" and family != source:
         raise CheckpointError(f"'{name}': --source {source} given, but its names are {family}'s")
     if family == "ours":
@@ -379,7 +460,8 @@ def _convert_tensors(tensors: dict[str, torch.Tensor], source: str, name: str, n
 def check_num_classes(state: Mapping[str, torch.Tensor], num_classes: int, name: str,
                       source_keys: Mapping[str, str] | None = None, family: str | None = None) -> None:
     """A CheckpointError naming the file, the key, both shapes and MODEL.ROI_HEADS.NUM_CLASSES when the box
-    predictor in `state` (our names) is not for `num_classes` classes."""
+    predictor in `state` (our names) is not for `num_classes` classes, or its mask predictor not for them (K + 1
+    channels, or 1 class-agnostic)."""
     for suffix in ("weight", "bias"):
         key = f"{CLS_SCORE}.{suffix}"
         if key not in state:
@@ -398,6 +480,13 @@ def check_num_classes(state: Mapping[str, torch.Tensor], num_classes: int, name:
             f"({NUM_CLASSES_KEY} = {num_classes}): set {NUM_CLASSES_KEY} to {fits}; to train a new box predictor "
             "from these weights, convert them (tools/convert_weights.py) and drop its "
             "roi_heads.box_predictor.* keys")
+    mask = state.get(f"{MASK_LOGITS}.weight")
+    if mask is not None and mask.shape[0] not in (num_classes + 1, 1):
+        theirs = (source_keys or {}).get(f"{MASK_LOGITS}.weight", f"{MASK_LOGITS}.weight")
+        raise CheckpointError(
+            f"'{name}': key '{theirs}' has {mask.shape[0]} mask channels, shape {tuple(mask.shape)}, but the model's "
+            f"mask predictor has {num_classes + 1} ({NUM_CLASSES_KEY} = {num_classes} + background) or 1 "
+            "(MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK)")
 
 
 def _pixels(family: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], dropped: list[str]) -> dict:
@@ -439,4 +528,5 @@ def convert_detector(path_or_obj, source: str = "auto", trust: bool = False, num
         logger.info("'%s': dropped %d keys a Faster R-CNN does not use: %s", name, len(dropped), ", ".join(dropped))
     return {"model": model, "format": pixels["format"], "pixel_mean": [float(x) for x in pixels["pixel_mean"]],
             "pixel_std": [float(x) for x in pixels["pixel_std"]], "source": family, "architecture": ARCHITECTURE,
-            "num_classes": int(k), "dropped": list(dropped), "notes": list(notes), "source_keys": source_keys}
+            "mask_on": f"{MASK_LOGITS}.weight" in model, "num_classes": int(k), "dropped": list(dropped),
+            "notes": list(notes), "source_keys": source_keys}

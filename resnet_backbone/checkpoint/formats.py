@@ -24,10 +24,17 @@ names overlap a model; when two formats claim a file, a CheckpointError names bo
                           `roi_heads.res5.*`, mask / keypoint / RetinaNet ...)
     torchvision_detector  `backbone.body.*` with `rpn.*` / `roi_heads.*` /     torchvision  our FasterRCNN (whole)
                           `head.*` (fasterrcnn_resnet50_fpn v1 and _v2, ...)
+    detectron2_retinanet  detectron2 RetinaNet heads (`head.cls_score.*`)      detectron2   our RetinaNet (whole)
+    torchvision_retinanet `backbone.body.*` with `head.classification_head.    torchvision  our RetinaNet (whole)
+                          cls_logits.*` (retinanet_resnet50_fpn)
     detr                  `backbone.0.body.*` with `query_embed.weight`        torchvision  our DETR (whole)
                           (facebookresearch/detr)
     state_dict            claimed when no other format is: a module's own      -            the names as they are
                           state dict (loads by name)
+
+detectron2_detector / torchvision_detector convert Faster R-CNN and Mask R-CNN files (FPN) whole into our FasterRCNN
+(a Mask R-CNN into one built with MODEL.MASK_ON; detector_converters.CONVERTIBLE); the other architectures they
+claim (keypoint, cascade, C4, ...) are refused naming them.
 
 `naming` is how the file's ResNet is named: `converters.convert_checkpoint` / `load_backbone_weights` convert
 those names only (any format: a detector's or DETR's backbone too). `to_ours(weights, ...)` converts the whole
@@ -48,6 +55,7 @@ from .detector_converters import convert_detector, identify_detector
 from .detectron2_names import ours_detector_to_detectron2, ours_to_detectron2
 from .detr_converter import convert_detr_weights
 from .reader import PIXEL_CONVENTIONS, PIXEL_KEYS, Weights
+from .retinanet_converter import convert_retinanet, retinanet_family
 
 __all__ = ["Format", "FORMATS", "detect_format", "claims", "convention_of", "CONVERTED_SOURCES"]
 
@@ -110,6 +118,17 @@ def _detector(family: str):
     return to_ours
 
 
+def _retinanet(family: str):
+    def to_ours(weights: Weights, num_classes: int | None = None, **pixel_overrides) -> dict:
+        return convert_retinanet(weights, source=family, num_classes=num_classes, **pixel_overrides)
+    return to_ours
+
+
+def _rcnn_family(w: Weights) -> str | None:
+    """_detector_family for the files the Faster R-CNN converter takes: RetinaNet files have their own formats."""
+    return None if retinanet_family(w.tensors) is not None else _detector_family(w)
+
+
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("ours", _is_ours, "detectron2", _backbone("ours")),
     Format("torchvision", _is_torchvision, "torchvision", _backbone("torchvision"),
@@ -118,11 +137,15 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("detectron2", _is_detectron2, "detectron2", _backbone("detectron2"), from_ours=ours_to_detectron2,
            pixels=PIXEL_CONVENTIONS["detectron2"]),
     Format("caffe2", lambda w: _any(w, _C2_KEY), "caffe2", _backbone("caffe2"), pixels=PIXEL_CONVENTIONS["caffe2"]),
-    Format("detectron2_detector", lambda w: _detector_family(w) == "detectron2", "detectron2",
+    Format("detectron2_detector", lambda w: _rcnn_family(w) == "detectron2", "detectron2",
            _detector("detectron2"), whole="FasterRCNN", from_ours=ours_detector_to_detectron2,
            pixels=PIXEL_CONVENTIONS["detectron2"]),
-    Format("torchvision_detector", lambda w: _detector_family(w) == "torchvision", "torchvision",
+    Format("torchvision_detector", lambda w: _rcnn_family(w) == "torchvision", "torchvision",
            _detector("torchvision"), whole="FasterRCNN", pixels=PIXEL_CONVENTIONS["torchvision"]),
+    Format("detectron2_retinanet", lambda w: retinanet_family(w.tensors) == "detectron2", "detectron2",
+           _retinanet("detectron2"), whole="RetinaNet", pixels=PIXEL_CONVENTIONS["detectron2"]),
+    Format("torchvision_retinanet", lambda w: retinanet_family(w.tensors) == "torchvision", "torchvision",
+           _retinanet("torchvision"), whole="RetinaNet", pixels=PIXEL_CONVENTIONS["torchvision"]),
     Format("detr", _is_detr, "torchvision", convert_detr_weights, whole="DETR", pixels=PIXEL_CONVENTIONS["detr"]),
     Format("state_dict", lambda w: False, None, _as_is),
 )}

@@ -260,8 +260,7 @@ def _torchvision_others() -> dict:
     def p6p7():
         return fpn(returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
 
-    return {"torchvision Mask R-CNN": tvdet.MaskRCNN(fpn(), num_classes=2),
-            "torchvision Keypoint R-CNN": tvdet.KeypointRCNN(fpn(), num_classes=2),
+    return {"torchvision Keypoint R-CNN": tvdet.KeypointRCNN(fpn(), num_classes=2),
             "torchvision RetinaNet": tvdet.RetinaNet(p6p7(), num_classes=2),
             "torchvision FCOS": tvdet.FCOS(p6p7(), num_classes=2)}
 
@@ -272,10 +271,10 @@ def test_other_torchvision_detectors_refused(tmp_path):
         assert identify_detector(state)[1].startswith(what)
         with pytest.raises(CheckpointError, match=f"is a {what}.*not a Faster R-CNN"):
             convert_detector(state)
-        if what.endswith("Mask R-CNN"):  # the file paths, once
-            path = str(tmp_path / "maskrcnn.pth")
+        if what.endswith("Keypoint R-CNN"):  # the file paths, once
+            path = str(tmp_path / "keypointrcnn.pth")
             torch.save(state, path)
-            with pytest.raises(CheckpointError, match=f"maskrcnn.pth' is a {what}"):
+            with pytest.raises(CheckpointError, match=f"keypointrcnn.pth' is a {what}"):
                 Checkpointer(_shared(OURS_TV), save_to_disk=False).load_weights(path)
             assert CONVERT.main([path, str(tmp_path / "out.pth")]) == 2
 
@@ -443,7 +442,8 @@ def test_torchvision_file_to_detectron2(tv_v1, tmp_path):
 @requires_d2
 def test_other_detectron2_architectures_refused(tmp_path):
     for config, opts, what in [
-        ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", [], "detectron2 Mask R-CNN"),
+        ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml", [], "detectron2 C4 Faster R-CNN"),  # C4 + masks
+        ("Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml", [], "detectron2 Cascade R-CNN"),  # cascade + masks
         ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", [], "detectron2 Keypoint R-CNN"),
         ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", [], "detectron2 RetinaNet"),
         ("COCO-Detection/faster_rcnn_R_50_C4_1x.yaml", [], "detectron2 C4 Faster R-CNN"),
@@ -536,11 +536,11 @@ def test_tool_sources_and_backbone_files(tv_v1, tmp_path, capsys):
     assert "(torchvision names)" in capsys.readouterr().out
     assert CONVERT.main([resnet, out, "--source", "torchvision_detector"]) == 2
     assert "no detector heads found" in capsys.readouterr().err
-    with pytest.raises(CheckpointError, match="only a Faster R-CNN converts whole"):
-        convert_to_detectron2(_with_mask_head(tv.state_dict()), source="torchvision_detector")
+    with pytest.raises(CheckpointError, match="only a Faster / Mask R-CNN converts whole"):
+        convert_to_detectron2(_with_keypoint_head(tv.state_dict()), source="torchvision_detector")
 
 
-def _with_mask_head(state: dict) -> dict:
+def _with_keypoint_head(state: dict) -> dict:
     state = dict(state)
-    state["roi_heads.mask_predictor.mask_fcn_logits.weight"] = torch.zeros(91, 256, 1, 1)
+    state["roi_heads.keypoint_predictor.kps_score_lowres.weight"] = torch.zeros(512, 17, 4, 4)
     return state

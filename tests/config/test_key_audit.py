@@ -167,6 +167,12 @@ def _run_reads(tmp_path, datasets, monkeypatch) -> set:
             ("quickstart/dbnet_R_50_FPN_synthetic.yaml", ["MODEL.RESNETS.DEPTH", "18",
                                                           "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
                                                           "MODEL.FPN.OUT_CHANNELS", "16"]),
+            # RetinaNet: MODEL.RETINANET.* (its builders read every key; modeling/retinanet/build.py)
+            ("quickstart/retinanet_R_50_FPN_synthetic.yaml", ["MODEL.RESNETS.DEPTH", "18",
+                                                              "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+                                                              "MODEL.FPN.OUT_CHANNELS", "16"]),
+            # Mask R-CNN: MODEL.ROI_MASK_HEAD.* are read when the mask head is built (MODEL.MASK_ON)
+            ("quickstart/mask_rcnn_R_50_FPN_synthetic.yaml", [*TINY_FRCNN_MODEL, "MODEL.ROI_MASK_HEAD.CONV_DIM", "8"]),
         ]:
             c = _recording_cfg(config_file, opts)
             build_model(c)

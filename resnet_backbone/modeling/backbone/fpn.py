@@ -230,6 +230,10 @@ def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec, *, fpn_class: type[FP
     `fpn_class` / `resnet_class` (default FPN / ResNet) are the classes built, subclasses taking the same
     arguments (e.g. the detectron2-facing classes of resnet_backbone.integrations.detectron2).
     """
+    top_in = _top_block_in_feature(cfg, "p5")
+    if top_in != "p5":
+        raise ValueError(f"MODEL.FPN.TOP_BLOCK_IN_FEATURE = {top_in!r}: build_resnet_fpn_backbone's P6 max-pools P5; "
+                         "set '' (or 'p5')")
     return (fpn_class or FPN)(
         bottom_up=_resnet_bottom_up(cfg, input_shape, resnet_class),
         in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -243,21 +247,32 @@ def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec, *, fpn_class: type[FP
 @BACKBONE_REGISTRY.register()
 def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec, *, fpn_class: type[FPN] | None = None,
                                         resnet_class: type | None = None) -> FPN:
-    """ResNet + FPN with RetinaNet's P6/P7 computed from C5 (detectron2's builder of the same name).
+    """ResNet + FPN with RetinaNet's P6/P7 (detectron2's builder of the same name): computed from C5 (detectron2,
+    MODEL.FPN.TOP_BLOCK_IN_FEATURE "" or "res5") or from P5 ("p5": torchvision's retinanet_resnet50_fpn, whose
+    LastLevelP6P7(256, 256) takes P5).
 
     `fpn_class` / `resnet_class`: as for build_resnet_fpn_backbone.
     """
     bottom_up = _resnet_bottom_up(cfg, input_shape, resnet_class)
-    if "res5" not in bottom_up.output_shape():
+    top_in = _top_block_in_feature(cfg, "res5")
+    if top_in not in ("res5", "p5"):
+        raise ValueError(f"MODEL.FPN.TOP_BLOCK_IN_FEATURE = {top_in!r}: RetinaNet's P6/P7 come from 'res5' "
+                         "(detectron2) or 'p5' (torchvision)")
+    if top_in == "res5" and "res5" not in bottom_up.output_shape():
         raise ValueError("build_retinanet_resnet_fpn_backbone computes P6/P7 from res5; add 'res5' to "
                          "MODEL.RESNETS.OUT_FEATURES")
-    in_channels_p6p7 = bottom_up.output_shape()["res5"].channels
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    in_channels_p6p7 = bottom_up.output_shape()["res5"].channels if top_in == "res5" else out_channels
     return (fpn_class or FPN)(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(in_channels_p6p7, out_channels, in_feature="res5"),
+        top_block=LastLevelP6P7(in_channels_p6p7, out_channels, in_feature=top_in),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+def _top_block_in_feature(cfg, default: str) -> str:
+    """MODEL.FPN.TOP_BLOCK_IN_FEATURE, "" meaning the builder's own `default` (a detectron2 config has no such key)."""
+    return cfg.MODEL.FPN.get("TOP_BLOCK_IN_FEATURE", "") or default

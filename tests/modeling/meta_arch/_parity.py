@@ -20,3 +20,31 @@ def assert_same_detections(boxes, scores, labels, ref_boxes, ref_scores, ref_lab
             f"detections {start}..{i - 1} differ: {boxes[group].tolist()} {labels[group].tolist()} vs "
             f"{ref_boxes[group].tolist()} {ref_labels[group].tolist()}")
         start = i
+
+
+def frozen_bn(module: torch.nn.Module) -> None:
+    """BatchNorm2d -> torchvision's FrozenBatchNorm2d (what its pretrained backbones hold), keeping the values."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for k in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, k).copy_(getattr(child, k).detach())
+            setattr(module, name, frozen)
+        else:
+            frozen_bn(child)
+
+
+def detectron2_config_file(d2, config: str) -> str:
+    """detectron2's own config file `config`: in an installed package (model_zoo/configs) or a source checkout
+    (configs/); skips the test when neither has it."""
+    from pathlib import Path
+
+    import pytest
+
+    package = Path(d2.__file__).resolve().parent
+    for path in (package / "model_zoo" / "configs" / config, package.parent / "configs" / config):
+        if path.is_file():
+            return str(path)
+    pytest.skip(f"detectron2's {config} not found next to {package}")

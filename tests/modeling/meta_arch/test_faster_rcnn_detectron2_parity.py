@@ -36,13 +36,13 @@ LOSS_NAMES = {"loss_rpn_cls": "loss_objectness", "loss_rpn_loc": "loss_rpn_box_r
               "loss_box_reg": "loss_box_reg"}
 
 
-def _d2_config_file() -> str:
+def _d2_config_file(config: str = CONFIG) -> str:
     """detectron2's own config file: in an installed package (model_zoo/configs) or a source checkout (configs/)."""
     package = Path(d2.__file__).resolve().parent
-    for path in (package / "model_zoo" / "configs" / CONFIG, package.parent / "configs" / CONFIG):
+    for path in (package / "model_zoo" / "configs" / config, package.parent / "configs" / config):
         if path.is_file():
             return str(path)
-    pytest.skip(f"detectron2's {CONFIG} not found next to {package}")
+    pytest.skip(f"detectron2's {config} not found next to {package}")
 
 
 def _images():
@@ -56,12 +56,12 @@ def _targets():
     return boxes, [torch.tensor([0, 17, 79]), torch.tensor([3])]
 
 
-def _detectron2_model():
+def _detectron2_model(config: str = CONFIG):
     """detectron2's model, random weights and FrozenBN statistics, scaled so that nothing saturates (a random
     ResNet's features reach the hundreds): each FPN output brought to unit spread on the test images, the RPN
     and class logits spread out so proposals and detections are ranked by distinct scores."""
     cfg = d2_get_cfg()
-    cfg.merge_from_file(_d2_config_file())
+    cfg.merge_from_file(_d2_config_file(config))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     torch.manual_seed(0)
@@ -133,16 +133,29 @@ def test_same_losses_for_the_same_samples(reference):
     noise between the two backbones (~1e-5 on features of ~4) can swap their places, which would change what a
     seeded draw picks; taking all of them leaves only the order of a sum."""
     model, pth, _ = reference
-    ours = _ours(pth, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 10 ** 6, "MODEL.ROI_HEADS.POSITIVE_FRACTION", 1.0).train()
+    ours = _ours(pth, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 10 ** 6, "MODEL.ROI_HEADS.POSITIVE_FRACTION", 1.0)
+    compare_losses(model, ours, LOSS_NAMES)
+
+
+def compare_losses(model, ours, loss_names: dict, masks=None) -> None:
+    """detectron2's `model` and `ours` trained one step on _images() / _targets() (+ `masks`, one (N, H, W) uint8
+    tensor per image: detectron2 gets them as BitMasks) under the same seed, every proposal taken by the RoI heads:
+    each of `loss_names` (detectron2's -> ours) equal."""
+    from detectron2.structures import BitMasks
+
+    ours.train()
     saved = model.roi_heads.batch_size_per_image, model.roi_heads.positive_fraction
     model.roi_heads.batch_size_per_image, model.roi_heads.positive_fraction = 10 ** 6, 1.0
     model.train()
     images = _images()
     boxes, classes = _targets()
-    d2_inputs = [{"image": im, "instances": D2Instances(tuple(im.shape[1:]), gt_boxes=Boxes(b), gt_classes=k)}
-                 for im, b, k in zip(images, boxes, classes)]
-    our_inputs = [{"image": im, "instances": Instances(tuple(im.shape[1:]), gt_boxes=b, gt_classes=k)}
-                  for im, b, k in zip(images, boxes, classes)]
+    masks = masks or [None] * len(images)
+    d2_inputs = [{"image": im, "instances": D2Instances(tuple(im.shape[1:]), gt_boxes=Boxes(b), gt_classes=k,
+                                                        **({} if m is None else {"gt_masks": BitMasks(m.bool())}))}
+                 for im, b, k, m in zip(images, boxes, classes, masks)]
+    our_inputs = [{"image": im, "instances": Instances(tuple(im.shape[1:]), gt_boxes=b, gt_classes=k,
+                                                       **({} if m is None else {"gt_masks": m}))}
+                  for im, b, k, m in zip(images, boxes, classes, masks)]
     try:
         torch.manual_seed(5)
         with EventStorage(0):
@@ -152,8 +165,8 @@ def test_same_losses_for_the_same_samples(reference):
         model.roi_heads.batch_size_per_image, model.roi_heads.positive_fraction = saved
     torch.manual_seed(5)
     losses = ours(our_inputs)
-    assert set(losses) == set(LOSS_NAMES.values())
-    for d2_name, name in LOSS_NAMES.items():
+    assert set(losses) == set(loss_names.values())
+    for d2_name, name in loss_names.items():
         ref_value = ref[d2_name].detach()
         assert float(ref_value) > 0, d2_name
         assert torch.allclose(losses[name].detach(), ref_value, rtol=2e-5, atol=1e-6), \
