@@ -35,13 +35,14 @@ import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList as TVImageList
 
+from ...structures import rescale_boxes
 from ..backbone import Backbone, build_backbone
 from ..fast_paths import to_channels_last
 from ..rcnn import RPN, AnchorGenerator, RoIHeads, build_roi_heads, build_rpn
 from ..rcnn.build import check_rcnn_config
 from ..rcnn.mask_head import MASK_THRESHOLD, paste_masks
 from .build import META_ARCH_REGISTRY
-from .image_input import ImageInputMixin, describe_input
+from .image_input import ImageInputMixin, box_targets, describe_input
 
 __all__ = ["FasterRCNN", "AnchorGenerator", "build_rpn", "build_roi_heads"]
 
@@ -89,28 +90,11 @@ class FasterRCNN(ImageInputMixin, nn.Module):
         )
 
     def _targets(self, batched_inputs: list[dict]) -> list[dict[str, torch.Tensor]]:
-        """torchvision targets from each input's Instances: boxes (N, 4) xyxy float, labels = gt_classes + 1."""
+        """torchvision targets from each input's Instances: boxes (N, 4) xyxy float, labels = gt_classes + 1
+        (+ masks with MODEL.MASK_ON)."""
         targets = []
-        for i, x in enumerate(batched_inputs):
-            inst = x.get("instances")
-            if inst is None or not (inst.has("gt_boxes") and inst.has("gt_classes")):
-                raise ValueError(f"{describe_input(x, i)}: training needs field 'instances' "
-                                 "with gt_boxes and gt_classes")
-            boxes = inst.gt_boxes
-            boxes = getattr(boxes, "tensor", boxes)  # detectron2's Boxes
-            boxes = boxes.to(self.device, torch.float32).reshape(-1, 4)
-            classes = inst.gt_classes.to(self.device, torch.int64).reshape(-1)
-            if boxes.numel():
-                bad = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).nonzero().flatten()
-                if bad.numel():
-                    j = int(bad[0])
-                    raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_boxes'[{j}] = {boxes[j].tolist()} "
-                                     "has non-positive width or height (xyxy expected)")
-                bad = ((classes < 0) | (classes >= self.num_classes)).nonzero().flatten()
-                if bad.numel():
-                    j = int(bad[0])
-                    raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_classes'[{j}] = {int(classes[j])} "
-                                     f"is outside 0..{self.num_classes - 1} (MODEL.ROI_HEADS.NUM_CLASSES)")
+        for i, (x, (boxes, classes, inst)) in enumerate(zip(batched_inputs, box_targets(
+                batched_inputs, self.device, self.num_classes, "MODEL.ROI_HEADS.NUM_CLASSES"))):
             target = {"boxes": boxes, "labels": classes + 1}
             if self.mask_on:
                 target["masks"] = self._gt_masks(x, i, inst, len(boxes))
@@ -163,12 +147,8 @@ class FasterRCNN(ImageInputMixin, nn.Module):
         """Rescale boxes from the resized input to the original image ("height", "width"), clip, shift labels;
         paste the masks ("mask_probs") into the original image with the rescaled boxes (mask_head.paste_masks)."""
         results = []
-        for det, x, (h, w) in zip(detections, batched_inputs, image_sizes):
-            out_h, out_w = int(x.get("height", h)), int(x.get("width", w))
-            scale = det["boxes"].new_tensor([out_w / w, out_h / h, out_w / w, out_h / h])
-            boxes = det["boxes"] * scale
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, out_w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, out_h)
+        for det, x, size in zip(detections, batched_inputs, image_sizes):
+            boxes, (out_h, out_w) = rescale_boxes(det["boxes"], size, x)
             result = {"boxes": boxes, "scores": det["scores"], "labels": det["labels"] - 1}
             if "mask_probs" in det:
                 result["masks"] = paste_masks(det["mask_probs"], boxes, (out_h, out_w), edge_rules, mask_threshold)

@@ -11,6 +11,32 @@ import torch
 from ...structures import ImageList
 
 
+def box_targets(batched_inputs: list[dict], device, num_classes: int, num_classes_key: str) -> list[tuple]:
+    """Each training input's (gt_boxes (M, 4) xyxy float32, gt_classes (M,) int64, instances), on `device` and
+    checked: a box without area or a class outside 0..num_classes-1 is a ValueError naming the input, the field and
+    the index (and `num_classes_key`, the config key of the class count)."""
+    out = []
+    for i, x in enumerate(batched_inputs):
+        inst = x.get("instances") if isinstance(x, dict) else None
+        if inst is None or not (inst.has("gt_boxes") and inst.has("gt_classes")):
+            raise ValueError(f"{describe_input(x, i)}: training needs field 'instances' with gt_boxes and gt_classes")
+        boxes = getattr(inst.gt_boxes, "tensor", inst.gt_boxes)  # detectron2's Boxes
+        boxes = boxes.to(device, torch.float32).reshape(-1, 4)
+        classes = inst.gt_classes.to(device, torch.int64).reshape(-1)
+        bad = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).nonzero().flatten()
+        if bad.numel():
+            j = int(bad[0])
+            raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_boxes'[{j}] = {boxes[j].tolist()} has "
+                             "non-positive width or height (xyxy expected)")
+        bad = ((classes < 0) | (classes >= num_classes)).nonzero().flatten()
+        if bad.numel():
+            j = int(bad[0])
+            raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_classes'[{j}] = {int(classes[j])} is "
+                             f"outside 0..{num_classes - 1} ({num_classes_key})")
+        out.append((boxes, classes, inst))
+    return out
+
+
 def describe_input(x, i: int) -> str:
     """'input 3 (file_name='a.jpg', image_id=7)': how errors name the sample a detector was given."""
     if isinstance(x, dict):

@@ -42,7 +42,7 @@ from ..retinanet import (
 )
 from ..retinanet.build import check_config, check_retinanet_config
 from .build import META_ARCH_REGISTRY
-from .image_input import ImageInputMixin, describe_input
+from .image_input import ImageInputMixin, box_targets
 
 __all__ = ["RetinaNet"]
 
@@ -123,26 +123,8 @@ class RetinaNet(ImageInputMixin, nn.Module):
 
     def _targets(self, batched_inputs: list[dict]) -> list[dict[str, torch.Tensor]]:
         """Each input's Instances as {"boxes": (M, 4) xyxy float, "labels": gt_classes in 0..K-1}."""
-        targets = []
-        for i, x in enumerate(batched_inputs):
-            inst = x.get("instances")
-            if inst is None or not (inst.has("gt_boxes") and inst.has("gt_classes")):
-                raise ValueError(f"{describe_input(x, i)}: RetinaNet training needs field 'instances' with gt_boxes "
-                                 "and gt_classes")
-            boxes = getattr(inst.gt_boxes, "tensor", inst.gt_boxes).to(self.device, torch.float32).reshape(-1, 4)
-            labels = inst.gt_classes.to(self.device, torch.int64).reshape(-1)
-            degenerate = torch.where((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))[0]
-            outside = torch.where((labels < 0) | (labels >= self.num_classes))[0]
-            if degenerate.numel():
-                j = int(degenerate[0])
-                raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_boxes'[{j}] = {boxes[j].tolist()} has "
-                                 "no area (xyxy with x2 > x1 and y2 > y1 expected)")
-            if outside.numel():
-                j = int(outside[0])
-                raise ValueError(f"{describe_input(x, i)}: field 'instances.gt_classes'[{j}] = {int(labels[j])} is "
-                                 f"not in 0..{self.num_classes - 1} (MODEL.RETINANET.NUM_CLASSES)")
-            targets.append({"boxes": boxes, "labels": labels})
-        return targets
+        return [{"boxes": boxes, "labels": classes} for boxes, classes, _ in
+                box_targets(batched_inputs, self.device, self.num_classes, "MODEL.RETINANET.NUM_CLASSES")]
 
     def forward(self, batched_inputs: list[dict]):
         """Training: {"loss_cls", "loss_box_reg"}. Eval: one {"boxes", "scores", "labels"} dict per image."""

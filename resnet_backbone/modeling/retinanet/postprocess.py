@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torchvision.ops import boxes as box_ops
 
+from ...structures import rescale_boxes
+
 __all__ = ["decode_detections", "rescale_detections"]
 
 
@@ -58,12 +60,8 @@ def rescale_detections(detections: list[dict], batched_inputs: list[dict], image
     """Boxes from the (h, w) input to each input's "height" x "width" (default: unchanged), clipped to it; with
     `drop_empty`, boxes without area after clipping are left out (detectron2)."""
     results = []
-    for det, x, (h, w) in zip(detections, batched_inputs, image_sizes):
-        out_h, out_w = int(x.get("height", h)), int(x.get("width", w))
-        scale = det["boxes"].new_tensor([out_w / w, out_h / h, out_w / w, out_h / h])
-        boxes = det["boxes"] * scale
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, out_w)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, out_h)
+    for det, x, size in zip(detections, batched_inputs, image_sizes):
+        boxes, _ = rescale_boxes(det["boxes"], size, x)
         out = {"boxes": boxes, "scores": det["scores"], "labels": det["labels"]}
         if drop_empty:
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
