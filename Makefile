@@ -33,7 +33,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check resnet_backbone tools tests
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+# the benchmark's extra reference (docTR), without its declared dependencies: see requirements-bench.txt
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) tools/benchmark.py --output-dir output/benchmark
 
 clean:

@@ -17,7 +17,22 @@ Rows (select with --rows, by name or number):
   4 frcnn_train     Faster R-CNN training step (forward + backward + SGD step), batch 4, 256x256, vs the same
                     torchvision model built as for fine-tuning (FrozenBN, 3 trainable backbone stages = our
                     FREEZE_AT 2), transform sizes set to 256; ours in torchvision's convention (same losses).
-  5 detr_dbnet      DETR R50 and DBNet R50-FPN inference, one 512x512 image, ours only.
+  5 detr_dbnet      peer rows (--only to pick some):
+                    detr_infer   DETR R50 (configs/COCO-Detection/detr_R_50_500ep.yaml) on a padded batch of 2
+                                 (512x480 + 448x512) vs transformers' DetrForObjectDetection (timm ResNet-50)
+                                 holding our weights (modeling/detr/hf_names.py; outputs compared in fp32), on our
+                                 padded tensor and mask, with its post_process_object_detection;
+                    detr_train   a training step on 320x288 + 256x320 (AdamW: ours from build_optimizer, HF's
+                                 Trainer default fused AdamW; the same trainable parameters);
+                    dbnet_infer  DBNet R50-FPN (configs/Text/dbnet_R_50_FPN.yaml), one 512x512 image, image to
+                                 probability logits, vs docTR's db_resnet50 (exportable: the logits);
+                    dbnet_train  a training step, batch 2, 384x384, 8 word boxes per image, targets built on
+                                 both sides; DBNet weights: random init in both (the FPNs differ), speed only.
+Rows 4 and 5 run on the precision this machine runs natively (SOLVER.AMP.ENABLED auto: bf16 autocast on an
+AMX / AVX512-BF16 CPU, float32 elsewhere; both sides the same; --precision fp32 to force float32), and report
+each side's peak RSS measured in a fresh process of its own (--rss-child; --no-rss to skip, --rss-only for the
+memory alone, --merge to put a timed run and a memory run in one table); --profile N lists each side's top
+operators (share of self CPU time: proportions, comparable under load); --row-budget S caps a row's rounds.
   6 gemm            fp32 (and bf16) GEMM throughput of this machine (n x n matmul), interleaved with row 1's
                     backbone; the backbone's achieved GFLOP/s (fvcore conv MACs x 2) as a fraction of GEMM.
   7 coco_eval       faster-coco-eval vs pycocotools on 5,000 synthetic images (tools/benchmark_coco_eval.py).
@@ -39,6 +54,9 @@ the RSS high-water mark above the pre-call RSS on CPU (from /proc/self/status af
     python tools/benchmark.py --rows onnx                              # row 9: onnxruntime vs eager (CPU)
     python tools/benchmark.py --rows 1,2,6 --repeats 15
     python tools/benchmark.py --quick --output-dir /tmp/b              # tiny inputs, seconds: for tests
+    python tools/benchmark.py --rows 4,5 --no-rss --output-dir /tmp/t  # peer rows timed (quiet machine) ...
+    python tools/benchmark.py --rows 4,5 --rss-only --output-dir /tmp/m   # ... their memory (any time)
+    python tools/benchmark.py --merge /tmp/t/benchmark.json /tmp/m/benchmark.json --output-dir /tmp/b
     python tools/benchmark.py --update-docs docs/BENCHMARKS.md         # also refresh the table in the docs
 """
 from __future__ import annotations
@@ -203,8 +221,9 @@ def _sync(device: str) -> None:
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: str,
-                     progress: bool = True, desc: str = "") -> dict[str, list[float]]:
-    """Run each fn `warmup` times, then `repeats` rounds in alternating order (A B, B A, ...). Seconds per call."""
+                     progress: bool = True, desc: str = "", budget_s: float = 0.0) -> dict[str, list[float]]:
+    """Run each fn `warmup` times, then `repeats` rounds in alternating order (A B, B A, ...). Seconds per call.
+    `budget_s` > 0: stop after the round that passes that many seconds of timed rounds (at least 3 rounds)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -216,6 +235,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
         from tqdm import tqdm
 
         rounds = tqdm(rounds, desc=desc, leave=False, file=sys.stderr)
+    start = time.perf_counter()
     for r in rounds:
         for n in (names if r % 2 == 0 else names[::-1]):
             _sync(device)
@@ -223,6 +243,8 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
             fns[n]()
             _sync(device)
             times[n].append(time.perf_counter() - t0)
+        if budget_s and r >= 2 and time.perf_counter() - start > budget_s:
+            break
     return times
 
 
@@ -245,12 +267,16 @@ def compare(times: dict[str, list[float]], ours: str, ref: str) -> dict:
 
 
 def run_pair(name: str, fns: dict, items: int, args, ours: str = "ours", ref: str | None = "reference",
-             extra: dict | None = None) -> dict:
-    times = time_interleaved(fns, args.repeats, args.warmup, args.device, progress=not args.no_progress, desc=name)
+             extra: dict | None = None, memory: bool = True) -> dict:
+    """Time `fns` interleaved; `memory`: also the in-process peak memory of one more call of each (two calls:
+    RSS, then the profiler's tensor peak)."""
+    times = time_interleaved(fns, args.repeats, args.warmup, args.device, progress=not args.no_progress, desc=name,
+                             budget_s=getattr(args, "row_budget", 0.0) if ref == "reference" else 0.0)
     row = {"name": name, "entries": {}, **(extra or {})}
     for n, fn in fns.items():
         row["entries"][n] = summarize(times[n], items)
-        row["entries"][n].update(peak_memory_mb(fn, args.device))
+        if memory:
+            row["entries"][n].update(peak_memory_mb(fn, args.device))
     if ref is not None and ref in fns:
         row.update(compare(times, ours, ref))
         row["ratio_of"] = f"{ref} / {ours}"
@@ -502,11 +528,299 @@ def row_frcnn_infer(args) -> list[dict]:
     return rows
 
 
-def row_frcnn_train(args) -> dict:
+# ------------------------------------------------------------------------------------------ peer rows
+# Row 5 and row 4: ours against an installable peer, each row on the precision this machine runs natively
+# (`row_precision`), both sides under the same autocast. A row is a setup function (args, sides) -> (fns, extra)
+# that builds only the sides asked for, so that `--rss-child ROW:SIDE` can rebuild one side alone in a fresh
+# process and measure that process's peak RSS (see `rss_in_subprocess`).
+class PeerMissing(Exception):
+    """The reference side of a peer row cannot be built here (its package is not importable)."""
+
+
+def row_precision(args):
+    """The autocast decision of every peer row: SOLVER.AMP.ENABLED "auto"'s (bf16 where native, else float32),
+    or float32 with --precision fp32."""
+    from resnet_backbone.utils.precision import resolve_amp
+
+    return resolve_amp(False if args.precision == "fp32" else "auto", args.amp_dtype, args.device, key="SOLVER.AMP")
+
+
+def _train_step(model: nn.Module, opt, call: Callable[[], object], amp) -> Callable[[], float]:
+    """One training step: forward (`call`, returning a loss dict or a loss) under `amp`'s autocast, backward
+    and optimizer step outside it, as the trainer does."""
+    def run():
+        with amp.autocast():
+            out = call()
+        loss = sum(out.values()) if isinstance(out, dict) else out
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return run
+
+
+def _infer_call(call: Callable[[], object], amp) -> Callable[[], object]:
+    def run():
+        with torch.inference_mode(), amp.autocast():
+            return call()
+    return run
+
+
+def _trainable(model: nn.Module) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _import_peer(module: str, package: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise PeerMissing(f"{package} is not importable ({e}); `make bench` installs it "
+                          f"(requirements-{'dev' if package == 'transformers' else 'bench'}.txt)") from e
+
+
+def _detr_cfg(args):
+    """configs/COCO-Detection/detr_R_50_500ep.yaml (the paper's DETR: FrozenBN, FREEZE_AT 2, 6+6 layers, 100
+    queries, auxiliary losses); --quick: ResNet-18 and a slim transformer."""
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "COCO-Detection",
+                                     "detr_R_50_500ep.yaml"))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = args.device
+    _resnet_cfg(cfg, args.depth)
+    if args.quick:
+        d = cfg.MODEL.DETR
+        d.HIDDEN_DIM, d.NHEADS, d.ENC_LAYERS, d.DEC_LAYERS = 64, 4, 2, 2
+        d.DIM_FEEDFORWARD, d.NUM_OBJECT_QUERIES = 128, 10
+    return cfg
+
+
+def _hf_detr(cfg, depth: int):
+    """transformers' DetrForObjectDetection with our DETR's sizes and loss weights, on timm's ResNet (random
+    init: the weights are ours, loaded through modeling/detr/hf_names.py)."""
+    transformers = _import_peer("transformers", "transformers")
+    _import_peer("timm", "timm")
+    d = cfg.MODEL.DETR
+    return transformers.DetrForObjectDetection(transformers.DetrConfig(
+        use_timm_backbone=True, backbone=f"resnet{depth}", use_pretrained_backbone=False, d_model=d.HIDDEN_DIM,
+        encoder_layers=d.ENC_LAYERS, decoder_layers=d.DEC_LAYERS, encoder_attention_heads=d.NHEADS,
+        decoder_attention_heads=d.NHEADS, encoder_ffn_dim=d.DIM_FEEDFORWARD, decoder_ffn_dim=d.DIM_FEEDFORWARD,
+        num_queries=d.NUM_OBJECT_QUERIES, num_labels=d.NUM_CLASSES, dropout=d.DROPOUT,
+        attention_dropout=d.DROPOUT, activation_dropout=d.DROPOUT, auxiliary_loss=d.DEEP_SUPERVISION,
+        class_cost=_whole(d.CLASS_WEIGHT), bbox_cost=_whole(d.L1_WEIGHT), giou_cost=_whole(d.GIOU_WEIGHT),
+        bbox_loss_coefficient=_whole(d.L1_WEIGHT), giou_loss_coefficient=_whole(d.GIOU_WEIGHT),
+        eos_coefficient=d.NO_OBJECT_WEIGHT))
+
+
+def _whole(v: float):
+    """DetrConfig's cost / coefficient fields are typed int (its validation refuses 1.0): whole numbers as int."""
+    return int(v) if float(v).is_integer() else v
+
+
+def _random_boxes(g, n: int, h: int, w: int, min_wh=(16, 16), max_wh=(0.5, 0.5)) -> torch.Tensor:
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([w * max_wh[0], h * max_wh[1]]) + torch.tensor(min_wh)
+    xy = torch.rand(n, 2, generator=g) * (torch.tensor([w, h]) - wh).clamp(min=1)
+    return torch.cat([xy, xy + wh], 1).clamp(max=torch.tensor([w - 1, h - 1, w - 1, h - 1]).float())
+
+
+def _detr_inputs(args, num_classes: int, train: bool) -> list[dict]:
+    """Two images of different sizes (so the batch is padded and the mask matters), 3 boxes each."""
+    from resnet_backbone.structures import Instances
+
+    if args.quick:
+        sizes = [(128, 128), (96, 112)]
+    else:  # training at 320 px: a 512 px step takes 12+ s per side on 2 cores (bf16, AMX)
+        sizes = [(320, 288), (256, 320)] if train else [(512, 480), (448, 512)]
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for h, w in sizes:
+        img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).to(args.device)
+        boxes = _random_boxes(g, 3, h, w).to(args.device)
+        cls = torch.randint(0, num_classes, (3,), generator=g).to(args.device)
+        out.append({"image": img, "height": h, "width": w,
+                    "instances": Instances((h, w), gt_boxes=boxes, gt_classes=cls)})
+    return out
+
+
+def _detr_pair(args, train: bool, sides) -> tuple[nn.Module, object, dict, list[dict], object]:
+    """Our DETR (seeded random init) and, when asked for, HF's holding the same weights."""
+    from resnet_backbone.modeling.detr.hf_names import to_hf_state_dict
+    from resnet_backbone.modeling.meta_arch import build_model
+
+    cfg = _detr_cfg(args)
+    cfg.MODEL.CHANNELS_LAST = True
+    torch.manual_seed(0)
+    ours = build_model(cfg).train(train)
+    inputs = _detr_inputs(args, cfg.MODEL.DETR.NUM_CLASSES, train)
+    with torch.no_grad():
+        images = ours.preprocess_image(inputs)
+    hf = None
+    if "reference" in sides:
+        hf = _hf_detr(cfg, args.depth)
+        result = hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"our DETR weights do not fit HF's: missing {missing[:5]}, "
+                               f"unexpected {result.unexpected_keys[:5]}")
+        # HF means to freeze the stem and layer1 (its DetrConvEncoder), but with a timm backbone its check reads
+        # the backbone config's model_type ("timm_wrapper", no "resnet") and trains everything; freeze what
+        # our FREEZE_AT 2 freezes (and HF intends), so both train the same parameters
+        for pname, p in hf.model.backbone.model.named_parameters():
+            if not pname.startswith(("layer2.", "layer3.", "layer4.")):
+                p.requires_grad_(False)
+        hf = hf.to(args.device).train(train)
+    return ours, hf, cfg, inputs, images
+
+
+def setup_detr_infer(args, sides=("ours", "reference")):
+    """DETR inference on a padded batch of 2: ours (fast paths on: folded FrozenBN, prepacked convs,
+    channels_last; normalisation, padding and post-processing inside the timed call) vs HF's
+    DetrForObjectDetection on our padded, normalised tensor and mask, with its post_process_object_detection."""
+    amp = row_precision(args)
+    ours, hf, cfg, inputs, images = _detr_pair(args, False, sides)
+    extra = {"batch": len(inputs), "padded_batch": list(images.tensor.shape), "precision": amp.reason,
+             "weights": "ours (seeded random init), mapped into HF's names (modeling/detr/hf_names.py)"}
+    fns = {}
+    if hf is not None:
+        import transformers
+
+        pixel_mask = (~images.mask).long()
+        sizes = [(x["height"], x["width"]) for x in inputs]
+        processor = transformers.DetrImageProcessor()
+        if "ours" in sides:  # the same function: outputs before the fast paths and after, against HF, in fp32
+            with torch.inference_mode():
+                a = ours.forward_outputs(images)
+                b = hf(pixel_values=images.tensor, pixel_mask=pixel_mask)
+            extra["logits_max_abs_diff_vs_reference_fp32"] = float((a["pred_logits"] - b.logits).abs().max())
+            extra["boxes_max_abs_diff_vs_reference_fp32"] = float((a["pred_boxes"] - b.pred_boxes).abs().max())
+        fns["reference"] = _infer_call(lambda: processor.post_process_object_detection(
+            hf(pixel_values=images.tensor, pixel_mask=pixel_mask), threshold=0.0, target_sizes=sizes), amp)
+    if "ours" in sides:
+        _fast_cfg(cfg)
+        fast = optimize_for_inference(ours, cfg)
+        fns["ours"] = _infer_call(lambda: fast(inputs), amp)
+    return {k: fns[k] for k in ("ours", "reference") if k in fns}, extra
+
+
+def setup_detr_train(args, sides=("ours", "reference")):
+    """DETR training step (forward with auxiliary losses, Hungarian matching, backward, AdamW step) on the
+    padded batch of 2: ours (channels_last) vs HF's with labels from the same targets."""
+    amp = row_precision(args)
+    ours, hf, cfg, inputs, images = _detr_pair(args, True, sides)
+    extra = {"batch": len(inputs), "padded_batch": list(images.tensor.shape), "precision": amp.reason,
+             "optimizer": "AdamW lr 1e-4, weight decay 1e-4: ours from solver.build_optimizer (fused; backbone lr "
+                          "x SOLVER.BACKBONE_MULTIPLIER), HF's Trainer default (torch AdamW fused=True)"}
+    fns = {}
+    if "ours" in sides:
+        from resnet_backbone.solver import build_optimizer
+
+        opt = build_optimizer(cfg, ours)
+        fns["ours"] = _train_step(ours, opt, lambda: ours(inputs), amp)
+        extra["trainable_params_ours"] = sum(p.numel() for p in _trainable(ours))
+    if hf is not None:
+        targets = ours.prepare_targets(inputs, images)
+        labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
+        pixel_mask = (~images.mask).long()
+        opt_hf = torch.optim.AdamW(_trainable(hf), lr=1e-4, weight_decay=1e-4, fused=True)
+        fns["reference"] = _train_step(hf, opt_hf, lambda: hf(pixel_values=images.tensor, pixel_mask=pixel_mask,
+                                                              labels=labels).loss, amp)
+        extra["trainable_params_reference"] = sum(p.numel() for p in _trainable(hf))
+    return fns, extra
+
+
+def _dbnet_depth(args) -> int:
+    return 34 if args.quick else 50  # docTR has db_resnet34 and db_resnet50
+
+
+def _dbnet_cfg(args):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "Text", "dbnet_R_50_FPN.yaml"))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = args.device
+    cfg.MODEL.CHANNELS_LAST = True
+    _resnet_cfg(cfg, _dbnet_depth(args))
+    return cfg
+
+
+def _text_inputs(args, batch: int, size: int) -> tuple[list[dict], list[dict]]:
+    """`batch` square images with 8 word-sized boxes each: ours as instances (gt_boxes), docTR's target
+    ({"words": (N, 4) float32 boxes relative to the image})."""
+    from resnet_backbone.structures import Instances
+
+    g = torch.Generator().manual_seed(0)
+    ours, doctr_targets = [], []
+    for _ in range(batch):
+        img = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g).to(args.device)
+        boxes = _random_boxes(g, 8, size, size, min_wh=(12, 10), max_wh=(0.25, 0.05))
+        ours.append({"image": img, "height": size, "width": size,
+                     "instances": Instances((size, size), gt_boxes=boxes.to(args.device))})
+        doctr_targets.append({"words": (boxes / size).clamp(0, 1).numpy().astype("float32")})
+    return ours, doctr_targets
+
+
+def _doctr_dbnet(args):
+    models = _import_peer("doctr.models", "python-doctr")
+    return getattr(models, f"db_resnet{_dbnet_depth(args)}")(pretrained=False, pretrained_backbone=False)
+
+
+def _dbnet_setup(args, train: bool, sides):
+    from resnet_backbone.modeling.meta_arch import build_model
+
+    amp = row_precision(args)
+    batch, size = (1, 64) if args.quick else ((2, 384) if train else (1, 512))
+    torch.manual_seed(0)
+    cfg = _dbnet_cfg(args)
+    inputs, targets = _text_inputs(args, batch, size)
+    fns = {}
+    extra = {"batch": batch, "image": [size, size], "precision": amp.reason,
+             "weights": "random init on both sides (the FPN layouts differ: no conversion); speed only"}
+    ref = None
+    if "reference" in sides:
+        ref = _doctr_dbnet(args).to(args.device).train(train)
+        ref.exportable = not train  # inference: the logits, no post-processing (as on our side)
+    ours = build_model(cfg).train(train)
+    with torch.no_grad():
+        x = ours.preprocess_image(inputs).tensor  # docTR takes the normalised tensor
+    return cfg, ours, ref, inputs, targets, x, fns, extra, amp
+
+
+def setup_dbnet_infer(args, sides=("ours", "reference")):
+    """DBNet network inference, image to probability map (post-processing excluded on both sides: with random
+    weights its cost says nothing): ours (fast paths on; normalisation inside the timed call) vs docTR's
+    db_resnet50 (`exportable`: the logits) on the same normalised tensor."""
+    cfg, ours, ref, inputs, _, x, fns, extra, amp = _dbnet_setup(args, False, sides)
+    if "ours" in sides:
+        _fast_cfg(cfg)
+        fast = optimize_for_inference(ours, cfg)
+        fns["ours"] = _infer_call(lambda: fast.head(fast.backbone(fast.preprocess_image(inputs).tensor),
+                                                    with_binary=False)["prob_logits"], amp)
+    if ref is not None:
+        fns["reference"] = _infer_call(lambda: ref(x)["logits"], amp)
+    return fns, extra
+
+
+def setup_dbnet_train(args, sides=("ours", "reference")):
+    """DBNet training step (target maps from the boxes in numpy, losses, backward, SGD step), trained BN and
+    the whole backbone in both: ours (configs/Text/dbnet_R_50_FPN.yaml, channels_last) vs docTR's db_resnet50."""
+    cfg, ours, ref, inputs, targets, x, fns, extra, amp = _dbnet_setup(args, True, sides)
+    extra["optimizer"] = "SGD lr 1e-4, momentum 0.9, both"
+    if "ours" in sides:
+        opt = torch.optim.SGD(_trainable(ours), lr=1e-4, momentum=0.9)
+        fns["ours"] = _train_step(ours, opt, lambda: ours(inputs), amp)
+        extra["trainable_params_ours"] = sum(p.numel() for p in _trainable(ours))
+    if ref is not None:
+        opt_ref = torch.optim.SGD(_trainable(ref), lr=1e-4, momentum=0.9)
+        fns["reference"] = _train_step(ref, opt_ref, lambda: ref(x, target=targets)["loss"], amp)
+        extra["trainable_params_reference"] = sum(p.numel() for p in _trainable(ref))
+    return fns, extra
+
+
+def setup_frcnn_train(args, sides=("ours", "reference")):
+    """Row 4 (see the module docstring) on this machine's precision."""
     from resnet_backbone.modeling.meta_arch import build_model
     from resnet_backbone.structures import Instances
 
     dev = args.device
+    amp = row_precision(args)
     batch, size = (2, 128) if args.quick else (4, 256)
     cfg = frcnn_cfg(args.depth)
     cfg.MODEL.DEVICE = dev
@@ -527,61 +841,168 @@ def row_frcnn_train(args) -> dict:
                         "instances": Instances((size, size), gt_boxes=boxes, gt_classes=cls)})
         tv_imgs.append(img.float() / 255.0)
         tv_tg.append({"boxes": boxes, "labels": cls + 1})
-    opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    opt_tv = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    extra = {"batch": batch, "image": [size, size], "precision": amp.reason,
+             "trainable_params_ours": sum(p.numel() for p in _trainable(ours)),
+             "trainable_params_reference": sum(p.numel() for p in _trainable(tv))}
+    fns = {}
+    if "ours" in sides:
+        opt = torch.optim.SGD(_trainable(ours), lr=1e-4, momentum=0.9)
+        fns["ours"] = _train_step(ours, opt, lambda: ours(ours_in), amp)
+    if "reference" in sides:
+        opt_tv = torch.optim.SGD(_trainable(tv), lr=1e-4, momentum=0.9)
+        fns["reference"] = _train_step(tv, opt_tv, lambda: tv(tv_imgs, tv_tg), amp)
+    if "ours" not in sides:
+        del ours
+    if "reference" not in sides:
+        del tv
+    gc.collect()
+    return fns, extra
 
-    def step(model, opt, *inp):
-        def run():
-            losses = model(*inp)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
-        return run
 
-    n_ours = sum(p.numel() for p in ours.parameters() if p.requires_grad)
-    n_tv = sum(p.numel() for p in tv.parameters() if p.requires_grad)
-    extra = {"batch": batch, "image": [size, size], "trainable_params_ours": n_ours, "trainable_params_reference": n_tv}
-    fns = {"ours": step(ours, opt_ours, ours_in), "reference": step(tv, opt_tv, tv_imgs, tv_tg)}
-    return run_pair("frcnn_train", fns, batch, args, extra=extra)
+PEER_ROWS = {  # row name -> (setup, images per call from its extra["batch"], what the reference is)
+    "frcnn_train": (setup_frcnn_train, "torchvision Faster R-CNN (fine-tuning build)"),
+    "detr_infer": (setup_detr_infer, "transformers DetrForObjectDetection"),
+    "detr_train": (setup_detr_train, "transformers DetrForObjectDetection"),
+    "dbnet_infer": (setup_dbnet_infer, "docTR db_resnet50"),
+    "dbnet_train": (setup_dbnet_train, "docTR db_resnet50"),
+}
+
+
+def _rss_call(fn: Callable[[], object], calls: int) -> dict:
+    """In a process that holds one side only: the RSS before `calls` calls of `fn` and the high-water mark
+    during them (MiB)."""
+    gc.collect()
+    base = _proc_status_kb("VmRSS")
+    if base is None or not _reset_rss_peak():
+        return {}
+    for _ in range(calls):
+        fn()
+    peak = _proc_status_kb("VmHWM")
+    return {"rss_before_mb": base / 1024, "rss_peak_mb": peak / 1024, "rss_peak_above_before_mb": (peak - base) / 1024}
+
+
+def rss_child(args) -> None:
+    """--rss-child ROW:SIDE: build that side of that peer row alone, run it `warmup + 1` times (at least 2: a
+    training step's first call allocates the optimizer state) and print its process's RSS as one JSON line."""
+    name, side = args.rss_child.split(":")
+    fns, _ = PEER_ROWS[name][0](args, (side,))
+    print("RSS_JSON " + json.dumps(_rss_call(fns[side], max(2, args.warmup + 1))), flush=True)
+
+
+def rss_in_subprocess(name: str, side: str, args) -> dict:
+    """Peak RSS of one side of a peer row, measured in its own fresh process (`rss_child`) so that neither the
+    other side's model nor this process's earlier rows count: {"rss_peak_mb": the process's high-water mark
+    during the calls, model and torch included, "rss_peak_above_before_mb": its rise above the RSS before the
+    first call}. Empty (and a warning) when the child fails."""
+    import subprocess
+
+    argv = [sys.executable, os.path.abspath(__file__), "--rss-child", f"{name}:{side}", "--device", args.device,
+            "--depth", str(args.depth), "--warmup", str(args.warmup), "--amp-dtype", args.amp_dtype,
+            "--precision", args.precision, "--threads", str(torch.get_num_threads()), "--no-progress"]
+    if args.quick:
+        argv.append("--quick")
+    if args.keep_denormals:
+        argv.append("--keep-denormals")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=1200, check=True)
+        line = next(ln for ln in done.stdout.splitlines() if ln.startswith("RSS_JSON "))
+        return json.loads(line[len("RSS_JSON "):])
+    except (subprocess.SubprocessError, StopIteration, ValueError) as e:
+        err = getattr(e, "stderr", "") or ""
+        logger.warning("%s/%s: RSS child failed (%s) %s", name, side, type(e).__name__, err[-2000:])
+        return {}
+
+
+def profile_top(fn: Callable[[], object], top: int) -> str:
+    """One profiled call of `fn` (after the timed ones): the `top` operators by self CPU time, each as its share
+    of the call's total self CPU time (proportions: comparable across machine load)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    rows = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in rows) or 1
+    rows.sort(key=lambda e: -e.self_cpu_time_total)
+    return ", ".join(f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in rows[:top])
+
+
+def run_peer_row(name: str, args) -> dict:
+    setup, reference = PEER_ROWS[name]
+    if args.rss_only:  # memory only, no timing: combine with a timed run's JSON through --merge
+        row = {"name": name, "entries": {}, "reference_is": reference}
+        for side in ("ours", "reference"):
+            mem = rss_in_subprocess(name, side, args)
+            if mem:
+                row["entries"][side] = {"median_ms": None, **mem}
+        _rss_verdict(row)
+        return row
+    try:
+        fns, extra = setup(args)
+    except PeerMissing as e:  # only the reference is missing: time ours alone, say why
+        logger.warning("%s: %s; timing ours only", name, e)
+        fns, extra = setup(args, ("ours",))
+        extra["reference_skipped"] = str(e)
+    extra["reference_is"] = reference
+    # CPU memory: the own-process RSS below (in-process figures would count the other side's model and earlier
+    # rows, and cost two more calls per side); a --no-rss run gets it from an --rss-only run through --merge
+    row = run_pair(name, fns, extra.get("batch", 1), args, ref="reference" if "reference" in fns else None,
+                   extra=extra, memory=args.device == "cuda")
+    row["target"] = TARGETS.get(name, 1.3)
+    if "ratio" in row:
+        row["target_met"] = bool(row["ratio"] >= row["target"])
+    if args.profile:
+        for side, fn in fns.items():
+            row[f"profile_{side}"] = profile_top(fn, args.profile)
+    del fns
+    gc.collect()
+    if args.rss:
+        for side in [s for s in ("ours", "reference") if s in row["entries"]]:
+            row["entries"][side].update(rss_in_subprocess(name, side, args))
+        _rss_verdict(row)
+    return row
+
+
+def _rss_verdict(row: dict) -> None:
+    e = row["entries"]
+    if all("rss_peak_mb" in e.get(s, {}) for s in ("ours", "reference")):
+        row["rss_ours_vs_reference"] = e["ours"]["rss_peak_mb"] / e["reference"]["rss_peak_mb"]
+        row["rss_ours_not_higher"] = bool(e["ours"]["rss_peak_mb"] <= e["reference"]["rss_peak_mb"])
+
+
+def merge_results(paths: list[str]) -> dict:
+    """--merge: one result from several runs' benchmark.json (e.g. a timed --no-rss run in a quiet window and a
+    --rss-only run): the first file's machine and args; rows of the same name have their entries' fields
+    combined (later files add what earlier ones lack); rows of other names are appended."""
+    results = [json.load(open(p)) for p in paths]
+    out = copy.deepcopy(results[0])
+    out["merged_from"] = paths
+    by_name = {r["name"]: r for r in out["rows"]}
+    for res in results[1:]:
+        for row in res["rows"]:
+            mine = by_name.get(row["name"])
+            if mine is None:
+                out["rows"].append(row)
+                by_name[row["name"]] = row
+                continue
+            for side, e in row.get("entries", {}).items():
+                dst = mine["entries"].setdefault(side, {})
+                for k, v in e.items():
+                    if dst.get(k) is None:
+                        dst[k] = v
+            for k, v in row.items():
+                mine.setdefault(k, v)
+            _rss_verdict(mine)
+    return out
+
+
+def row_frcnn_train(args) -> dict:
+    return run_peer_row("frcnn_train", args)
 
 
 def row_detr_dbnet(args) -> list[dict]:
-    from resnet_backbone.modeling.meta_arch import META_ARCH_REGISTRY, build_model
-
-    dev = args.device
-    size = 128 if args.quick else 512
-    rows = []
-    for arch in ("DETR", "DBNet"):
-        name = f"{arch.lower()}_infer_{size}x{size}"
-        try:
-            META_ARCH_REGISTRY.get(arch)
-        except KeyError:
-            rows.append({"name": name, "skipped": f"{arch} is not registered yet"})
-            continue
-        try:
-            cfg = get_cfg()
-            _resnet_cfg(cfg, args.depth)
-            if arch == "DETR":
-                cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
-                cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-            else:
-                cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "Base-RCNN-FPN.yaml"))
-            cfg.MODEL.META_ARCHITECTURE = arch
-            cfg.MODEL.DEVICE = dev
-            _fast_cfg(cfg)
-            model = optimize_for_inference(build_model(cfg), cfg)
-            img = torch.randint(0, 256, (3, size, size), dtype=torch.uint8).to(dev)
-            inp = [{"image": img, "height": size, "width": size}]
-            with torch.inference_mode():
-                model(inp)
-            fns = {"ours": _inference(lambda m=model, i=inp: m(i), device=dev)}
-            rows.append(run_pair(name, fns, 1, args, ref=None, extra={"image": [size, size]}))
-        except Exception as e:  # a row that cannot run is reported, not fatal
-            logger.exception("%s row failed", arch)
-            rows.append({"name": name, "skipped": f"{type(e).__name__}: {e}"})
-    return rows
+    names = [n for n in ("detr_infer", "detr_train", "dbnet_infer", "dbnet_train")
+             if not args.only or any(n.startswith(o) for o in args.only.split(","))]
+    return [run_peer_row(n, args) for n in names]
 
 
 def row_gemm(args) -> dict:
@@ -795,17 +1216,20 @@ def to_markdown(result: dict) -> str:
         f"{'; denormals flushed (FTZ/DAZ) for both sides' if m.get('flush_denormal') else ''}"
         f"{' (QUICK: tiny inputs, not meaningful)' if result['args']['quick'] else ''}.",
         "",
-        "| row | entry | median ms (IQR) | min-max ms | ms/img | img/s | peak MiB RSS / tensors | ratio | target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | entry | median ms (IQR) | min-max ms | ms/img | img/s | peak MiB RSS / tensors | own-process peak RSS"
+        " MiB (+ during calls) | ratio | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         if row.get("skipped"):
-            lines.append(f"| {row['name']} | skipped: {row['skipped']} | | | | | | | |")
+            lines.append(f"| {row['name']} | skipped: {row['skipped']} | | | | | | | | |")
             continue
         first = True
         for name, e in row["entries"].items():
             iqr = f" ({_fmt(e.get('q1_ms'))}-{_fmt(e.get('q3_ms'))})" if e.get("q1_ms") is not None else ""
             label = name + (f" [{e['backend']}]" if "backend" in e else "")
+            own_rss = (f"{e['rss_peak_mb']:.0f} (+{e['rss_peak_above_before_mb']:.0f})" if "rss_peak_mb" in e
+                       else "-")
             if "gflops" in e:
                 label += f" {e['gflops']:.0f} GFLOP/s"
             ratio = target = ""
@@ -820,7 +1244,8 @@ def to_markdown(result: dict) -> str:
             lines.append(f"| {row['name'] if first else ''} | {label} | {_fmt(e['median_ms'])}{iqr} | "
                          f"{_fmt(e.get('min_ms'))}-{_fmt(e.get('max_ms'))} | {_fmt(e.get('ms_per_item'), '.2f')} | "
                          f"{_fmt(e.get('items_per_s'), '.2f')} | "
-                         f"{_fmt(e.get('peak_mem_mb'))} / {_fmt(e.get('peak_tensor_mb'))} | {ratio} | {target} |")
+                         f"{_fmt(e.get('peak_mem_mb'))} / {_fmt(e.get('peak_tensor_mb'))} | {own_rss} | {ratio} | "
+                         f"{target} |")
             first = False
     notes = []
     for row in result["rows"]:
@@ -828,13 +1253,15 @@ def to_markdown(result: dict) -> str:
             continue
         bits = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 if k not in ("name", "entries", "ratio", "target", "target_met", "paired_ratio_median",
-                             "paired_ratio_min", "paired_ratio_max", "settings")]
+                             "paired_ratio_min", "paired_ratio_max", "settings") and not k.startswith("profile_")]
         if "paired_ratio_min" in row:
             bits.append(f"paired ratio range {row['paired_ratio_min']:.2f}-{row['paired_ratio_max']:.2f}")
         faults = {n: e["page_faults"] for n, e in row["entries"].items() if e.get("page_faults") is not None}
         if faults:
             bits.append("page faults per call " + ", ".join(f"{n} {v}" for n, v in faults.items()))
         notes.append(f"- {row['name']}: " + "; ".join(bits))
+        for k in [k for k in row if k.startswith("profile_")]:
+            notes.append(f"  - {k} (share of self CPU time, one call): {row[k]}")
     return "\n".join(lines + ["", "Row details:", ""] + notes) + "\n"
 
 
@@ -895,6 +1322,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--output-dir", default="output/benchmark")
     ap.add_argument("--update-docs", default="", help="also write the table into this Markdown file")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32"],
+                    help="peer rows (4, 5): 'auto' = the machine's native choice (bf16 autocast where native, "
+                         "else float32; both sides the same), or fp32")
+    ap.add_argument("--no-rss", dest="rss", action="store_false",
+                    help="peer rows: skip the per-side peak RSS, measured in a fresh process per side")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="peer rows: after timing, profile one call per side and list its N top operators")
+    ap.add_argument("--only", default="", help="row 5: only its rows starting with these (comma list), "
+                                               "e.g. detr, dbnet_train")
+    ap.add_argument("--row-budget", type=float, default=0.0, metavar="S",
+                    help="peer rows: end a row's interleaved rounds after S seconds (at least 3 rounds; 0: all)")
+    ap.add_argument("--rss-only", action="store_true",
+                    help="peer rows: only the per-side RSS (own processes), no timing; combine with --merge")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="write one table from these benchmark.json files (a timed run and an --rss-only run)")
+    ap.add_argument("--rss-child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--keep-denormals", action="store_true",
                     help="do not set flush-denormal (FTZ/DAZ) at start; it applies to ours and the reference alike")
     args = ap.parse_args(argv)
@@ -913,9 +1356,14 @@ def main(argv=None) -> dict:
     args.amp_dtype = args.amp_dtype or ("float16" if args.device == "cuda" else "bfloat16")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
-    rows = parse_rows(args.rows)
+    if args.rss_child:
+        rss_child(args)
+        return {}
+    rows = [] if args.merge else parse_rows(args.rows)
     result = {"machine": machine_info(args.device), "args": vars(args), "rows": []}
     result["machine"]["flush_denormal"] = not args.keep_denormals
+    if args.merge:
+        result = merge_results(args.merge)
     for name in rows:
         logger.info("row %s", name)
         t0 = time.perf_counter()
@@ -925,7 +1373,7 @@ def main(argv=None) -> dict:
             result["rows"].append(r)
         gc.collect()
     try:
-        result["machine"]["load_average_at_end"] = list(os.getloadavg())
+        result["machine"].setdefault("load_average_at_end", list(os.getloadavg()))
     except OSError:
         pass
     os.makedirs(args.output_dir, exist_ok=True)

@@ -1,16 +1,15 @@
 """Parity with a reference DETR: Hugging Face transformers' DetrForObjectDetection, same random weights.
 
-transformers is not a project dependency: this test is skipped unless it is importable (it was run with
+transformers is pinned in requirements-dev.txt; the test is skipped where it is not importable (it was run with
 transformers 5.23.0 on a path outside the venv: outputs and losses equal to 0.0 / 1e-8).
 HF's `auxiliary_loss=True` feeds the *normed* output of each decoder layer into the next (the official DETR
 norms only the copy it returns), so the comparison uses auxiliary_loss=False: final outputs and losses.
 """
-import re
-
 import pytest
 import torch
 
 from resnet_backbone.config import get_cfg
+from resnet_backbone.modeling.detr.hf_names import to_hf_state_dict
 from resnet_backbone.modeling.meta_arch import build_model
 from resnet_backbone.structures import Instances
 
@@ -34,39 +33,6 @@ def _cfg():
     return cfg
 
 
-def _tv_name(ours: str) -> str:  # our ResNet name -> torchvision/timm name
-    k = ours.replace("stem.conv1.norm.", "bn1.").replace("stem.conv1.", "conv1.")
-    k = re.sub(r"^res(\d)\.", lambda m: f"layer{int(m.group(1)) - 1}.", k)
-    k = re.sub(r"conv(\d)\.norm\.", r"bn\1.", k)
-    return k.replace("shortcut.norm.", "downsample.1.").replace("shortcut.", "downsample.0.")
-
-
-def _to_hf(key: str, value: torch.Tensor) -> dict:
-    if key.startswith("backbone."):
-        return {"model.backbone.model." + _tv_name(key[len("backbone."):]): value}
-    renames = {"input_proj.": "model.input_projection.", "query_embed.": "model.query_position_embeddings.",
-               "class_embed.": "class_labels_classifier.", "bbox_embed.": "bbox_predictor.",
-               "transformer.decoder.norm.": "model.decoder.layernorm."}
-    for a, b in renames.items():
-        if key.startswith(a):
-            return {b + key[len(a):]: value}
-    part, n, rest = re.match(r"transformer\.(encoder|decoder)\.layers\.(\d+)\.(.+)", key).groups()
-    pre = f"model.{part}.layers.{n}."
-    module, _, tail = rest.partition(".")
-    attn = {"self_attn": "self_attn", "multihead_attn": "encoder_attn"}
-    if module in attn:
-        if tail.startswith("in_proj_"):
-            q, k, v = value.split(D, 0)
-            kind = tail[len("in_proj_"):]
-            return {f"{pre}{attn[module]}.{p}_proj.{kind}": t for p, t in zip("qkv", (q, k, v))}
-        return {f"{pre}{attn[module]}.o_proj.{tail.split('.')[-1]}": value}
-    norms = {"norm1": "self_attn_layer_norm", "norm2": "final_layer_norm" if part == "encoder"
-             else "encoder_attn_layer_norm", "norm3": "final_layer_norm"}
-    if module in norms:
-        return {f"{pre}{norms[module]}.{tail}": value}
-    return {f"{pre}mlp.{ {'linear1': 'fc1', 'linear2': 'fc2'}[module] }.{tail}": value}
-
-
 def test_outputs_and_losses_equal_huggingface_detr():
     torch.manual_seed(0)
     ours = build_model(_cfg()).eval()
@@ -85,10 +51,7 @@ def test_outputs_and_losses_equal_huggingface_detr():
         decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
         decoder_ffn_dim=128, num_queries=10, num_labels=3, dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, auxiliary_loss=False)).eval()
-    state = {}
-    for k, v in ours.state_dict().items():
-        state.update(_to_hf(k, v))
-    result = hf.load_state_dict(state, strict=False)
+    result = hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=False)
     assert not result.missing_keys and not result.unexpected_keys
 
     inputs = [
