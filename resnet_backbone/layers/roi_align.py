@@ -235,8 +235,9 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
     any `map_levels` callable (boxes -> 0-based level per RoI; e.g. detectron2's level rule). With `aligned` or
     another level rule, `scales` and `map_levels` must be given (torchvision infers its own on first use).
     Inference: the shares are pooled concurrently; below `min_rois_per_thread` RoIs per thread, or on one
-    thread, torchvision's forward runs. Training (float32 CPU features that require grad): the same forward
-    (on as many threads as pay) and the sparse-product backward, on any thread count.
+    thread, torchvision's forward runs. Training (CPU features that require grad; bf16 / fp16 ones under autocast
+    pooled in float32 and cast back, as torchvision's autocast does): the same forward (on as many threads as
+    pay) and the sparse-product backward, on any thread count.
     """
 
     min_rois_per_thread = 16
@@ -248,13 +249,11 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
         self.aligned = bool(aligned)
 
     def _threads_for(self, x_filtered: list[Tensor], num_rois: int) -> int:
-        """Threads for the forward: 0 = torchvision's path (not CPU, tracing, mixed-precision training)."""
+        """Threads for the forward: 0 = torchvision's path (not CPU, tracing)."""
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torchvision._is_tracing():
             return 0
         if any(f.device.type != "cpu" for f in x_filtered):
             return 0
-        if self._training(x_filtered) and any(f.dtype != torch.float32 for f in x_filtered):
-            return 0  # mixed-precision training: torchvision's autocast handling
         return max(1, min(torch.get_num_threads(), num_rois // self.min_rois_per_thread))
 
     @staticmethod
@@ -281,8 +280,13 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
             return self._serial_forward(x_filtered, rois, levels)
         plan = _Plan(levels, len(x_filtered), threads)
         if training:
-            return _ThreadedRoIAlignFunction.apply(rois.detach().to(torch.float32), plan, tuple(self.output_size),
-                                                   list(self.scales), self.sampling_ratio, self.aligned, *x_filtered)
+            # mixed precision (bf16 / fp16 features under autocast): what torchvision's autocast wrapper does,
+            # pooled in float32 and cast back to the features' dtype; the casts carry the gradient back
+            low = x_filtered[0].dtype in (torch.float16, torch.bfloat16)
+            feats = [f.to(torch.float32) for f in x_filtered] if low else x_filtered
+            out = _ThreadedRoIAlignFunction.apply(rois.detach().to(torch.float32), plan, tuple(self.output_size),
+                                                  list(self.scales), self.sampling_ratio, self.aligned, *feats)
+            return out.to(x_filtered[0].dtype) if low else out
         out_dtype = x_filtered[0].dtype
         # The kernel wants NCHW float32 (under autocast torchvision casts to float32 and back): convert each
         # level once here, not once per share inside the kernel.

@@ -135,7 +135,7 @@ def test_one_thread_training_takes_the_sparse_backward(monkeypatch):
 
 
 def test_serial_paths(monkeypatch):
-    """Inference on one thread or with too few RoIs, or mixed-precision training: torchvision's own forward."""
+    """Inference on one thread or with too few RoIs: torchvision's own forward."""
     def fail(n):
         raise AssertionError("threaded path taken")
 
@@ -147,11 +147,30 @@ def test_serial_paths(monkeypatch):
     few = [b[:5] for b in boxes]
     with num_threads(2), torch.inference_mode():
         assert torch.equal(ours(feats, few, shapes), ref_pool(feats, few, shapes))
-    low = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in feats.items()}
-    with num_threads(2), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = ours(low, boxes, shapes)
-    out.float().sum().backward()
-    assert low["p2"].grad is not None and low["p2"].grad.abs().sum() > 0
+
+
+def test_bf16_autocast_training_is_threaded_and_matches_torchvision(monkeypatch):
+    """Mixed-precision training (bf16 features under CPU autocast) takes the threaded forward and the sparse
+    backward, pooled in float32 and cast back as torchvision's autocast wrapper does: the same bf16 output,
+    gradients equal to torchvision's to bf16 rounding."""
+    backward = []
+    real = roi_align_module.roi_align_backward
+    monkeypatch.setattr(roi_align_module, "roi_align_backward", lambda *a: backward.append(1) or real(*a))
+    ref_pool, ours = _poolers()
+    feats, boxes, shapes = _inputs()
+    results = []
+    for pool in (ref_pool, ours):
+        low = {k: v.to(torch.bfloat16).requires_grad_(True) for k, v in feats.items()}
+        with num_threads(2), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = pool(low, boxes, shapes)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out, {k: v.grad for k, v in low.items()}))
+    (ref_out, ref_grad), (out, grad) = results
+    assert backward == [1] and out.dtype == ref_out.dtype == torch.bfloat16
+    assert torch.equal(out, ref_out)
+    for k in NAMES:
+        assert grad[k].dtype == torch.bfloat16 and grad[k].abs().sum() > 0
+        torch.testing.assert_close(grad[k].float(), ref_grad[k].float(), rtol=2e-2, atol=1e-3)
 
 
 def test_no_rois():
