@@ -1,7 +1,9 @@
-"""DBNet (Liao et al., 2020): text-region detection with differentiable binarization on a ResNet-FPN.
+"""DBNet (Liao et al., 2020) and DBNet++ (Liao et al., 2022): text-region detection with differentiable
+binarization on a ResNet-FPN; DBNet++ adds Adaptive Scale Fusion to the head (MODEL.DBNET.ASF, text/asf.py).
 
     batched_inputs ──> normalize (PIXEL_MEAN/STD) ──> pad to backbone.size_divisibility ──> backbone
-        ──> {"p2".."p5"} ──> DBHead: fuse at 1/4, probability / threshold maps at input resolution
+        ──> {"p2".."p5"} ──> DBHead: fuse at 1/4 (concatenate, or ASF), probability / threshold maps at input
+        resolution
         training:  targets (shrunk polygons, threshold map) from instances.gt_polygons / gt_ignore
                    ──> balanced BCE (prob) + L1 (threshold) + dice (binary) ──> {"loss_prob", ...}
         inference: probability map, cropped to each image ──> contours, score, unclip, min-area quads
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...config import ConfigError
 from ...structures import ImageList
 from ..backbone import Backbone, build_backbone
 from ..text.db_head import DBHead
@@ -65,14 +68,37 @@ class DBNet(ImageInputMixin, nn.Module):
     def from_config(cls, cfg) -> DBNet:
         c = cfg.MODEL.DBNET
         backbone = build_backbone(cfg)
+        problems = cls.check_config(cfg)
+        if problems:
+            raise ConfigError("; ".join(problems))
         head = DBHead(backbone.output_shape(), list(c.IN_FEATURES), inner_channels=c.INNER_CHANNELS, k=c.K,
-                      norm=c.NORM)
+                      norm=c.NORM, asf=bool(c.ASF), asf_channels=int(c.ASF_CHANNELS))
         loss = DBLoss(c.PROB_LOSS_WEIGHT, c.THRESH_LOSS_WEIGHT, c.BINARY_LOSS_WEIGHT, c.NEG_POS_RATIO)
         return cls(backbone=backbone, head=head, loss=loss, pixel_mean=cfg.MODEL.PIXEL_MEAN,
                    pixel_std=cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT, shrink_ratio=c.SHRINK_RATIO,
                    thresh_min=c.THRESH_MIN, thresh_max=c.THRESH_MAX, min_text_size=c.MIN_TEXT_SIZE,
                    binarize_thresh=c.BINARIZE_THRESH, box_thresh=c.BOX_THRESH, unclip_ratio=c.UNCLIP_RATIO,
                    max_candidates=c.MAX_CANDIDATES, min_size=c.MIN_SIZE)
+
+    @classmethod
+    def check_config(cls, cfg) -> list[str]:
+        """What the builder refuses, as "KEY: why" lines (validate_cfg runs this before anything is written)."""
+        c = cfg.MODEL.DBNET
+        problems = []
+        asf, channels = c.get("ASF", False), c.get("ASF_CHANNELS", 0)
+        if not isinstance(asf, bool):
+            problems.append(f"MODEL.DBNET.ASF: must be True (DBNet++) or False (DBNet), got {asf!r}")
+        elif asf and len(c.IN_FEATURES) < 2:
+            problems.append(f"MODEL.DBNET.ASF: Adaptive Scale Fusion weighs the levels against each other and "
+                            f"MODEL.DBNET.IN_FEATURES has {len(c.IN_FEATURES)} ({list(c.IN_FEATURES)}); use two "
+                            "or more levels, or MODEL.DBNET.ASF False")
+        if isinstance(channels, bool) or not isinstance(channels, int) or (channels != 0 and channels < 4):
+            problems.append(f"MODEL.DBNET.ASF_CHANNELS: must be 0 (the fused channel count) or an integer >= 4 "
+                            f"(the channel attention uses a quarter of it), got {channels!r}")
+        elif channels and asf is False:
+            problems.append(f"MODEL.DBNET.ASF_CHANNELS: {channels} has no effect without MODEL.DBNET.ASF True "
+                            "(DBNet has no Adaptive Scale Fusion); set MODEL.DBNET.ASF True or leave it at 0")
+        return problems
 
     @staticmethod
     def _polygons_of(x: dict, i: int) -> tuple[list[np.ndarray], list[bool]]:

@@ -4,6 +4,10 @@ Each input level is reduced by a 3x3 conv to `inner_channels`, upsampled (neares
 level (stride 4) and the levels are concatenated. Two sibling heads (conv3x3-BN-ReLU, 2x deconv-BN-ReLU,
 2x deconv) map the fused features to one-channel logits at 4x the finest level's size, i.e. the input size.
 In training the differentiable binarization B = 1 / (1 + exp(-k (P - T))) is returned too.
+
+With `asf=True` (DBNet++, MODEL.DBNET.ASF) the concatenation goes through Adaptive Scale Fusion (text/asf.py):
+each level is weighted by its own attention map before the map heads read it (same channel count, so a DBNet's
+reductions and map heads fit a DBNet++ unchanged; only `asf.*` is new).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...layers import Conv2d, ShapeSpec, get_norm
+from .asf import AdaptiveScaleFusion
 
 __all__ = ["DBHead"]
 
@@ -32,7 +37,7 @@ class _MapHead(nn.Sequential):
 
 class DBHead(nn.Module):
     def __init__(self, input_shape: dict[str, ShapeSpec], in_features: list[str], inner_channels: int = 64,
-                 k: float = 50.0, norm: str = "BN"):
+                 k: float = 50.0, norm: str = "BN", asf: bool = False, asf_channels: int | None = None):
         """
         Args:
             input_shape: the backbone's output_shape(); must contain `in_features`.
@@ -40,6 +45,8 @@ class DBHead(nn.Module):
             inner_channels: channels per level after reduction (the fused map has len(in_features) x this).
             k: amplification factor of the differentiable binarization.
             norm: normalization in the reductions and heads ("BN", "GN", "FrozenBN", "" ...).
+            asf: fuse the levels with DBNet++'s Adaptive Scale Fusion instead of concatenating them.
+            asf_channels: channels of the ASF's 3x3 conv (None / 0: the fused channel count, as mmocr).
         """
         super().__init__()
         missing = [f for f in in_features if f not in input_shape]
@@ -58,6 +65,8 @@ class DBHead(nn.Module):
             for f in self.in_features
         )
         fused = inner_channels * len(self.in_features)
+        # DBNet++: registered only when on, so a DBNet's state dict is unchanged
+        self.asf = AdaptiveScaleFusion(inner_channels, len(self.in_features), asf_channels or None) if asf else None
         self.prob_head = _MapHead(fused, inner_channels, norm)
         self.thresh_head = _MapHead(fused, inner_channels, norm)
         self._init_weights()
@@ -71,6 +80,8 @@ class DBHead(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.constant_(m.bias, 1e-4)
+        if self.asf is not None:
+            self.asf.reset_parameters()  # its own rule for the spatial attention's kernel
 
     def fuse(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         size = features[self.in_features[0]].shape[-2:]
@@ -80,6 +91,8 @@ class DBHead(nn.Module):
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="nearest")
             maps.append(x)
+        if self.asf is not None:
+            return self.asf(maps)
         return torch.cat(maps, dim=1)
 
     def forward(self, features: dict[str, torch.Tensor], with_binary: bool | None = None) -> dict[str, torch.Tensor]:

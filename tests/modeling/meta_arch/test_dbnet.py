@@ -1,5 +1,6 @@
 import os
 
+import _dbnet  # noqa: E402  (tests/modeling/meta_arch/_dbnet.py)
 import numpy as np
 import pytest
 import torch
@@ -8,41 +9,15 @@ from resnet_backbone.config import get_cfg
 from resnet_backbone.evaluation.text_evaluation import polygon_iou
 from resnet_backbone.modeling.meta_arch import META_ARCH_REGISTRY, build_model
 from resnet_backbone.modeling.meta_arch.dbnet import DBNet
-from resnet_backbone.structures import Instances
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs")
-
-
-def tiny_cfg():
-    cfg = get_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "DBNet"
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.DBNET.INNER_CHANNELS = 8
-    return cfg
+tiny_cfg, rect, _input = _dbnet.tiny_cfg, _dbnet.rect, _dbnet.text_input
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
     return build_model(tiny_cfg())
-
-
-def rect(x0, y0, x1, y1):
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
-
-
-def _input(h=64, w=96, ignore=(False, True)):
-    polys = [rect(8, 8, 60, 28), rect(10, 40, 50, 56)][: len(ignore)]
-    inst = Instances((h, w), gt_polygons=polys, gt_ignore=torch.tensor(ignore))
-    return {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8), "instances": inst,
-            "height": h * 2, "width": w * 2, "file_name": "word.png", "image_id": 3}
 
 
 def test_registered_and_built_from_config(model):
@@ -115,70 +90,33 @@ def test_bad_inputs_raise_naming_the_input(model):
         model([])
 
 
-@pytest.mark.parametrize("name", ["Text/dbnet_R_50_FPN.yaml", "quickstart/dbnet_R_50_FPN_synthetic.yaml"])
+@pytest.mark.parametrize("name", ["Text/dbnet_R_50_FPN.yaml", "quickstart/dbnet_R_50_FPN_synthetic.yaml",
+                                  "Text/dbnetpp_R_50_FPN.yaml", "quickstart/dbnetpp_R_50_FPN_synthetic.yaml"])
 def test_configs_load(name):
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
     assert cfg.MODEL.META_ARCHITECTURE == "DBNet"
     assert cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
     assert list(cfg.MODEL.FPN.IN_FEATURES) == ["res2", "res3", "res4", "res5"]
+    assert cfg.MODEL.DBNET.ASF is ("dbnetpp" in name)  # DBNet++ = DBNet + Adaptive Scale Fusion
+    if "dbnetpp" in name:  # the same recipe as its DBNet config otherwise
+        plain = get_cfg()
+        plain.merge_from_file(os.path.join(CONFIG_DIR, name.replace("dbnetpp", "dbnet")))
+        plain.MODEL.DBNET.ASF, plain.OUTPUT_DIR = True, cfg.OUTPUT_DIR
+        assert plain.dump() == cfg.dump()
 
 
 @pytest.mark.slow
 def test_overfit_few_synthetic_text_images_to_hmean_090(tmp_path):
     """Train from scratch on 4 synthetic 128 px images (14 words) until hmean >= 0.9 on them.
 
-    Measured on the shared, overloaded 2-core CPU (one thread): one run reached hmean 0.78 / 0.92 / 0.96 at
-    125 / 150 / 175 iterations; another 0.38 / 0.82 / 1.00 at 150 / 175 / 200 (4.5 min). Bounded at 300.
+    Measured on the shared, overloaded 2-core CPU (one thread), before the model's seed was fixed: one run reached
+    hmean 0.78 / 0.92 / 0.96 at 125 / 150 / 175 iterations; another 0.38 / 0.82 / 1.00 at 150 / 175 / 200
+    (4.5 min). With the seed fixed (torch.manual_seed(0) before the build): 0.38 / 0.82 / 1.00 at 150 / 175 / 200
+    (2 min). Bounded at 300.
     """
-    from resnet_backbone.data.catalog import DatasetCatalog, MetadataCatalog
-    from resnet_backbone.data.dataset_mapper import DatasetMapper
-    from resnet_backbone.data.synthetic.text import generate_text_dataset
-    from resnet_backbone.data.text import register_text_instances
-    from resnet_backbone.evaluation.text_evaluation import TextEvaluator
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machines here are shared: one thread is faster than two fighting
-    json_path = generate_text_dataset(tmp_path, "overfit", 4, image_size=128, seed=1, words_per_image=(2, 4),
-                                      kinds=("scene",))
-    name = "test_dbnet_overfit_text"
-    register_text_instances(name, json_path, tmp_path / "overfit")
-    try:
-        records = DatasetCatalog.get(name)
-        mapper = DatasetMapper(None, True, augmentations=[], image_format="BGR")
-        inputs = [mapper(r) for r in records]
-        cfg = tiny_cfg()
-        cfg.MODEL.FPN.OUT_CHANNELS = 64
-        cfg.MODEL.DBNET.INNER_CHANNELS = 16
-        cfg.MODEL.DBNET.MIN_TEXT_SIZE = 4.0
-        cfg.MODEL.PIXEL_STD = [57.4, 57.1, 58.4]
-        model = build_model(cfg)
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-        evaluator = TextEvaluator(name)
-        history = []
-        for it in range(1, 301):
-            model.train()
-            losses = model(inputs)
-            assert all(torch.isfinite(v) for v in losses.values()), (it, losses)
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
-            if it >= 100 and it % 25 == 0:
-                model.eval()
-                evaluator.reset()
-                with torch.no_grad():
-                    evaluator.process(inputs, model(inputs))
-                hmean = evaluator.evaluate()["text"]["hmean"]
-                history.append((it, round(hmean, 3)))
-                print(f"overfit: iteration {it} hmean {hmean:.3f}", flush=True)
-                if hmean >= 0.9:
-                    break
-        print("overfit (iteration, hmean):", history)
-        assert history[-1][1] >= 0.9, history
-    finally:
-        torch.set_num_threads(threads)
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    history = _dbnet.overfit_text(tmp_path, "test_dbnet_overfit_text", 0.9)
+    assert history[-1][1] >= 0.9, history
 
 
 def test_mapper_with_rotation_feeds_dbnet_polygons_and_dont_care(tmp_path, model):

@@ -35,3 +35,30 @@ def test_input_checks_and_norms():
     for norm in ("GN", "", "FrozenBN"):
         head = DBHead(SHAPES, ["p2", "p3", "p4", "p5"], inner_channels=16, norm=norm)
         assert head(_features(), with_binary=True)["binary"].shape == (2, 1, 64, 96)
+
+
+def test_asf_head_adds_only_asf_keys_and_its_maps_read_the_weighted_levels(monkeypatch):
+    """DBNet++'s head: a DBNet head's state dict plus `asf.*` (same shapes), the same map shapes, and its maps read
+    the ASF's output: with the attention forced to 1 the head computes what a DBNet head with the same weights
+    does, with the real attention it does not."""
+    torch.manual_seed(0)
+    plain = DBHead(SHAPES, ["p2", "p3", "p4", "p5"], inner_channels=8)
+    asf = DBHead(SHAPES, ["p2", "p3", "p4", "p5"], inner_channels=8, asf=True)
+    own, extra = plain.state_dict(), asf.state_dict()
+    assert sorted(k for k in extra if k not in own) == sorted(k for k in extra if k.startswith("asf."))
+    assert {k: v.shape for k, v in extra.items() if k in own} == {k: v.shape for k, v in own.items()}
+    assert extra["asf.conv.weight"].shape == (32, 32, 3, 3)  # ASF_CHANNELS 0: the fused channel count
+    assert DBHead(SHAPES, ["p2", "p3", "p4", "p5"], inner_channels=8, asf=True,
+                  asf_channels=8).state_dict()["asf.conv.weight"].shape == (8, 32, 3, 3)
+    asf.load_state_dict(own, strict=False)
+    plain.eval(), asf.eval()
+    feats = _features()
+    with torch.no_grad():
+        out = asf(feats, with_binary=True)
+        ref = plain(feats, with_binary=True)
+        assert all(out[k].shape == ref[k].shape == (2, 1, 64, 96) for k in ref)
+        assert (out["prob_logits"] - ref["prob_logits"]).abs().max() > 1e-3
+        monkeypatch.setattr(asf.asf.attention, "forward", lambda s: torch.ones(s.shape[0], 4, *s.shape[-2:]))
+        out = asf(feats, with_binary=True)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k])
