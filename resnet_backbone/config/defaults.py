@@ -66,6 +66,10 @@ _C.MODEL.FPN.IN_FEATURES = []
 _C.MODEL.FPN.OUT_CHANNELS = 256
 _C.MODEL.FPN.NORM = ""
 _C.MODEL.FPN.FUSE_TYPE = "sum"
+# ours: the input of the FPN's top block (the extra coarse levels): "" = the builder's own, detectron2's (res5
+# for build_retinanet_resnet_fpn_backbone's P6/P7, p5 for build_resnet_fpn_backbone's max-pooled P6); "p5" makes
+# RetinaNet's P6 from P5 (torchvision's retinanet_resnet50_fpn), "res5" from C5 (detectron2)
+_C.MODEL.FPN.TOP_BLOCK_IN_FEATURE = ""
 
 _C.MODEL.PROPOSAL_GENERATOR = CN()
 _C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
@@ -121,6 +125,8 @@ _C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
 #                 MIN_SIZE; RoI level = floor(4 + log2(sqrt(area) / 224 + 1e-8)); no minimum detection size
 #   "torchvision": NMS ranks by sigmoid(logit); sides >= max(MIN_SIZE, 1e-3) kept; level = floor(4 +
 #                 log2(sqrt(area) / 224) + 1e-6); detections with a side under 1e-2 px dropped before NMS
+# RetinaNet follows it too (modeling/retinanet/postprocess.py): "detectron2" decodes without clipping before NMS,
+# then clips to the output size and drops empty boxes; "torchvision" clips to the input image before NMS
 _C.MODEL.RCNN_EDGE_RULES = "detectron2"
 
 _C.MODEL.ROI_BOX_HEAD = CN()
@@ -139,6 +145,43 @@ _C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
 _C.MODEL.ROI_BOX_HEAD.NORM = ""
 _C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
 _C.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = False
+
+# Mask R-CNN's mask head (MODEL.MASK_ON): detectron2's MaskRCNNConvUpsampleHead keys and defaults
+# (configs/Base-RCNN-FPN.yaml sets NUM_CONV 4, as detectron2's does); built as torchvision's MaskRCNNHeads +
+# MaskRCNNPredictor (modeling/rcnn/mask_head.py)
+_C.MODEL.ROI_MASK_HEAD = CN()
+_C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 0
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_MASK_HEAD.NORM = ""
+_C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
+
+# ---------------------------------------------------------------------------- RetinaNet (d2 names)
+# detectron2's keys with detectron2's meaning (modeling/retinanet/build.py reads or refuses each one); anchors come
+# from MODEL.ANCHOR_GENERATOR, detections per image from TEST.DETECTIONS_PER_IMAGE
+_C.MODEL.RETINANET = CN()
+_C.MODEL.RETINANET.NUM_CLASSES = 80
+_C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+_C.MODEL.RETINANET.NUM_CONVS = 4
+_C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
+_C.MODEL.RETINANET.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RETINANET.PRIOR_PROB = 0.01
+_C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05
+_C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000
+_C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5
+_C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0
+_C.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.1
+_C.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RETINANET.NORM = ""
+# ours: what both loss sums are divided by: "ema" (detectron2: an exponential moving average, momentum 0.9 from 100,
+# of the batch's positive-anchor count) or "per_image" (torchvision: each image's sums by its own positive count,
+# at least 1, then averaged over the images)
+_C.MODEL.RETINANET.LOSS_NORMALIZER = "ema"
 
 # ---------------------------------------------------------------------------- DETR (d2 names)
 _C.MODEL.DETR = CN()
@@ -180,6 +223,13 @@ _C.MODEL.DBNET.MIN_SIZE = 3
 _C.MODEL.DBNET.NORM = "BN"
 # training: text whose shorter side is below this many input pixels is treated as don't care
 _C.MODEL.DBNET.MIN_TEXT_SIZE = 8.0
+# ours: DBNet++ (Liao et al., TPAMI 2022): the levels fused by Adaptive Scale Fusion (a 3x3 conv, then
+# scale-channel-spatial attention giving one weight map per level) instead of plain concatenation (modeling/text/asf.py)
+_C.MODEL.DBNET.ASF = False
+# ours: channels of the ASF's 3x3 conv (the attention's input; its channel attention uses a quarter of them).
+# 0 = the fused channel count, len(IN_FEATURES) x INNER_CHANNELS (mmocr's DBNet++); MhLiao/DB uses a quarter of that.
+# Only with ASF True.
+_C.MODEL.DBNET.ASF_CHANNELS = 0
 
 # ---------------------------------------------------------------------------- input
 _C.INPUT = CN()

@@ -173,9 +173,17 @@ def _backbone_outputs(c: _Checker) -> list[str] | None:
         return None
     levels = [int(math.log2(s)) for s in strides]
     extra = 1
-    if name == "build_retinanet_resnet_fpn_backbone":
+    retinanet = name == "build_retinanet_resnet_fpn_backbone"
+    top_in = cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE or ("res5" if retinanet else "p5")  # fpn.py _top_block_in_feature
+    if top_in not in (("res5", "p5") if retinanet else ("p5",)):
+        c.add("MODEL.FPN.TOP_BLOCK_IN_FEATURE", f"{top_in!r} cannot feed the top block of {name}; "
+              + ("'res5' (detectron2) or 'p5' (torchvision)" if retinanet else "its max-pooled P6 comes from 'p5'"))
+    elif top_in == "p5" and levels[-1] != 5:
+        c.add("MODEL.FPN.TOP_BLOCK_IN_FEATURE", f"'p5' but the FPN's coarsest output is p{levels[-1]} "
+              "(MODEL.FPN.IN_FEATURES)")
+    if retinanet:
         extra = 2
-        if "res5" not in cfg.MODEL.RESNETS.OUT_FEATURES:
+        if top_in == "res5" and "res5" not in cfg.MODEL.RESNETS.OUT_FEATURES:
             c.add("MODEL.RESNETS.OUT_FEATURES", f"{name} computes P6/P7 from res5; add 'res5'")
     levels += [levels[-1] + i for i in range(1, extra + 1)]
     return [f"p{lv}" for lv in levels]
@@ -251,6 +259,9 @@ def _check_model(c: _Checker, world_size: int) -> None:
     outputs = _backbone_outputs(c)
     what = f"the backbone ({m.BACKBONE.NAME})"
     arch = m.META_ARCHITECTURE
+    if arch != "DBNet" and m.DBNET.get("ASF", False) is not False:  # DBNet++'s fusion exists in the DB head only
+        c.add("MODEL.DBNET.ASF", f"Adaptive Scale Fusion (DBNet++) is part of the DB head and "
+              f"MODEL.META_ARCHITECTURE is {arch!r}; set MODEL.META_ARCHITECTURE DBNet or MODEL.DBNET.ASF False")
     if arch == "FasterRCNN":
         rpn = m.RPN
         if outputs is not None:
@@ -286,6 +297,9 @@ def _check_model(c: _Checker, world_size: int) -> None:
             v = list(c.get(key))
             if any(not _is_num(x) or not 0 <= x <= 1 for x in v) or v != sorted(v):
                 c.add(key, f"must be increasing values in [0, 1], got {v}")
+    elif arch == "RetinaNet":  # the rest of its keys: modeling/retinanet/build.py check_config
+        if outputs is not None:
+            c.names("MODEL.RETINANET.IN_FEATURES", outputs, what)
     elif arch == "DETR":
         d = m.DETR
         if outputs is not None and "res5" not in outputs:
@@ -424,6 +438,7 @@ def _check_data(c: _Checker) -> None:
     i = cfg.INPUT
     c.choice("INPUT.FORMAT", ("BGR", "RGB", "L"))
     c.choice("INPUT.RESIZE_METHOD", ("pil", "bilinear", "torchvision"))
+    c.choice("INPUT.MASK_FORMAT", ("polygon", "bitmask"))  # data/dataset_mapper.py MASK_FORMATS
     sizes = list(i.MIN_SIZE_TRAIN) if isinstance(i.MIN_SIZE_TRAIN, (list, tuple)) else [i.MIN_SIZE_TRAIN]
     if not sizes or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in sizes):
         c.add("INPUT.MIN_SIZE_TRAIN", f"must be positive integers, got {i.MIN_SIZE_TRAIN}")
