@@ -354,27 +354,43 @@ _TV_MASK = re.compile(r"^roi_heads\.(?:mask_head\.(?:mask_fcn(\d+)|\d+\.[01])|ma
                       r"mask_fcn_logits))\.(\w+)$")
 
 
+def torchvision_fpn_offset(state: Mapping[str, torch.Tensor]) -> int:
+    """The FPN level of torchvision's block 0: its last block is res5's (fpn_lateral5), so returned_layers
+    [1, 2, 3, 4] (Faster / Mask R-CNN) gives 2 and [2, 3, 4] (RetinaNet) gives 3."""
+    return 6 - len({int(m.group(2)) for k in state if (m := _TV_FPN.match(k))})
+
+
+def put_torchvision_backbone(out: _Out, k: str, v: torch.Tensor, offset: int, unknown: list[str]) -> bool:
+    """A torchvision detector's `backbone.body.*` (ResNet) or `backbone.fpn.*` key into our names (unknown ones
+    appended to `unknown`); False for every other key."""
+    if k.startswith("backbone.body."):
+        new = _torchvision_key(k[len("backbone.body."):])
+        if new is None or new.startswith("linear."):
+            unknown.append(k)
+        else:
+            out.put("backbone.bottom_up." + new, k, v)
+        return True
+    m = _TV_FPN.match(k)
+    if m is None:
+        return False
+    block, index, part, field = m.groups()
+    if part == "1" and field not in _NORM_FIELDS:
+        unknown.append(k)
+        return True
+    conv = f"backbone.fpn_{'lateral' if block == 'inner_blocks' else 'output'}{int(index) + offset}"
+    out.put(f"{conv}.norm.{field}" if part == "1" else f"{conv}.{field}", k, v)  # part None: old layout
+    return True
+
+
 def _torchvision_to_ours(state: dict[str, torch.Tensor], name: str, num_classes: int | None) -> _Out:
     _check_required(state, name, "torchvision")
     out = _Out(name)
     unknown = []
-    fpn_blocks = {int(m.group(2)) for k in state if (m := _TV_FPN.match(k))}
-    offset = 6 - len(fpn_blocks)  # the last block is res5's (fpn_lateral5): returned_layers [1,2,3,4] -> 2
+    offset = torchvision_fpn_offset(state)
     for k, v in state.items():
-        if k.startswith("backbone.body."):
-            new = _torchvision_key(k[len("backbone.body."):])
-            if new is None or new.startswith("linear."):
-                unknown.append(k)
-            else:
-                out.put("backbone.bottom_up." + new, k, v)
-        elif m := _TV_FPN.match(k):
-            block, index, part, field = m.groups()
-            if part == "1" and field not in _NORM_FIELDS:
-                unknown.append(k)
-                continue
-            conv = f"backbone.fpn_{'lateral' if block == 'inner_blocks' else 'output'}{int(index) + offset}"
-            out.put(f"{conv}.norm.{field}" if part == "1" else f"{conv}.{field}", k, v)  # part None: old layout
-        elif k in ("rpn.head.conv.weight", "rpn.head.conv.bias"):  # torchvision's RPNHead before version 2
+        if put_torchvision_backbone(out, k, v, offset, unknown):
+            continue
+        if k in ("rpn.head.conv.weight", "rpn.head.conv.bias"):  # torchvision's RPNHead before version 2
             out.put(f"rpn.head.conv.0.0.{k.rsplit('.', 1)[1]}", k, v)
         elif _TV_HEAD.match(k) and not k.startswith((f"{CLS_SCORE}.", f"{BBOX_PRED}.")):
             out.put(k, k, v)

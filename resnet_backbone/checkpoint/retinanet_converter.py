@@ -35,8 +35,14 @@ from typing import Any, Mapping
 import torch
 
 from . import CheckpointError
-from .converters import _torchvision_key
-from .detector_converters import _NORM_FIELDS, _TV_FPN, _Out, _pixels, identify_detector
+from .detector_converters import (
+    _NORM_FIELDS,
+    _Out,
+    _pixels,
+    identify_detector,
+    put_torchvision_backbone,
+    torchvision_fpn_offset,
+)
 from .detr_converter import COCO_CATEGORY_IDS
 from .reader import read_weights
 
@@ -129,23 +135,11 @@ def _detectron2_to_ours(state: dict[str, torch.Tensor], name: str) -> _Out:
 def _torchvision_to_ours(state: dict[str, torch.Tensor], name: str, num_classes: int | None) -> _Out:
     out = _Out(name)
     unknown: list[str] = []
-    fpn_blocks = {int(m.group(2)) for k in state if (m := _TV_FPN.match(k))}
-    offset = 6 - len(fpn_blocks)  # the last block is res5's (fpn_lateral5): returned_layers [2, 3, 4] -> 3
+    offset = torchvision_fpn_offset(state)
     for k, v in state.items():
-        if k.startswith("backbone.body."):
-            new = _torchvision_key(k[len("backbone.body."):])
-            if new is None or new.startswith("linear."):
-                unknown.append(k)
-            else:
-                out.put("backbone.bottom_up." + new, k, v)
-        elif m := _TV_FPN.match(k):
-            block, index, part, field = m.groups()
-            if part == "1" and field not in _NORM_FIELDS:
-                unknown.append(k)
-                continue
-            conv = f"backbone.fpn_{'lateral' if block == 'inner_blocks' else 'output'}{int(index) + offset}"
-            out.put(f"{conv}.norm.{field}" if part == "1" else f"{conv}.{field}", k, v)
-        elif m := _TV_TOP.match(k):
+        if put_torchvision_backbone(out, k, v, offset, unknown):
+            continue
+        if m := _TV_TOP.match(k):
             out.put(f"backbone.top_block.{m.group(1)}.{m.group(2)}", k, v)
         elif m := _TV_HEAD.match(k):
             head, conv_part, index, sub, field = m.groups()[:5]

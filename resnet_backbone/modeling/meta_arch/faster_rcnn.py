@@ -125,14 +125,7 @@ class FasterRCNN(ImageInputMixin, nn.Module):
     def _run(self, batched_inputs: list[dict], mask_threshold: float | None):
         """forward, with the paste threshold as an argument (None: "masks" are the pasted float probabilities,
         for comparisons with other libraries)."""
-        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
-            raise ValueError("FasterRCNN takes a non-empty list of dicts with an 'image' tensor each")
-        images = self.preprocess_image(batched_inputs)
-        targets = self._targets(batched_inputs) if self.training else None
-        x = images.tensor
-        if self.channels_last:
-            x = to_channels_last(x)
-        features = self.backbone(x)
+        images, x, features, targets = self.features_of(batched_inputs)
         tv_images = TVImageList(x, [tuple(s) for s in images.image_sizes])
         proposals, proposal_losses = self.rpn(tv_images, features, targets)
         detections, detector_losses = self.roi_heads(features, proposals, tv_images.image_sizes, targets)

@@ -1,4 +1,5 @@
-"""What every detector does to its inputs before the backbone: check, normalize, pad.
+"""What every detector does to its inputs before the backbone: check, normalize, pad (and, for the box detectors,
+check the training targets and run the backbone: `box_targets`, `features_of`).
 
 Faster R-CNN, DETR and DBNet share it through `ImageInputMixin`, so the Model I/O contract (an "image" tensor
 (C, H, W) on the 0-255 scale in INPUT.FORMAT order, normalized with PIXEL_MEAN/STD, padded to the backbone's
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ...structures import ImageList
+from ..fast_paths import to_channels_last
 
 
 def box_targets(batched_inputs: list[dict], device, num_classes: int, num_classes_key: str) -> list[tuple]:
@@ -75,3 +77,16 @@ class ImageInputMixin:
             images.append((img.to(self.device, torch.float32, non_blocking=True) - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(images, self.backbone.size_divisibility,
                                       padding_constraints=self.backbone.padding_constraints)
+
+    def features_of(self, batched_inputs: list[dict]):
+        """The start of a box detector's forward: check the batch, normalize + pad, the training targets
+        (`self._targets`), channels-last when set, the backbone: (images, x, features, targets), targets None in
+        eval."""
+        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
+            raise ValueError(f"{type(self).__name__} takes a non-empty list of dicts with an 'image' tensor each")
+        images = self.preprocess_image(batched_inputs)
+        targets = self._targets(batched_inputs) if self.training else None
+        x = images.tensor
+        if getattr(self, "channels_last", False):
+            x = to_channels_last(x)
+        return images, x, self.backbone(x), targets

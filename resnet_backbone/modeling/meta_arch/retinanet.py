@@ -128,14 +128,7 @@ class RetinaNet(ImageInputMixin, nn.Module):
 
     def forward(self, batched_inputs: list[dict]):
         """Training: {"loss_cls", "loss_box_reg"}. Eval: one {"boxes", "scores", "labels"} dict per image."""
-        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
-            raise ValueError("RetinaNet takes a non-empty list of dicts with an 'image' tensor each")
-        images = self.preprocess_image(batched_inputs)
-        targets = self._targets(batched_inputs) if self.training else None
-        x = images.tensor
-        if self.channels_last:
-            x = to_channels_last(x)
-        features = self.backbone(x)
+        images, x, features, targets = self.features_of(batched_inputs)
         feats = [features[f] for f in self.in_features]
         out = self.head(feats)
         anchors = self.anchor_generator(TVImageList(x, [tuple(s) for s in images.image_sizes]), feats)
