@@ -15,6 +15,7 @@ KEY VALUE pairs after REF_DIR ("-" for none) are config overrides for every run 
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -106,9 +107,10 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s, extra=()):
     t_start = time.time()
     kills, finished, at_kill = 0, 0, []
     life = 0.3  # kill window in seconds (grows while kills land before any new checkpoint)
+    floor = 0.0  # shortest delay: set when a whole run fitted in the window before any kill landed mid-run
     target = max(4, max_iter // (2 * n_kills))  # iterations of progress wanted between kills
     while kills < n_kills and time.time() - t_start < budget_s:
-        delay = rng.uniform(0.0, life)
+        delay = rng.uniform(floor, life)
         pid = fork_training(out_dir, max_iter, resume=True, extra=extra)
         t0 = time.time()
         while time.time() - t0 < delay:
@@ -133,6 +135,13 @@ def loop(out_dir, max_iter, n_kills, seed, budget_s, extra=()):
         else:
             check_exit(status)
             finished += 1
+            if kills < n_kills and not any(r >= 0 for r in at_kill) and time.time() - t_start < budget_s:
+                # every kill so far landed in start-up and this round ran to the end (a loaded machine: start-up
+                # long, the run short): start over, killing between half and 90 % of the time a whole run took
+                took = time.time() - t0
+                shutil.rmtree(out_dir)
+                floor, life = 0.5 * took, 0.9 * took
+                continue
             break  # training reached MAX_ITER before the next kill
     return {"kills": kills, "finished_rounds": finished, "iterations_at_kill": at_kill,
             "seconds": round(time.time() - t_start, 2)}
