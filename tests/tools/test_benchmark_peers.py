@@ -71,9 +71,28 @@ def test_peer_rows_run_the_precision_the_machine_runs_natively(native):
         assert bench.row_precision(args).dtype == torch.float32
 
 
+_RSS_PROBE = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from _tools import load_tool
+keep = []
+out = load_tool("benchmark")._rss_call(lambda: keep.append(torch.ones(64, 1024, 1024)), calls=1)  # 256 MiB, touched
+print("RSS_JSON " + json.dumps(out))
+"""
+
+
 def test_rss_call_sees_what_the_call_allocates():
-    keep = []
-    out = bench._rss_call(lambda: keep.append(torch.ones(64, 1024, 1024)), calls=1)  # 256 MiB, touched
+    # in a fresh process, as the benchmark measures each side: a test worker that ran other tests may hand the
+    # 256 MiB back from memory it already holds, and then its RSS does not rise
+    import json
+    import subprocess
+    import sys
+
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", _RSS_PROBE, tests_dir], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.split("RSS_JSON ", 1)[1])
     if not out:
         pytest.skip("no /proc/self/clear_refs here")
     assert out["rss_peak_above_before_mb"] >= 250 and out["rss_peak_mb"] >= out["rss_before_mb"] + 250
