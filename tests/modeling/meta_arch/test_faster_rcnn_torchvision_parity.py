@@ -9,9 +9,8 @@ tests/data/test_resize_methods.py.
 """
 import pytest
 import torch
-from _parity import assert_same_detections  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+from _parity import assert_same_detections, frozen_bn  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from resnet_backbone.checkpoint.checkpointer import Checkpointer
 from resnet_backbone.checkpoint.detr_converter import COCO_CATEGORY_IDS
@@ -23,18 +22,6 @@ CONFIGS = {"v1": "configs/COCO-Detection/faster_rcnn_R_50_FPN_torchvision.yaml",
            "v2": "configs/COCO-Detection/faster_rcnn_R_50_FPN_torchvision_v2.yaml"}
 SIZES = ((224, 320), (224, 288))  # (h, w): two sizes, one short side (torchvision's min_size -> scale 1)
 NOT_COCO = sorted(set(range(1, 91)) - set(COCO_CATEGORY_IDS))  # the 10 ids torchvision's 91-way head leaves unused
-
-
-def _frozen_bn(module: torch.nn.Module) -> None:
-    """BatchNorm2d -> torchvision's FrozenBatchNorm2d (what its pretrained v1 backbone holds), keeping values."""
-    for name, child in module.named_children():
-        if isinstance(child, torch.nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for k in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, k).copy_(getattr(child, k).detach())
-            setattr(module, name, frozen)
-        else:
-            _frozen_bn(child)
 
 
 def _torchvision_model(version: str, min_size: int, build=None):
@@ -66,7 +53,7 @@ def _torchvision_model(version: str, min_size: int, build=None):
         predictor.cls_score.weight[NOT_COCO] = 0.0  # ids no COCO class has: never predicted (ours has no row)
         predictor.cls_score.bias[NOT_COCO] = -1e4
     if version == "v1":
-        _frozen_bn(model.backbone)  # torchvision's v1 backbone with pretrained weights uses FrozenBatchNorm2d
+        frozen_bn(model.backbone)  # torchvision's v1 backbone with pretrained weights uses FrozenBatchNorm2d
     return model
 
 
