@@ -46,13 +46,14 @@ class DBNet(ImageInputMixin, nn.Module):
         shrink_ratio, thresh_min, thresh_max, min_text_size: target generation (see text/targets.py).
         binarize_thresh, box_thresh, unclip_ratio, max_candidates, min_size: post-processing
             (see text/postprocess.py); min_size is in input (resized image) pixels.
+        channels_last: run the backbone and head in channels-last memory format (MODEL.CHANNELS_LAST).
     """
 
     def __init__(self, *, backbone: Backbone, head: DBHead, loss: DBLoss, pixel_mean, pixel_std,
                  input_format: str = "BGR", shrink_ratio: float = 0.4, thresh_min: float = 0.3,
                  thresh_max: float = 0.7, min_text_size: float = 8.0, binarize_thresh: float = 0.3,
                  box_thresh: float = 0.6, unclip_ratio: float = 1.5, max_candidates: int = 1000,
-                 min_size: float = 3.0):
+                 min_size: float = 3.0, channels_last: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -63,6 +64,7 @@ class DBNet(ImageInputMixin, nn.Module):
                                 min_text_size=min_text_size)
         self.postprocess_args = dict(binarize_thresh=binarize_thresh, box_thresh=box_thresh,
                                      unclip_ratio=unclip_ratio, max_candidates=max_candidates, min_size=min_size)
+        self.set_channels_last(channels_last)
 
     @classmethod
     def from_config(cls, cfg) -> DBNet:
@@ -78,7 +80,7 @@ class DBNet(ImageInputMixin, nn.Module):
                    pixel_std=cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT, shrink_ratio=c.SHRINK_RATIO,
                    thresh_min=c.THRESH_MIN, thresh_max=c.THRESH_MAX, min_text_size=c.MIN_TEXT_SIZE,
                    binarize_thresh=c.BINARIZE_THRESH, box_thresh=c.BOX_THRESH, unclip_ratio=c.UNCLIP_RATIO,
-                   max_candidates=c.MAX_CANDIDATES, min_size=c.MIN_SIZE)
+                   max_candidates=c.MAX_CANDIDATES, min_size=c.MIN_SIZE, channels_last=cfg.MODEL.CHANNELS_LAST)
 
     @classmethod
     def check_config(cls, cfg) -> list[str]:
@@ -151,7 +153,7 @@ class DBNet(ImageInputMixin, nn.Module):
         images = self.preprocess_image(batched_inputs)
         # read (and check) the ground truth before the expensive part, so a bad input fails fast
         gt = [self._polygons_of(x, i) for i, x in enumerate(batched_inputs)] if self.training else None
-        features = self.backbone(images.tensor)
+        features = self.backbone(self.backbone_input(images))
         preds = self.head(features)
         if self.training:
             return self.loss(preds, self.targets(batched_inputs, images, gt))

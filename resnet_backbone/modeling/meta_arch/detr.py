@@ -53,7 +53,8 @@ class MLP(nn.Module):
 class DETR(ImageInputMixin, nn.Module):
     def __init__(self, *, backbone: Backbone, transformer: Transformer, num_classes: int, num_queries: int,
                  criterion: SetCriterion, pixel_mean, pixel_std, in_feature: str = "res5", aux_loss: bool = True,
-                 max_detections_per_image: int = 100, position_embedding: nn.Module | None = None):
+                 max_detections_per_image: int = 100, position_embedding: nn.Module | None = None,
+                 channels_last: bool = False):
         super().__init__()
         shapes = backbone.output_shape()
         if in_feature not in shapes:
@@ -74,6 +75,7 @@ class DETR(ImageInputMixin, nn.Module):
         self.aux_loss = aux_loss
         self.max_detections_per_image = max_detections_per_image
         self.register_pixel_stats(pixel_mean, pixel_std)
+        self.set_channels_last(channels_last)
 
     @classmethod
     def from_config(cls, cfg) -> DETR:
@@ -89,12 +91,12 @@ class DETR(ImageInputMixin, nn.Module):
         return cls(backbone=backbone, transformer=transformer, num_classes=d.NUM_CLASSES,
                    num_queries=d.NUM_OBJECT_QUERIES, criterion=criterion, pixel_mean=cfg.MODEL.PIXEL_MEAN,
                    pixel_std=cfg.MODEL.PIXEL_STD, aux_loss=d.DEEP_SUPERVISION,
-                   max_detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+                   max_detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, channels_last=cfg.MODEL.CHANNELS_LAST)
 
     def forward_outputs(self, images: ImageList) -> dict:
         """The raw DETR outputs for a padded batch: {"pred_logits" (B, Q, C+1), "pred_boxes" (B, Q, 4)
         normalized cxcywh of the unpadded image, "aux_outputs": one such dict per decoder layer but the last}."""
-        feature = self.backbone(images.tensor)[self.in_feature]
+        feature = self.backbone(self.backbone_input(images))[self.in_feature]
         mask = F.interpolate(images.mask[None].float(), size=feature.shape[-2:], mode="nearest")[0].bool()
         pos = self.position_embedding(mask).to(feature.dtype)
         hs = self.transformer(self.input_proj(feature), mask, self.query_embed.weight, pos)[0]

@@ -37,7 +37,6 @@ from torchvision.models.detection.image_list import ImageList as TVImageList
 
 from ...structures import rescale_boxes
 from ..backbone import Backbone, build_backbone
-from ..fast_paths import to_channels_last
 from ..rcnn import RPN, AnchorGenerator, RoIHeads, build_roi_heads, build_rpn
 from ..rcnn.build import check_rcnn_config
 from ..rcnn.mask_head import MASK_THRESHOLD, paste_masks
@@ -67,12 +66,10 @@ class FasterRCNN(ImageInputMixin, nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.input_format = input_format
-        self.channels_last = channels_last
         self.register_pixel_stats(pixel_mean, pixel_std)
         self.num_classes = roi_heads.box_predictor.cls_score.out_features - 1
         self.mask_on = roi_heads.has_mask()
-        if channels_last:
-            to_channels_last(self)
+        self.set_channels_last(channels_last)
 
     @classmethod
     def from_config(cls, cfg) -> FasterRCNN:

@@ -52,6 +52,18 @@ class ImageInputMixin:
     """For detectors (nn.Module with a `.backbone`): pixel statistics, `device`, and `preprocess_image`."""
 
     input_format: str = "BGR"
+    channels_last: bool = False
+
+    def set_channels_last(self, on: bool) -> None:
+        """MODEL.CHANNELS_LAST, in training as in eval: the module's 4-D weights now, and the padded batch in each
+        forward (`backbone_input`), in channels-last order. Call it last in `__init__`, after every submodule."""
+        self.channels_last = bool(on)
+        if self.channels_last:
+            to_channels_last(self)
+
+    def backbone_input(self, images: ImageList) -> torch.Tensor:
+        """The padded batch as the backbone takes it (channels-last when set)."""
+        return to_channels_last(images.tensor) if self.channels_last else images.tensor
 
     def register_pixel_stats(self, pixel_mean, pixel_std) -> None:
         """Keep PIXEL_MEAN/STD as non-persistent (C, 1, 1) buffers: they follow .to(device), not checkpoints."""
@@ -86,7 +98,5 @@ class ImageInputMixin:
             raise ValueError(f"{type(self).__name__} takes a non-empty list of dicts with an 'image' tensor each")
         images = self.preprocess_image(batched_inputs)
         targets = self._targets(batched_inputs) if self.training else None
-        x = images.tensor
-        if getattr(self, "channels_last", False):
-            x = to_channels_last(x)
+        x = self.backbone_input(images)
         return images, x, self.backbone(x), targets

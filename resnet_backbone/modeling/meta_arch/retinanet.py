@@ -29,7 +29,6 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList as TVImageList
 
 from ..backbone import Backbone, build_backbone
-from ..fast_paths import to_channels_last
 from ..rcnn.anchors import AnchorGenerator
 from ..retinanet import (
     RetinaNetHead,
@@ -77,12 +76,10 @@ class RetinaNet(ImageInputMixin, nn.Module):
         self.nms_thresh, self.detections_per_image = float(nms_thresh), int(detections_per_image)
         self.edge_rules = edge_rules
         self.input_format = input_format
-        self.channels_last = channels_last
         self.register_pixel_stats(pixel_mean, pixel_std)
         self.num_classes = head.classification_head.num_classes
         self.num_anchors = head.classification_head.num_anchors
-        if channels_last:
-            to_channels_last(self)
+        self.set_channels_last(channels_last)
 
     @classmethod
     def check_config(cls, cfg) -> list[str]:
