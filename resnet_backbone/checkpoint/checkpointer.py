@@ -581,10 +581,12 @@ class Checkpointer:
         return result
 
     def _load_model_state(self, state: dict, path: str, strict: bool, allow_partial: bool = True) -> None:
+        from .fpn_layout import check_fpn_layout
         from .safe_pickle import check_finite_tensors
 
         check_finite_tensors(state, path)  # NaN / Inf weights: refused naming the tensors, nothing loaded
         own = self.model.state_dict()
+        check_fpn_layout(state, own, path)  # output convs (MODEL.FPN.OUTPUT_CONVS) in one and not the other
         bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if bad:

@@ -312,6 +312,7 @@ def load_backbone_weights(module: nn.Module, path_or_state, prefix: str | None =
     messages call an already loaded object (the Checkpointer passes the file it read it from). `warn_pixels`: warn
     when the weights' input convention differs from the one `module` carries (reader.warn_pixel_convention; the
     Checkpointer, which warns itself, passes False)."""
+    from .fpn_layout import check_fpn_layout
     from .reader import warn_pixel_convention
 
     weights = read_weights(path_or_state, trust=trust, name=name)
@@ -324,6 +325,7 @@ def load_backbone_weights(module: nn.Module, path_or_state, prefix: str | None =
     for k, v in converted["model"].items():
         mapped[(prefix + k) if k.split(".", 1)[0] in _RESNET_ROOTS else k] = v
 
+    check_fpn_layout(mapped, target, name)  # FPN weights kept by name: the same output-conv layout as the model
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
                   for k, v in mapped.items() if k in target and tuple(v.shape) != tuple(target[k].shape)]
     if mismatched:

@@ -151,6 +151,16 @@ def detectron2_to_ours(checkpoint: Mapping[str, Any], target: str = "fpn", inclu
     return out
 
 
+def _refuse_fpn_without_output_convs(state: Mapping[str, Any], prefix: str, source: str) -> None:
+    """detectron2's FPN always has its 3x3 output convs: an FPN of ours built without them (MODEL.FPN.OUTPUT_CONVS
+    False) has no detectron2 counterpart (detectron2 would keep fpn_output* at their initialisation)."""
+    lateral = sorted(k for k in state if k.startswith(prefix + "fpn_lateral"))
+    if lateral and not any(k.startswith(prefix + "fpn_output") for k in state):
+        raise CheckpointError(f"{source}: an FPN without its 3x3 output convs ({lateral[0]} but no "
+                              f"{prefix}fpn_output*: MODEL.FPN.OUTPUT_CONVS False) has no detectron2 counterpart; "
+                              "detectron2's FPN would keep its fpn_output convs at their initialisation")
+
+
 def ours_to_detectron2(state_dict: Mapping[str, torch.Tensor], layout: str | None = None,
                        numpy: bool = False) -> dict[str, Any]:
     """Our FPN or ResNet state dict in detectron2's model names, ready to load into a detectron2 model.
@@ -175,6 +185,7 @@ def ours_to_detectron2(state_dict: Mapping[str, torch.Tensor], layout: str | Non
     if is_fpn and layout != "fpn":
         raise CheckpointError(f"ours_to_detectron2: an FPN state dict only fits detectron2's FPN models, not "
                               f"layout {layout!r}")
+    _refuse_fpn_without_output_convs(state, "", "ours_to_detectron2")
     out = {}
     for k, v in state.items():
         if is_fpn:
@@ -211,6 +222,7 @@ def ours_detector_to_detectron2(state_dict: Mapping[str, Any], numpy: bool = Fal
     naming it.
     """
     state = _tensors(state_dict, source)
+    _refuse_fpn_without_output_convs(state, D2_BACKBONE, source)
     rpn_convs = sorted({int(m.group(1)) for k in state if (m := _OURS_RPN.match(k)) and m.group(1) is not None})
     # box head: sequence indices holding convs ({i}.0.weight 4-d) and fcs ({n}.weight 2-d), in order
     conv_idx = sorted({int(m.group(1)) for k in state if (m := _OURS_BOX_HEAD.match(k)) and m.group(2) is not None})

@@ -70,6 +70,11 @@ _C.MODEL.FPN.FUSE_TYPE = "sum"
 # for build_retinanet_resnet_fpn_backbone's P6/P7, p5 for build_resnet_fpn_backbone's max-pooled P6); "p5" makes
 # RetinaNet's P6 from P5 (torchvision's retinanet_resnet50_fpn), "res5" from C5 (detectron2)
 _C.MODEL.FPN.TOP_BLOCK_IN_FEATURE = ""
+# ours: the 3x3 "output" conv on every level (fpn_output{k}), detectron2's FPN (True). False: P_k is the
+# top-down sum lateral_k + up(T_{k+1}) itself, no fpn_output modules (DBNet's FPN in the paper's code, mmocr's
+# FPNC and docTR: their heads reduce the sums with their own 3x3 convs). A checkpoint of the other layout is
+# refused naming the first fpn_output key
+_C.MODEL.FPN.OUTPUT_CONVS = True
 
 _C.MODEL.PROPOSAL_GENERATOR = CN()
 _C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"

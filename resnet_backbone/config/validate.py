@@ -255,6 +255,9 @@ def _check_model(c: _Checker, world_size: int) -> None:
         c.choice("MODEL.FPN.FUSE_TYPE", ("sum", "avg"))
         c.choice("MODEL.FPN.NORM", NORM_CHOICES)
         c.number("MODEL.FPN.OUT_CHANNELS", 1, integer=True)
+    elif m.FPN.get("OUTPUT_CONVS", True) is not True:
+        c.add("MODEL.FPN.OUTPUT_CONVS", f"{m.FPN.OUTPUT_CONVS!r} has no effect: MODEL.BACKBONE.NAME is "
+              "build_resnet_backbone, which has no FPN; leave it True or use build_resnet_fpn_backbone")
 
     outputs = _backbone_outputs(c)
     what = f"the backbone ({m.BACKBONE.NAME})"

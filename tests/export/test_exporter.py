@@ -173,9 +173,13 @@ def _spread_prob_map(model):
 
 @pytest.mark.parametrize("fmt", [pytest.param("exported_program", marks=pytest.mark.slow),
                                  pytest.param("onnx", marks=pytest.mark.slow), "torchscript"])
-def test_dbnet_polygons_equal_eager_at_new_size(fmt, tmp_path):
+@pytest.mark.parametrize("output_convs", [True, False], ids=["fpn_output_convs", "top_down_sums"])
+def test_dbnet_polygons_equal_eager_at_new_size(fmt, output_convs, tmp_path):
     _needs(fmt)
-    eager, exported, _ = _export_and_eager(dbnet_cfg(), fmt, tmp_path, prepare=_spread_prob_map)
+    cfg = dbnet_cfg()
+    cfg.MODEL.FPN.OUTPUT_CONVS = output_convs  # False: the shipped DBNet configs' layout
+    eager, exported, _ = _export_and_eager(cfg, fmt, tmp_path, prepare=_spread_prob_map)
+    assert hasattr(eager.backbone, "fpn_output2") is output_convs
     image = _image(*SIZE)
     with torch.no_grad():
         ref = eager([{"image": image, "height": 400, "width": 592}])[0]

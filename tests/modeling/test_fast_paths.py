@@ -45,7 +45,7 @@ def _randomize_norms(model: nn.Module) -> nn.Module:
     return model
 
 
-def _resnet(depth=50, norm="FrozenBN", fpn=False, freeze_at=2, stem=False):
+def _resnet(depth=50, norm="FrozenBN", fpn=False, freeze_at=2, stem=False, output_convs=True):
     cfg = get_cfg()
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.NORM = norm
@@ -60,6 +60,7 @@ def _resnet(depth=50, norm="FrozenBN", fpn=False, freeze_at=2, stem=False):
     if fpn:
         cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
         cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+        cfg.MODEL.FPN.OUTPUT_CONVS = output_convs
     return _randomize_norms(build_backbone(cfg)).eval()
 
 
@@ -151,11 +152,15 @@ def test_prepack_mkldnn_resnet50_parity(r50_and_ref):
 @needs_mkldnn
 def test_prepack_basic_blocks_and_fpn_parity():
     torch.manual_seed(0)
-    for model in (_resnet(18), _resnet(50, fpn=True)):
+    # the FPN with and without its 3x3 output convs (MODEL.FPN.OUTPUT_CONVS False: P_k is the fused lateral's sum)
+    for model in (_resnet(18), _resnet(50, fpn=True), _resnet(50, fpn=True, output_convs=False)):
         x = torch.randn(1, 3, 64, 64)
         ref = _run(model, x)
         fast = optimize_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=True, mkldnn=True)
         assert not any(type(m) in (nn.Conv2d, Conv2d) for m in fast.modules())
+        if hasattr(fast, "fpn_lateral2"):  # the top-down add runs inside the laterals
+            assert fast._lateral_add_fused and isinstance(fast.fpn_lateral2, MkldnnConv2d)
+            assert hasattr(fast, "fpn_output2") is model.output_convs
         # the swapped-in convs are the ones that run (a model holding its convs in a plain list would still
         # call the old ones: the FPN once did)
         packed = [m for m in fast.modules() if isinstance(m, MkldnnConv2d)]

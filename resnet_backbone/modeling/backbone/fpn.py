@@ -5,7 +5,11 @@ The FPN takes the bottom-up features named by `in_features` (e.g. res2..res5, st
 
     lateral_k = fpn_lateral{k}(C_k)                     1x1 conv (+ norm)
     top-down:  T_5 = lateral_5,  T_k = lateral_k + up(T_{k+1})     ("avg" fuse: divided by 2)
-    P_k = fpn_output{k}(T_k)                            3x3 conv (+ norm)
+    P_k = fpn_output{k}(T_k)                            3x3 conv (+ norm)    output_convs=True (detectron2)
+    P_k = T_k                                           no fpn_output{k}     output_convs=False
+
+`output_convs=False` (MODEL.FPN.OUTPUT_CONVS) is the FPN of DBNet's own code (MhLiao/DB's SegDetector), mmocr's
+FPNC and docTR: the head's 3x3 reductions read the top-down sums directly.
 
 `up` is nearest-neighbour upsampling to the lateral's exact spatial size. For inputs padded to
 `size_divisibility` (what every detector does) that is exactly 2x, the same as detectron2's
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import ConfigError
 from ...layers import Conv2d, ShapeSpec, get_norm
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY
@@ -97,14 +102,20 @@ class FPN(Backbone):
             else an FPN output ("p5").
         fuse_type: "sum" or "avg" (sum divided by 2) for the top-down merge.
         square_pad: if > 0, detectors pad inputs to this square size (kept in `padding_constraints`).
+        output_convs: True: a 3x3 conv `fpn_output{k}` on every level (detectron2); False: none, P_k is the
+            top-down sum T_k (MODEL.FPN.OUTPUT_CONVS).
     """
 
     # True once fuse_for_inference installed laterals that take the top-down add (class default: older pickles)
     _lateral_add_fused = False
 
     def __init__(self, bottom_up: Backbone, in_features: list[str], out_channels: int, norm: str = "",
-                 top_block: nn.Module | None = None, fuse_type: str = "sum", square_pad: int = 0):
+                 top_block: nn.Module | None = None, fuse_type: str = "sum", square_pad: int = 0,
+                 output_convs: bool = True):
         super().__init__()
+        if not isinstance(output_convs, bool):
+            raise ConfigError(f"MODEL.FPN.OUTPUT_CONVS: must be True (a 3x3 output conv per level, detectron2) or "
+                              f"False (P_k is the top-down sum), got {output_convs!r}")
         if not isinstance(bottom_up, Backbone):
             raise TypeError(f"FPN bottom_up must be a Backbone, got {type(bottom_up).__name__}")
         if fuse_type not in ("sum", "avg"):
@@ -132,18 +143,21 @@ class FPN(Backbone):
         self.top_block = top_block
         self._fuse_type = fuse_type
         self._square_pad = square_pad
+        self._output_convs = output_convs
         use_bias = norm in ("", "none", None)
 
         stages = []
         for in_ch, stride in zip(channels, strides):
             stage = int(math.log2(stride))
             lateral = Conv2d(in_ch, out_channels, kernel_size=1, bias=use_bias, norm=get_norm(norm, out_channels))
+            # built before the lateral's init, as always: the default layout draws the same random numbers
             output = Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=use_bias,
-                            norm=get_norm(norm, out_channels))
+                            norm=get_norm(norm, out_channels)) if output_convs else None
             xavier_fill_like_c2(lateral)
-            xavier_fill_like_c2(output)
             self.add_module(f"fpn_lateral{stage}", lateral)
-            self.add_module(f"fpn_output{stage}", output)
+            if output is not None:
+                xavier_fill_like_c2(output)
+                self.add_module(f"fpn_output{stage}", output)
             stages.append(stage)
         # Stages coarsest first, the order the top-down pass visits them. forward() looks the convs up by name
         # every time, so a conv swapped for another module (e.g. by fast_paths.prepack_mkldnn) is the one that runs.
@@ -164,6 +178,11 @@ class FPN(Backbone):
             if in_feature not in input_shapes and in_feature not in self._out_features:
                 raise ValueError(f"top block input '{in_feature}' is neither a bottom-up feature "
                                  f"({list(input_shapes)}) nor an FPN output ({self._out_features})")
+
+    @property
+    def output_convs(self) -> bool:
+        """Whether every level has its 3x3 output conv `fpn_output{k}` (False: P_k is the top-down sum)."""
+        return self.__dict__.get("_output_convs", True)  # older pickles: built with them
 
     @property
     def size_divisibility(self) -> int:
@@ -191,7 +210,8 @@ class FPN(Backbone):
         bottom_up_features = self.bottom_up(x)
         feats = [bottom_up_features[f] for f in self.in_features[::-1]]  # coarsest first
         lateral_convs = [getattr(self, f"fpn_lateral{s}") for s in self._stages]
-        output_convs = [getattr(self, f"fpn_output{s}") for s in self._stages]
+        identity = nn.Identity()  # P_k = T_k without output convs
+        output_convs = [getattr(self, f"fpn_output{s}") if self.output_convs else identity for s in self._stages]
         prev = lateral_convs[0](feats[0])
         results = [output_convs[0](prev)]
         for feat, lateral_conv, output_conv in zip(feats[1:], lateral_convs[1:], output_convs[1:]):
@@ -241,6 +261,7 @@ def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec, *, fpn_class: type[FP
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        output_convs=_output_convs(cfg),
     )
 
 
@@ -270,9 +291,15 @@ def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec, *, fpn_clas
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelP6P7(in_channels_p6p7, out_channels, in_feature=top_in),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        output_convs=_output_convs(cfg),
     )
 
 
 def _top_block_in_feature(cfg, default: str) -> str:
     """MODEL.FPN.TOP_BLOCK_IN_FEATURE, "" meaning the builder's own `default` (a detectron2 config has no such key)."""
     return cfg.MODEL.FPN.get("TOP_BLOCK_IN_FEATURE", "") or default
+
+
+def _output_convs(cfg) -> bool:
+    """MODEL.FPN.OUTPUT_CONVS (True where the config has no such key: detectron2's FPN); the FPN refuses a non-bool."""
+    return cfg.MODEL.FPN.get("OUTPUT_CONVS", True)

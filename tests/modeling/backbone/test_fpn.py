@@ -215,3 +215,123 @@ def test_builders_from_config(name, levels):
     assert list(out) == levels
     for k in levels:
         assert out[k].shape == (1, 32, 128 // shapes[k].stride, 128 // shapes[k].stride), k
+
+
+# ---------------------------------------------------------------- MODEL.FPN.OUTPUT_CONVS False (DBNet's layout)
+def _float64_top_down(fpn: FPN, feats: dict, fuse_type: str = "sum") -> dict:
+    """P_k = T_k, T_5 = lateral_5(C_5), T_k = lateral_k(C_k) + nearest-up(T_{k+1}), computed in float64 with
+    F.conv2d from the FPN's lateral weights, and P6 = P5[::2, ::2] (max pool of kernel 1)."""
+    t, out = None, {}
+    for stage in (5, 4, 3, 2):
+        conv = getattr(fpn, f"fpn_lateral{stage}")
+        lat = F.conv2d(feats[f"res{stage}"].double(), conv.weight.double(), conv.bias.double())
+        if t is not None:
+            # nearest to the lateral's size: source index floor(i * in / out)
+            rows = (torch.arange(lat.shape[-2]) * t.shape[-2]) // lat.shape[-2]
+            cols = (torch.arange(lat.shape[-1]) * t.shape[-1]) // lat.shape[-1]
+            lat = lat + t[..., rows[:, None], cols[None, :]]
+            if fuse_type == "avg":
+                lat = lat / 2
+        t = out[f"p{stage}"] = lat
+    out["p6"] = out["p5"][..., ::2, ::2]
+    return dict(sorted(out.items()))
+
+
+@pytest.mark.parametrize("hw,fuse_type", [((64, 96), "sum"), ((37, 53), "sum"), ((64, 96), "avg")])
+def test_no_output_convs_levels_are_the_top_down_sums(hw, fuse_type):
+    bottom_up = PoolingBottomUp()
+    fpn = FPN(bottom_up, list(CHANNELS), out_channels=16, top_block=LastLevelMaxPool(), fuse_type=fuse_type,
+              output_convs=False).eval()
+    for stage in range(2, 6):  # non-zero biases, so a dropped bias would show
+        nn.init.uniform_(getattr(fpn, f"fpn_lateral{stage}").bias, -0.5, 0.5)
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        out = fpn(x)
+        ref = _float64_top_down(fpn, bottom_up(x), fuse_type)
+    assert list(out) == list(ref) == ["p2", "p3", "p4", "p5", "p6"]
+    for name in out:
+        assert out[name].shape == ref[name].shape, name
+        torch.testing.assert_close(out[name].double(), ref[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_no_output_convs_equals_torchvision_fpn_with_identity_layer_blocks():
+    bottom_up = PoolingBottomUp()
+    fpn = FPN(bottom_up, list(CHANNELS), out_channels=16, top_block=LastLevelMaxPool(), output_convs=False).eval()
+    tv = FeaturePyramidNetwork(list(CHANNELS.values()), 16, extra_blocks=TVLastLevelMaxPool()).eval()
+    with torch.no_grad():
+        for i, stage in enumerate(range(2, 6)):
+            tv.inner_blocks[i][0].weight.copy_(getattr(fpn, f"fpn_lateral{stage}").weight)
+            tv.inner_blocks[i][0].bias.copy_(getattr(fpn, f"fpn_lateral{stage}").bias)
+            tv.layer_blocks[i] = nn.Identity()
+    x = torch.randn(2, 3, 37, 53)
+    with torch.no_grad():
+        out, ref = fpn(x), tv(OrderedDict(bottom_up(x)))
+    for (name, a), b in zip(out.items(), ref.values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("norm", ["", "GN"])
+def test_no_output_convs_drops_exactly_the_output_convs(norm):
+    kw = dict(in_features=list(CHANNELS), out_channels=16, norm=norm, top_block=LastLevelMaxPool())
+    torch.manual_seed(0)
+    with_out = FPN(PoolingBottomUp(), **kw)
+    without = FPN(PoolingBottomUp(), **kw, output_convs=False)
+    assert with_out.output_convs is True and without.output_convs is False
+    outputs = sum(p.numel() for s in range(2, 6) for p in getattr(with_out, f"fpn_output{s}").parameters())
+    assert outputs == 4 * (16 * 16 * 9 + (16 if not norm else 2 * 16))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(with_out) - count(without) == outputs
+    assert not any("fpn_output" in k for k in without.state_dict())
+    assert {k for k in with_out.state_dict() if "fpn_output" not in k} == set(without.state_dict())
+    assert without.output_shape() == with_out.output_shape()
+
+
+def test_output_convs_must_be_a_bool():
+    from resnet_backbone.config import ConfigError
+
+    with pytest.raises(ConfigError, match="MODEL.FPN.OUTPUT_CONVS"):
+        FPN(PoolingBottomUp(), list(CHANNELS), out_channels=16, output_convs="False")
+
+
+@pytest.mark.parametrize("name,top_in", [("build_resnet_fpn_backbone", ""),
+                                         ("build_retinanet_resnet_fpn_backbone", "res5"),
+                                         ("build_retinanet_resnet_fpn_backbone", "p5")])
+def test_builders_honour_output_convs(name, top_in):
+    from resnet_backbone.config import ConfigError, get_cfg
+    from resnet_backbone.config.validate import find_cfg_problems
+    from resnet_backbone.modeling.backbone import build_backbone
+
+    cfg = get_cfg()
+    feats = ["res2", "res3", "res4", "res5"] if name == "build_resnet_fpn_backbone" else ["res3", "res4", "res5"]
+    cfg.merge_from_list(["MODEL.BACKBONE.NAME", name, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+                         "MODEL.RESNETS.NORM", "BN", "MODEL.RESNETS.OUT_FEATURES", feats, "MODEL.FPN.IN_FEATURES",
+                         feats, "MODEL.FPN.OUT_CHANNELS", 16, "MODEL.FPN.TOP_BLOCK_IN_FEATURE", top_in,
+                         "MODEL.FPN.OUTPUT_CONVS", False])
+    fpn = build_backbone(cfg).eval()
+    assert not fpn.output_convs and not any("fpn_output" in k for k in fpn.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out, c = fpn(x), fpn.bottom_up(x)
+        p5 = fpn.fpn_lateral5(c["res5"])
+    assert list(out) == list(fpn.output_shape())
+    torch.testing.assert_close(out["p5"], p5)  # the coarsest level is its lateral, no 3x3 conv after it
+    if name == "build_resnet_fpn_backbone":
+        torch.testing.assert_close(out["p6"], p5[..., ::2, ::2])
+    else:  # the P6/P7 convs read C5 (detectron2) or P5 = the lateral (torchvision's input)
+        p6 = fpn.top_block.p6(c["res5"] if top_in == "res5" else p5)
+        torch.testing.assert_close(out["p6"], p6)
+    cfg.MODEL.FPN.OUTPUT_CONVS = 0  # not a bool: refused naming the key, by validate_cfg and by the builder
+    assert any(p.startswith("MODEL.FPN.OUTPUT_CONVS") for p in find_cfg_problems(cfg))
+    with pytest.raises(ConfigError, match="MODEL.FPN.OUTPUT_CONVS"):
+        build_backbone(cfg)
+
+
+def test_output_convs_false_without_an_fpn_is_refused():
+    from resnet_backbone.config import get_cfg
+    from resnet_backbone.config.validate import find_cfg_problems
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    assert not any(p.startswith("MODEL.FPN.OUTPUT_CONVS") for p in find_cfg_problems(cfg))
+    cfg.MODEL.FPN.OUTPUT_CONVS = False
+    assert any(p.startswith("MODEL.FPN.OUTPUT_CONVS") and "no FPN" in p for p in find_cfg_problems(cfg))

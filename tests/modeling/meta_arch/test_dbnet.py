@@ -52,13 +52,19 @@ def test_targets_mask_dont_care_and_treat_padding_as_background(model):
     assert t["prob_map"][1, 40:].max() == 0 and t["prob_map"][1, :, 60:].max() == 0
 
 
-def test_eval_output_format_in_original_coordinates(model, monkeypatch):
+def _eval_one(model) -> tuple[dict, dict]:
+    """(the input without instances, the eval output) for one image; checks the output's keys."""
     model.eval()
     x = _input()
     x.pop("instances")
     with torch.no_grad():
         out = model([x])
     assert len(out) == 1 and set(out[0]) >= {"polygons", "boxes", "scores", "labels"}
+    return x, out[0]
+
+
+def test_eval_output_format_in_original_coordinates(model, monkeypatch):
+    x, _ = _eval_one(model)
     # a hand-made probability map through the same post-processing: a blob at known place, 2x upscaled
     prob = torch.zeros(1, 1, 64, 96)
     prob[0, 0, 10:26, 20:70] = 0.95
@@ -99,6 +105,7 @@ def test_configs_load(name):
     assert cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
     assert list(cfg.MODEL.FPN.IN_FEATURES) == ["res2", "res3", "res4", "res5"]
     assert cfg.MODEL.DBNET.ASF is ("dbnetpp" in name)  # DBNet++ = DBNet + Adaptive Scale Fusion
+    assert cfg.MODEL.FPN.OUTPUT_CONVS is False  # the paper's layout: the head reads the top-down sums
     if "dbnetpp" in name:  # the same recipe as its DBNet config otherwise
         plain = get_cfg()
         plain.merge_from_file(os.path.join(CONFIG_DIR, name.replace("dbnetpp", "dbnet")))
@@ -153,3 +160,84 @@ def test_mapper_with_rotation_feeds_dbnet_polygons_and_dont_care(tmp_path, model
     model.train()
     losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+# ---------------------------------------------------------------- the shipped configs: FPN without output convs
+def _shipped(name: str, output_convs: bool | None = None):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
+    if output_convs is not None:
+        cfg.MODEL.FPN.OUTPUT_CONVS = output_convs
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def _calibrate_norms(model):
+    """Eval-mode BatchNorms holding the statistics of a few random images (as a trained model's): folding them
+    then changes the weights, and the features stay of order 1."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    g = torch.Generator().manual_seed(3)
+    images = [{"image": torch.randint(0, 256, (3, 64, 96), generator=g, dtype=torch.uint8)} for _ in range(2)]
+    with torch.no_grad():
+        model.head(model.backbone(model.preprocess_image(images).tensor))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["Text/dbnet_R_50_FPN.yaml", "Text/dbnetpp_R_50_FPN.yaml"])
+def test_shipped_config_is_the_papers_layout_and_trains(name):
+    model = _shipped(name)
+    fpn = model.backbone
+    assert fpn.output_convs is False and not any(".fpn_output" in k for k in model.state_dict())
+    # the layout's whole difference: 4 output convs of 256 x 256 x 3 x 3 + bias (detectron2's FPN)
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert count(_shipped(name, output_convs=True)) - count(model) == 4 * (256 * 256 * 9 + 256)
+    # the head's inputs are the top-down sums: P5 is the lateral of C5, P4 = lateral(C4) + up(P5)
+    model.eval()
+    x = model.preprocess_image([_input()]).tensor
+    with torch.no_grad():
+        feats, c = fpn(x), fpn.bottom_up(x)
+        p5 = fpn.fpn_lateral5(c["res5"])
+        p4 = fpn.fpn_lateral4(c["res4"]) + torch.nn.functional.interpolate(p5, scale_factor=2.0, mode="nearest")
+    torch.testing.assert_close(feats["p5"], p5)
+    torch.testing.assert_close(feats["p4"], p4)
+    model.train()
+    losses = model([_input(), _input(70, 90, ignore=(False,))])
+    assert set(losses) == {"loss_prob", "loss_thresh", "loss_binary"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for conv in (fpn.fpn_lateral2, fpn.fpn_lateral5):  # the laterals feed the head directly now
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    _eval_one(model)
+
+
+def test_shipped_config_fast_paths_equal_eager():
+    """optimize_for_inference (norms folded, channels_last, the oneDNN prepack with the top-down add fused into
+    the laterals) on the shipped DBNet config: the head's logits equal eager's."""
+    import copy
+
+    from resnet_backbone.modeling.fast_paths import optimize_for_inference
+    from resnet_backbone.modeling.fast_paths.mkldnn import MkldnnConv2d, mkldnn_available
+
+    eager = _calibrate_norms(_shipped("Text/dbnet_R_50_FPN.yaml"))
+    image = torch.randint(0, 256, (3, 70, 90), generator=torch.Generator().manual_seed(5)).float()
+
+    def logits(model):
+        with torch.inference_mode():
+            x = model.preprocess_image([{"image": image}]).tensor
+            fused = model.head.fuse(model.backbone(x))
+            return {"fused": fused, "prob": model.head.prob_head(fused), "thresh": model.head.thresh_head(fused)}
+
+    ref = logits(eager)
+    kinds = [dict(fuse_bn=True, channels_last=True)] + [dict(fuse_bn=True, mkldnn=True)] * mkldnn_available()
+    for kw in kinds:
+        fast = optimize_for_inference(copy.deepcopy(eager), **kw)
+        if kw.get("mkldnn"):
+            assert fast.backbone._lateral_add_fused and isinstance(fast.backbone.fpn_lateral3, MkldnnConv2d)
+        got = logits(fast)
+        for k in ref:
+            err = float((got[k].float() - ref[k]).abs().max() / ref[k].abs().max())
+            assert err <= 1e-4, (kw, k, err)
+
