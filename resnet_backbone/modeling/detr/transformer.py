@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...layers.dropout import Dropout, dropout
+
 __all__ = ["Transformer", "TransformerEncoder", "TransformerDecoder", "TransformerEncoderLayer",
            "TransformerDecoderLayer"]
 
@@ -34,6 +36,32 @@ def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
 
 
+def attend(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           key_padding_mask: torch.Tensor | None = None, drop=dropout) -> torch.Tensor:
+    """`mha(query, key, value, key_padding_mask=..., need_weights=False)[0]` for (L, B, E) tensors.
+
+    In training on CPU with attention dropout, the same computation written out (in-projections, scaled scores,
+    padded keys at -inf, softmax, dropout, weighted values, out-projection) so the attention probabilities are
+    dropped by layers.dropout's cheaper mask (`drop`); everywhere else the module itself (its fused kernels).
+    """
+    if not (mha.training and mha.dropout > 0 and query.device.type == "cpu"):
+        return mha(query, key, value, key_padding_mask=key_padding_mask, need_weights=False)[0]
+    (L, B, E), S, h = query.shape, key.shape[0], mha.num_heads
+    d = E // h
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+    q = F.linear(query, w_q, b_q).view(L, B * h, d).transpose(0, 1)
+    k = F.linear(key, w_k, b_k).view(S, B * h, d).transpose(0, 1)
+    v = F.linear(value, w_v, b_v).view(S, B * h, d).transpose(0, 1)
+    scores = torch.bmm(q * d ** -0.5, k.transpose(1, 2))  # (B*h, L, S)
+    if key_padding_mask is not None:
+        scores = scores.view(B, h, L, S).masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        scores = scores.view(B * h, L, S)
+    attn = drop(scores.softmax(-1), mha.dropout, True)
+    out = torch.bmm(attn, v).transpose(0, 1).reshape(L, B, E)
+    return mha.out_proj(out)
+
+
 class _Layer(nn.Module):
     """What both layer kinds share: `attentions` multi-head attentions (self_attn, then multihead_attn), the
     feed-forward linear1 -> activation -> dropout -> linear2, and one LayerNorm + dropout per sub-block
@@ -46,12 +74,12 @@ class _Layer(nn.Module):
         if attentions == 2:
             self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         for i in range(1, attentions + 2):  # one per attention + the feed-forward
             setattr(self, f"norm{i}", nn.LayerNorm(d_model))
         for i in range(1, attentions + 2):
-            setattr(self, f"dropout{i}", nn.Dropout(dropout))
+            setattr(self, f"dropout{i}", Dropout(dropout))
         self.activation = _activation(activation)
         self.normalize_before = normalize_before
 
@@ -71,12 +99,11 @@ class TransformerEncoderLayer(_Layer):
         if self.normalize_before:
             x = self.norm1(src)
             qk = _with_pos(x, pos)
-            src = src + self.dropout1(self.self_attn(qk, qk, x, key_padding_mask=src_key_padding_mask,
-                                                     need_weights=False)[0])
+            src = src + self.dropout1(attend(self.self_attn, qk, qk, x, src_key_padding_mask))
             src = src + self.dropout2(self._ffn(self.norm2(src)))
             return src
         qk = _with_pos(src, pos)
-        attn = self.self_attn(qk, qk, src, key_padding_mask=src_key_padding_mask, need_weights=False)[0]
+        attn = attend(self.self_attn, qk, qk, src, src_key_padding_mask)
         src = self.norm1(src + self.dropout1(attn))
         src = self.norm2(src + self.dropout2(self._ffn(src)))
         return src
@@ -95,17 +122,16 @@ class TransformerDecoderLayer(_Layer):
         if self.normalize_before:
             x = self.norm1(tgt)
             qk = _with_pos(x, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(qk, qk, x, need_weights=False)[0])
+            tgt = tgt + self.dropout1(attend(self.self_attn, qk, qk, x))
             x = self.norm2(tgt)
-            tgt = tgt + self.dropout2(self.multihead_attn(
-                _with_pos(x, query_pos), _with_pos(memory, pos), memory,
-                key_padding_mask=memory_key_padding_mask, need_weights=False)[0])
+            tgt = tgt + self.dropout2(attend(self.multihead_attn, _with_pos(x, query_pos), _with_pos(memory, pos),
+                                             memory, memory_key_padding_mask))
             tgt = tgt + self.dropout3(self._ffn(self.norm3(tgt)))
             return tgt
         qk = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt, need_weights=False)[0]))
-        cross = self.multihead_attn(_with_pos(tgt, query_pos), _with_pos(memory, pos), memory,
-                                    key_padding_mask=memory_key_padding_mask, need_weights=False)[0]
+        tgt = self.norm1(tgt + self.dropout1(attend(self.self_attn, qk, qk, tgt)))
+        cross = attend(self.multihead_attn, _with_pos(tgt, query_pos), _with_pos(memory, pos), memory,
+                       memory_key_padding_mask)
         tgt = self.norm2(tgt + self.dropout2(cross))
         tgt = self.norm3(tgt + self.dropout3(self._ffn(tgt)))
         return tgt

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from resnet_backbone.modeling.detr.transformer import Transformer
 
@@ -77,3 +78,26 @@ def test_parameter_names_follow_the_official_layout():
 def test_bad_dims():
     with pytest.raises(ValueError, match="divisible"):
         Transformer(d_model=30, nhead=4)
+
+
+def test_training_attention_on_cpu_is_the_modules_own_computation():
+    """transformer.attend (the written-out attention used in training, for the cheaper dropout mask) equals
+    nn.MultiheadAttention with padded keys, outputs and gradients, when both drop nothing."""
+    from resnet_backbone.modeling.detr.transformer import attend
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4, dropout=0.1).train()
+    q, k = torch.randn(7, 2, 32, requires_grad=True), torch.randn(9, 2, 32, requires_grad=True)
+    v = torch.randn(9, 2, 32, requires_grad=True)
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[1, 6:] = True
+    ours = attend(mha, q, k, v, pad, drop=lambda x, p, training: x)
+    grads_ours = torch.autograd.grad(ours.square().sum(), [q, k, v, mha.in_proj_weight])
+    mha.dropout = 0.0
+    ref = mha(q, k, v, key_padding_mask=pad, need_weights=False)[0]
+    grads_ref = torch.autograd.grad(ref.square().sum(), [q, k, v, mha.in_proj_weight])
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_ours, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    mha.dropout = 0.1  # with dropout, attend drops attention probabilities: outputs differ from the expectation
+    assert not torch.allclose(attend(mha, q, k, v, pad), ref)
