@@ -9,7 +9,7 @@ lane falls below the lane's threshold.
 
 The drop probability is p rounded to a multiple of 2^-15 (0.1 -> 0.100006) and the kept elements are scaled by
 1 / (1 - that probability), so the expectation of the output is the input's, exactly, as in torch's dropout.
-On CUDA (Philox, already cheap) and wherever p is 0 or 1 this is torch's own dropout.
+On CUDA (Philox, already cheap) and wherever p is within 2^-16 of 0 or 1 this is torch's own dropout.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def dropout_keep_mask(shape, p: float, device=None) -> tuple[torch.Tensor, float
     for s in shape:
         n *= int(s)
     k = round(p * (1 << _BITS))
+    if not 0 < k < (1 << _BITS):
+        raise ValueError(f"dropout_keep_mask: p = {p} rounds to {k} / 2^15; it needs 0 < p' < 1 (use F.dropout)")
     draws = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()  # uniform on [0, 2^31)
     low = -(1 << 15) + 2 * k  # the 16-bit lane, signed: below this with probability 2k / 2^16 = k / 2^15
     thresholds = torch.tensor([low, k] if sys.byteorder == "little" else [k, low], dtype=torch.int16,
@@ -42,8 +44,9 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Ten
     """F.dropout(x, p, training), with the mask of `dropout_keep_mask` on CPU (module docstring)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
-    if not training or p == 0.0 or p == 1.0 or x.device.type != "cpu" or x.numel() == 0:
-        return F.dropout(x, p, training)
+    k = round(p * (1 << _BITS))
+    if not training or not 0 < k < (1 << _BITS) or x.device.type != "cpu" or x.numel() == 0:
+        return F.dropout(x, p, training)  # p within 2^-16 of 0 or 1 (incl. 0 and 1): torch's, exactly
     keep, p_eff = dropout_keep_mask(x.shape, p, x.device)
     scale = torch.tensor(1.0 / (1.0 - p_eff), dtype=x.dtype)
     # the mask times the scale, in x's dtype: autograd keeps it for the backward (one multiply each way)

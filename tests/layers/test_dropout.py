@@ -68,6 +68,12 @@ def test_eval_and_edge_probabilities_are_torchs():
     assert torch.equal(dropout(x, 0.0), x) and torch.equal(dropout(x, 1.0), F.dropout(x, 1.0))
     with pytest.raises(ValueError, match="between 0 and 1"):
         dropout(x, 1.5)
+    # p that rounds to 0 or 1 in steps of 2^-15: torch's own dropout (the mask's int16 threshold would overflow)
+    torch.manual_seed(4)
+    near_one = dropout(torch.ones(10000), 1 - 1e-6)
+    assert float(near_one.sum()) <= 1e6 + 1 and dropout(x, 1e-6).shape == x.shape
+    with pytest.raises(ValueError, match="rounds to"):
+        dropout_keep_mask((4,), 1 - 1e-6)
     m = Dropout(0.2)
     assert isinstance(m, torch.nn.Dropout) and m.p == 0.2
     m.eval()
