@@ -27,7 +27,8 @@ with a mask head, torchvision's maskrcnn_resnet50_fpn): training reads instances
 transformed image) and adds loss_mask; eval adds "masks", bool (N, H, W) in the original image.
 
 Fast paths: MODEL.CHANNELS_LAST (channels-last memory format for the whole model and the input batch, in training
-too, through fast_paths.to_channels_last); the inference-only ones are applied by fast_paths.optimize_for_inference.
+too, through ImageInputMixin.set_channels_last, as every detector); the inference-only ones are applied by
+fast_paths.optimize_for_inference.
 """
 from __future__ import annotations
 
