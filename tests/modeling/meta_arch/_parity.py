@@ -22,6 +22,32 @@ def assert_same_detections(boxes, scores, labels, ref_boxes, ref_scores, ref_lab
         start = i
 
 
+def ours_from_weights(config: str, weights: str, *overrides):
+    """Our detector of `config` (a file under configs/) with MODEL.WEIGHTS `weights` and `overrides` (key, value,
+    ...), the weights loaded whole through the Checkpointer (`allow_partial=False`: every tensor used)."""
+    from resnet_backbone.checkpoint.checkpointer import Checkpointer
+    from resnet_backbone.config import get_cfg
+    from resnet_backbone.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(["MODEL.WEIGHTS", weights, *overrides])
+    model = build_model(cfg)
+    Checkpointer(model).load_weights(weights, allow_partial=False)
+    return model
+
+
+def randomize_bn(model: torch.nn.Module) -> None:
+    """Random statistics and affine in every BatchNorm2d of a freshly built torchvision model, so that BN is not
+    the identity (in place, under no_grad by the caller)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.2, 0.2)
+
+
 def frozen_bn(module: torch.nn.Module) -> None:
     """BatchNorm2d -> torchvision's FrozenBatchNorm2d (what its pretrained backbones hold), keeping the values."""
     from torchvision.ops.misc import FrozenBatchNorm2d

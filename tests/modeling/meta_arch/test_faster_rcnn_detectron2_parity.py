@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _parity import assert_same_detections  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+from _parity import assert_same_detections, ours_from_weights  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 
-from resnet_backbone.checkpoint.checkpointer import Checkpointer
-from resnet_backbone.config import get_cfg
-from resnet_backbone.modeling import build_model
 from resnet_backbone.structures import Instances
 
 d2 = pytest.importorskip("detectron2", reason="detectron2 is not installed (build it beside the project to run "
@@ -97,12 +94,7 @@ def reference(tmp_path_factory):
 
 
 def _ours(weights: str, *overrides):
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
-    cfg.merge_from_list(["MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, *overrides])
-    model = build_model(cfg)
-    Checkpointer(model).load_weights(weights, allow_partial=False)
-    return model
+    return ours_from_weights(f"configs/{CONFIG}", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, *overrides)
 
 
 def test_model_zoo_pkl_and_checkpointer_pth_load_the_same_weights(reference):

@@ -12,12 +12,8 @@ detectron2 is not a dependency: these tests skip unless it imports (PYTHONPATH=/
 """
 import pytest
 import torch
-from _parity import assert_same_detections  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+from _parity import assert_same_detections, ours_from_weights  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 from test_mask_rcnn_torchvision_parity import _gt_masks, spread_logits
-
-from resnet_backbone.checkpoint.checkpointer import Checkpointer
-from resnet_backbone.config import get_cfg
-from resnet_backbone.modeling import build_model
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (build it beside the project to run the "
                                           "detectron2 parity tests)")
@@ -54,12 +50,7 @@ def reference(tmp_path_factory):
 
 
 def _ours(weights: str, *overrides):
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
-    cfg.merge_from_list(["MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, *overrides])
-    model = build_model(cfg)
-    Checkpointer(model).load_weights(weights, allow_partial=False)
-    return model
+    return ours_from_weights(f"configs/{CONFIG}", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, *overrides)
 
 
 def _d2_pasted_probabilities(instances, height, width):

@@ -10,15 +10,12 @@ training losses, loss_mask included, for the same gt masks with every candidate 
 """
 import pytest
 import torch
-from _parity import assert_same_detections  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+from _parity import assert_same_detections, ours_from_weights  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 from test_faster_rcnn_torchvision_parity import SIZES, _images, _targets
 from test_faster_rcnn_torchvision_parity import _torchvision_model as _torchvision_model_of
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from resnet_backbone.checkpoint.checkpointer import Checkpointer
 from resnet_backbone.checkpoint.detr_converter import COCO_CATEGORY_IDS
-from resnet_backbone.config import get_cfg
-from resnet_backbone.modeling import build_model
 from resnet_backbone.structures import Instances
 
 CONFIG = "configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_torchvision.yaml"
@@ -55,12 +52,7 @@ def pair(tmp_path_factory):
 
 
 def _ours(weights: str, *overrides):
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(["MODEL.WEIGHTS", weights, *overrides])
-    model = build_model(cfg)
-    Checkpointer(model).load_weights(weights, allow_partial=False)
-    return model
+    return ours_from_weights(CONFIG, weights, *overrides)
 
 
 def _gt_masks(boxes, size):

@@ -12,11 +12,8 @@ import pickle
 
 import pytest
 import torch
-from _parity import assert_same_detections, detectron2_config_file  # noqa: E402  (tests/.../_parity.py)
+from _parity import assert_same_detections, detectron2_config_file, ours_from_weights  # noqa: E402  (tests/.../_parity.py)
 
-from resnet_backbone.checkpoint.checkpointer import Checkpointer
-from resnet_backbone.config import get_cfg
-from resnet_backbone.modeling import build_model
 from resnet_backbone.structures import Instances
 
 d2 = pytest.importorskip("detectron2", reason="detectron2 is not installed (build it beside the project to run "
@@ -86,12 +83,7 @@ def reference(tmp_path_factory):
 
 
 def _ours(weights: str):
-    cfg = get_cfg()
-    cfg.merge_from_file(f"configs/{CONFIG}")
-    cfg.merge_from_list(["MODEL.WEIGHTS", weights])
-    model = build_model(cfg)
-    Checkpointer(model).load_weights(weights, allow_partial=False)
-    return model
+    return ours_from_weights(f"configs/{CONFIG}", weights)
 
 
 def test_model_zoo_pkl_and_checkpointer_pth_load_the_same_weights(reference):

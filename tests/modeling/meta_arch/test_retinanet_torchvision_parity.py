@@ -9,13 +9,10 @@ strides (padded size // feature size) are the backbone's (ours, always: modeling
 """
 import pytest
 import torch
-from _parity import assert_same_detections, frozen_bn  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+from _parity import assert_same_detections, frozen_bn, ours_from_weights, randomize_bn  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 from torchvision.models.detection import retinanet_resnet50_fpn
 
-from resnet_backbone.checkpoint.checkpointer import Checkpointer
 from resnet_backbone.checkpoint.detr_converter import COCO_CATEGORY_IDS
-from resnet_backbone.config import get_cfg
-from resnet_backbone.modeling import build_model
 from resnet_backbone.structures import Instances
 
 CONFIG = "configs/COCO-Detection/retinanet_R_50_FPN_torchvision.yaml"
@@ -42,12 +39,7 @@ def _torchvision_model():
     torch.manual_seed(0)
     model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, min_size=SIZES[0][0], max_size=1333).eval()
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):  # random statistics and affine, so BN is not the identity
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+        randomize_bn(model)
         batch, _ = model.transform([im / 255 for im in _images()])
         features = model.backbone(batch.tensors)
         for block, level in zip(model.backbone.fpn.layer_blocks, features.values()):
@@ -76,12 +68,7 @@ def pair(tmp_path_factory):
 
 
 def _ours(weights: str, *overrides):
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(["MODEL.WEIGHTS", weights, *overrides])
-    model = build_model(cfg)
-    Checkpointer(model).load_weights(weights, allow_partial=False)
-    return model
+    return ours_from_weights(CONFIG, weights, *overrides)
 
 
 def test_same_detections(pair):
