@@ -22,6 +22,28 @@ def assert_same_detections(boxes, scores, labels, ref_boxes, ref_scores, ref_lab
         start = i
 
 
+def random_images(sizes, dtype=torch.float32) -> list[torch.Tensor]:
+    """One (3, h, w) image of uniform 0-255 values per (h, w) in `sizes`, the same for every call (seed 1)."""
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8).to(dtype) for h, w in sizes]
+
+
+def save_detectron2_files(model, out) -> tuple[str, str]:
+    """`model` (a detectron2 model) saved as detectron2 users get it, under the folder `out`: its
+    DetectionCheckpointer's model_final.pth and the model zoo's .pkl layout ({"model": numpy arrays, "__author__"});
+    returns (pth, pkl)."""
+    import pickle
+
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    DetectionCheckpointer(model, save_dir=str(out)).save("model_final")
+    pkl = out / "model_final_zoo.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in model.state_dict().items()},
+                     "__author__": "Detectron2 Model Zoo"}, f)
+    return str(out / "model_final.pth"), str(pkl)
+
+
 def ours_from_weights(config: str, weights: str, *overrides):
     """Our detector of `config` (a file under configs/) with MODEL.WEIGHTS `weights` and `overrides` (key, value,
     ...), the weights loaded whole through the Checkpointer (`allow_partial=False`: every tensor used)."""

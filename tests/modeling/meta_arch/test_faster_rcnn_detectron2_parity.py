@@ -9,18 +9,16 @@ so one seed gives both the same samples.
 
 detectron2 is not a dependency: these tests skip unless it imports (build it beside the project to run them).
 """
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
-from _parity import assert_same_detections, ours_from_weights  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+from _parity import assert_same_detections, ours_from_weights, random_images, save_detectron2_files  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 
 from resnet_backbone.structures import Instances
 
 d2 = pytest.importorskip("detectron2", reason="detectron2 is not installed (build it beside the project to run "
                                                "the detectron2 parity tests)")
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg as d2_get_cfg  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
@@ -43,8 +41,7 @@ def _d2_config_file(config: str = CONFIG) -> str:
 
 
 def _images():
-    g = torch.Generator().manual_seed(1)
-    return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in SIZES]
+    return random_images(SIZES, torch.uint8)
 
 
 def _targets():
@@ -85,12 +82,7 @@ def _detectron2_model(config: str = CONFIG):
 def reference(tmp_path_factory):
     model = _detectron2_model()
     out = tmp_path_factory.mktemp("d2")
-    DetectionCheckpointer(model, save_dir=str(out)).save("model_final")
-    pkl = out / "model_final_zoo.pkl"  # the model-zoo layout: {"model": numpy arrays, "__author__": ...}
-    with open(pkl, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in model.state_dict().items()},
-                     "__author__": "Detectron2 Model Zoo"}, f)
-    return model, str(out / "model_final.pth"), str(pkl)
+    return (model, *save_detectron2_files(model, out))
 
 
 def _ours(weights: str, *overrides):

@@ -9,7 +9,7 @@ tests/data/test_resize_methods.py.
 """
 import pytest
 import torch
-from _parity import assert_same_detections, frozen_bn, ours_from_weights, randomize_bn  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+from _parity import assert_same_detections, frozen_bn, ours_from_weights, random_images, randomize_bn  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
 
 from resnet_backbone.checkpoint.detr_converter import COCO_CATEGORY_IDS
@@ -54,8 +54,7 @@ def _ours(version: str, weights: str, *overrides):
 
 
 def _images():
-    g = torch.Generator().manual_seed(1)
-    return [torch.randint(0, 256, (3, h, w), generator=g).float() for h, w in SIZES]
+    return random_images(SIZES)
 
 
 def _targets():

@@ -8,17 +8,21 @@ normaliser's first step, 0.9 x 100 + 0.1 x positives, on both sides).
 
 detectron2 is not a dependency: these tests skip unless it imports (PYTHONPATH=/tmp/d2/src:/tmp/d2/site here).
 """
-import pickle
 
 import pytest
 import torch
-from _parity import assert_same_detections, detectron2_config_file, ours_from_weights  # noqa: E402  (tests/.../_parity.py)
+from _parity import (  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+    assert_same_detections,
+    detectron2_config_file,
+    ours_from_weights,
+    random_images,
+    save_detectron2_files,
+)
 
 from resnet_backbone.structures import Instances
 
 d2 = pytest.importorskip("detectron2", reason="detectron2 is not installed (build it beside the project to run "
                                                "the detectron2 parity tests)")
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg as d2_get_cfg  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
@@ -30,8 +34,7 @@ SIZES = ((224, 320), (256, 224))  # (h, w), batched: padded to 256 x 320
 
 
 def _images():
-    g = torch.Generator().manual_seed(1)
-    return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in SIZES]
+    return random_images(SIZES, torch.uint8)
 
 
 def _targets():
@@ -74,12 +77,7 @@ def _detectron2_model():
 def reference(tmp_path_factory):
     model = _detectron2_model()
     out = tmp_path_factory.mktemp("d2_retinanet")
-    DetectionCheckpointer(model, save_dir=str(out)).save("model_final")
-    pkl = out / "model_final_zoo.pkl"  # the model-zoo layout: {"model": numpy arrays, "__author__": ...}
-    with open(pkl, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in model.state_dict().items()},
-                     "__author__": "Detectron2 Model Zoo"}, f)
-    return model, str(out / "model_final.pth"), str(pkl)
+    return (model, *save_detectron2_files(model, out))
 
 
 def _ours(weights: str):

@@ -9,7 +9,7 @@ strides (padded size // feature size) are the backbone's (ours, always: modeling
 """
 import pytest
 import torch
-from _parity import assert_same_detections, frozen_bn, ours_from_weights, randomize_bn  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
+from _parity import assert_same_detections, frozen_bn, ours_from_weights, random_images, randomize_bn  # noqa: E402  (tests/modeling/meta_arch/_parity.py)
 from torchvision.models.detection import retinanet_resnet50_fpn
 
 from resnet_backbone.checkpoint.detr_converter import COCO_CATEGORY_IDS
@@ -21,8 +21,7 @@ NOT_COCO = [0] + sorted(set(range(1, 91)) - set(COCO_CATEGORY_IDS))  # columns n
 
 
 def _images():
-    g = torch.Generator().manual_seed(1)
-    return [torch.randint(0, 256, (3, h, w), generator=g).float() for h, w in SIZES]
+    return random_images(SIZES)
 
 
 def _targets():
