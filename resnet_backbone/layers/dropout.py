@@ -1,8 +1,8 @@
 """Dropout whose CPU mask costs about a third of torch's: 15 random bits per element, not a uniform float each.
 
 torch's CPU dropout draws its mask with `bernoulli_`, a floating-point uniform per element from the CPU generator:
-in a DETR training step on 2 cores that is 60 masks and 15 % of the step (a 400 k-element mask: 3.2 ms, against
-1.2 ms here; forward + backward 3.4 ms against 2.1 ms, bf16, AMX Xeon, loaded machine). Here one 32-bit draw of
+in a DETR training step on 2 cores that is 60 masks and 15 % of the step (`tools/benchmark.py --rows 5 --only
+detr_train --profile 10` before this module; docs/BENCHMARKS.md, peer rows). Here one 32-bit draw of
 the same generator (`torch.manual_seed` reproduces it) masks two elements: an int32 `random_()` is uniform on
 [0, 2^31), so its low 16 bits and its next 15 bits are independent uniforms, and an element is dropped when its
 lane falls below the lane's threshold.
